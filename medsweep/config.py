@@ -1,0 +1,240 @@
+"""Structured configs: the schema behind every YAML file in `conf/`, and the range checks run at start.
+
+Each dataclass is one config group (`conf/<group>/*.yaml` fills it in). OmegaConf checks the types when
+the config is composed; `validate()` checks the ranges and the cross-field rules and raises a
+`ConfigError` whose one-line message names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from medsweep.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name used in run names and tables
+    family: str = "llama"  # architecture family: llama | mistral | gemma | gpt2 (prompt format, LoRA targets)
+    source: str = "hub"  # hub: from_pretrained(hub_id) | embedded: the SmolLM2 GGUF wheel | random: tiny model for tests
+    hub_id: Optional[str] = None  # HF hub id or local directory (source=hub)
+    hub_id_4bit: Optional[str] = None  # pre-quantized 4-bit variant, used when load_in_4bit is on
+    revision: Optional[str] = None  # hub revision (branch, tag or commit) to pin
+    tokenizer: Optional[str] = None  # tokenizer source when it differs from the weights ("embedded" for random)
+    random_config: dict[str, Any] = field(default_factory=dict)  # config kwargs of a random model (source=random)
+    cache_dir: str = "~/.cache/medsweep"  # where the dequantized embedded model is cached as safetensors
+    context_length: int = 2048  # longest sequence the model supports; train.max_seq_length must not exceed it
+    prompt_format: str = "chat"  # chat: the tokenizer's chat template | alpaca: ### Instruction/Input/Response
+    system_prompt: bool = True  # whether the chat template accepts a system turn (Gemma 1.1 does not)
+    pad_token: Optional[str] = None  # token to use as padding when the tokenizer has none (null: use eos)
+    lora_target_modules: list[str] = field(default_factory=list)  # default LoRA targets for this architecture
+    params_b: float = 0.0  # parameter count in billions (memory estimates for GPU profiles)
+    dtype: str = "auto"  # weight dtype: auto (follow the profile precision) | float32 | bfloat16 | float16
+    load_in_4bit: Any = False  # QLoRA: false | true (NF4 via bitsandbytes, needs CUDA) | auto (4-bit if CUDA)
+    trust_remote_code: bool = False  # run model code from the hub; off unless a model config turns it on
+    use_safetensors: bool = True  # refuse pickle (.bin) weights unless set to false
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling numerator: updates are scaled by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA input, in [0, 1)
+    target_modules: Optional[list[str]] = None  # modules to adapt; null: the model's lora_target_modules
+    bias: str = "none"  # which biases train: none | all | lora_only
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # short name used in run names and tables
+    loader: str = MISSING  # sample | local | medquad | pubmedqa | wikidoc | medchat | medal | mix
+    path: Optional[str] = None  # local file or directory; null: the bundled file or the hub copy
+    hub: Optional[str] = None  # HF hub dataset id used when path is null
+    hub_config: Optional[str] = None  # hub dataset config name (e.g. pqa_labeled)
+    hub_split: str = "train"  # hub split to read
+    question_col: str = "question"  # column holding the question (local loader)
+    answer_col: str = "answer"  # column holding the reference answer (local loader)
+    id_col: Optional[str] = None  # column holding a stable id (null: file stem + row number)
+    context_col: Optional[str] = None  # optional column with context passed in the prompt
+    label_col: Optional[str] = None  # optional column with a class label (e.g. yes/no/maybe)
+    options: dict[str, Any] = field(default_factory=dict)  # loader-specific options (e.g. split, max_rows)
+    instruction: str = (
+        "You are a careful medical assistant. Answer the patient's question accurately and concisely."
+    )  # the instruction part of the prompt (system turn in chat format)
+    limit: Optional[int] = None  # use at most this many pairs after cleaning (null: all)
+    split_seed: int = 0  # seed of the train/eval split; fixed apart from train.seed so seeds share one eval set
+    max_question_words: int = 512  # pairs with longer questions are dropped (counted in the record)
+    max_answer_words: int = 2048  # pairs with longer answers are dropped (counted in the record)
+
+
+@dataclass
+class TrainConfig:
+    max_seq_length: int = 512  # sequence-length axis: prompt + answer tokens, longer answers are truncated
+    epochs: float = 1.0  # passes over the training split (ignored when max_steps > 0)
+    max_steps: int = -1  # optimizer steps; -1: run `epochs` epochs
+    lr: float = 2e-4  # peak learning rate
+    lr_scheduler: str = "cosine"  # transformers scheduler name: linear | cosine | constant | ...
+    warmup_steps: float = 0.03  # warmup: a fraction of total steps if < 1, else a number of steps
+    batch_size: int = 4  # examples per device per step
+    grad_accum: int = 1  # gradient accumulation steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    seed: int = 0  # seed for LoRA init, shuffling and dropout
+    gradient_checkpointing: Any = "auto"  # true | false | auto (on for GPU profiles that ask for it)
+    eval_split: int = 20  # held-out pairs (never trained on); generation runs on eval.num_examples of them
+    train_size: Optional[int] = None  # use at most this many training pairs (null: all the rest)
+    group_by_length: bool = True  # length-grouped batches: less padding per batch
+    logging_steps: int = 5  # log loss / lr / grad norm every N steps
+    save_steps: int = 50  # checkpoint every N steps (resume after preemption)
+    save_total_limit: int = 2  # keep this many checkpoints
+    init_adapter: Optional[str] = None  # run dir or adapter dir to start LoRA from (continued fine-tuning)
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 64  # generation budget per answer
+    batch_size: int = 8  # questions per generation batch (left-padded, length-sorted)
+    decoding: str = "greedy"  # greedy | sample
+    temperature: float = 0.7  # sampling temperature (decoding=sample)
+    top_p: float = 0.9  # nucleus sampling (decoding=sample)
+    num_examples: Optional[int] = None  # generate for this many held-out pairs (null: all of train.eval_split)
+    baseline: bool = False  # also evaluate the base model before fine-tuning, record both and the deltas
+    perplexity: bool = True  # perplexity of the reference answers under the model
+    every_epoch: bool = False  # also evaluate after each epoch (metric-vs-epoch figures)
+
+
+@dataclass
+class ProfileConfig:
+    name: str = MISSING  # profile name used in tables
+    device: str = "auto"  # cpu | cuda | auto (cuda when available)
+    precision: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 where the hardware has it, else fp32/fp16)
+    cpus: int = 2  # CPU cores for the job (SLURM cpus_per_task; torch threads)
+    gpus: int = 0  # GPUs for the job
+    gpu_type: Optional[str] = None  # v100 | a100 | rtx8000 (SLURM gres type / constraint)
+    gpu_memory_gb: float = 0.0  # memory of one GPU, for the fit check
+    memory_gb: int = 16  # host memory for the job
+    time_limit_min: int = 60  # SLURM time limit
+    partition: Optional[str] = None  # SLURM partition (null: the cluster default)
+    constraint: Optional[str] = None  # SLURM --constraint
+    dataloader_workers: int = 0  # DataLoader worker processes
+    gradient_checkpointing: bool = False  # what train.gradient_checkpointing=auto resolves to on this profile
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "medsweep"  # W&B project
+    entity: Optional[str] = None  # W&B entity (team or user)
+    mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
+    group: Optional[str] = None  # W&B group (null: the sweep name)
+    job_type: str = "train-eval"  # W&B job type
+    tags: list[str] = field(default_factory=list)  # extra tags (the overrides are added)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    lora: LoraConfig = MISSING
+    data: DataConfig = MISSING
+    train: TrainConfig = MISSING
+    eval: EvalConfig = MISSING
+    profile: ProfileConfig = MISSING
+    logger: LoggerConfig = MISSING
+    output_root: str = "results"  # where run and sweep directories go
+    sweep_name: str = "sweep"  # multirun directory name under results/sweeps
+    attempt: int = 0  # bump to re-run a completed configuration into a new directory
+    resume: bool = True  # resume from the last checkpoint of an interrupted run in the same directory
+
+
+def register_configs() -> None:
+    """Register the schemas so each `conf/<group>/*.yaml` is validated against its dataclass."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    for group, node in [
+        ("model", ModelConfig),
+        ("lora", LoraConfig),
+        ("data", DataConfig),
+        ("train", TrainConfig),
+        ("eval", EvalConfig),
+        ("profile", ProfileConfig),
+        ("logger", LoggerConfig),
+    ]:
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _one_of(key: str, value: Any, allowed: list[Any]) -> None:
+    _require(value in allowed, key, value, "allowed: " + ", ".join(map(str, allowed)))
+
+
+def validate(cfg: Any) -> None:
+    """Range and cross-field checks on a composed config; raises ConfigError naming the key."""
+    m, lo, d, t, e, p = cfg.model, cfg.lora, cfg.data, cfg.train, cfg.eval, cfg.profile
+    _one_of("model.source", m.source, ["hub", "embedded", "random"])
+    _one_of("model.family", m.family, ["llama", "mistral", "gemma", "gpt2"])
+    _one_of("model.prompt_format", m.prompt_format, ["chat", "alpaca"])
+    _one_of("model.dtype", m.dtype, ["auto", "float32", "bfloat16", "float16"])
+    _one_of("model.load_in_4bit", m.load_in_4bit, [False, True, "auto"])
+    _require(m.source != "hub" or bool(m.hub_id), "model.hub_id", m.hub_id, "required when model.source=hub")
+    _require(m.context_length > 0, "model.context_length", m.context_length, "must be > 0")
+
+    _require(lo.r > 0, "lora.r", lo.r, "must be an integer > 0")
+    _require(lo.alpha > 0, "lora.alpha", lo.alpha, "must be > 0")
+    _require(0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "must be in [0, 1)")
+    _one_of("lora.bias", lo.bias, ["none", "all", "lora_only"])
+    targets = lo.target_modules if lo.target_modules is not None else m.lora_target_modules
+    _require(len(targets) > 0, "lora.target_modules", targets, "name at least one module")
+
+    _one_of("data.loader", d.loader, ["sample", "local", "medquad", "pubmedqa", "wikidoc", "medchat", "medal", "mix"])
+    _require(d.loader != "local" or bool(d.path), "data.path", d.path, "required with data=local")
+    _require(d.limit is None or d.limit > 0, "data.limit", d.limit, "must be > 0 or null")
+
+    _require(t.max_seq_length > 0, "train.max_seq_length", t.max_seq_length, "must be > 0")
+    _require(
+        t.max_seq_length <= m.context_length,
+        "train.max_seq_length",
+        t.max_seq_length,
+        f"must not exceed the context length of {m.name} ({m.context_length})",
+    )
+    _require(t.epochs > 0 or t.max_steps > 0, "train.epochs", t.epochs, "must be > 0 (or set train.max_steps)")
+    _require(t.max_steps == -1 or t.max_steps > 0, "train.max_steps", t.max_steps, "must be -1 or > 0")
+    _require(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    _require(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
+    _require(t.grad_accum > 0, "train.grad_accum", t.grad_accum, "must be > 0")
+    _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
+    _require(t.eval_split > 0, "train.eval_split", t.eval_split, "must be > 0")
+    _require(t.train_size is None or t.train_size > 0, "train.train_size", t.train_size, "must be > 0 or null")
+    _one_of("train.gradient_checkpointing", t.gradient_checkpointing, [False, True, "auto"])
+    _require(t.logging_steps > 0, "train.logging_steps", t.logging_steps, "must be > 0")
+    _require(t.save_steps > 0, "train.save_steps", t.save_steps, "must be > 0")
+
+    _require(e.max_new_tokens > 0, "eval.max_new_tokens", e.max_new_tokens, "must be > 0")
+    _require(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be > 0")
+    _one_of("eval.decoding", e.decoding, ["greedy", "sample"])
+    _require(e.temperature > 0, "eval.temperature", e.temperature, "must be > 0")
+    _require(0 < e.top_p <= 1, "eval.top_p", e.top_p, "must be in (0, 1]")
+    _require(e.num_examples is None or e.num_examples > 0, "eval.num_examples", e.num_examples, "must be > 0 or null")
+    _require(
+        e.num_examples is None or e.num_examples <= t.eval_split,
+        "eval.num_examples",
+        e.num_examples,
+        f"must not exceed train.eval_split ({t.eval_split})",
+    )
+
+    _one_of("profile.device", p.device, ["cpu", "cuda", "auto"])
+    _one_of("profile.precision", p.precision, ["fp32", "bf16", "fp16", "auto"])
+    _require(p.cpus > 0, "profile.cpus", p.cpus, "must be > 0")
+    _require(p.gpus >= 0, "profile.gpus", p.gpus, "must be >= 0")
+    _require(p.dataloader_workers >= 0, "profile.dataloader_workers", p.dataloader_workers, "must be >= 0")
+    _one_of("logger.name", cfg.logger.name, ["none", "wandb"])
+    _one_of("logger.mode", cfg.logger.mode, ["offline", "online", "disabled"])
+    _require(cfg.attempt >= 0, "attempt", cfg.attempt, "must be >= 0")

@@ -1,0 +1,123 @@
+"""Dataset of QA pairs for one run: load (medsweep/loaders.py) -> clean -> deterministic train/eval split.
+
+Every step that removes rows says how many in `stats`, which goes into the run record.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from medsweep import loaders
+from medsweep.errors import DataError
+
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def sample_path() -> Path:
+    """The bundled sample dataset (medsweep/assets/sample_medqa.jsonl)."""
+    return Path(str(resources.files("medsweep") / "assets" / "sample_medqa.jsonl"))
+
+
+@dataclass
+class Splits:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def question_key(question: str) -> str:
+    """Normalised question text used for near-duplicate detection and leakage checks."""
+    return " ".join(_NON_WORD.sub(" ", question.lower()).split())
+
+
+def load_records(data_cfg: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read the configured dataset into records {id, question, answer[, context, source, label]}."""
+    kind = data_cfg.loader
+    opts = dict(data_cfg.options or {})
+    if kind == "sample":
+        return loaders.read_table(sample_path(), question_col="question", answer_col="answer", id_col="id",
+                                  source="sample")
+    if kind == "local":
+        return loaders.read_table(
+            data_cfg.path, question_col=data_cfg.question_col, answer_col=data_cfg.answer_col,
+            id_col=data_cfg.id_col, context_col=data_cfg.context_col, label_col=data_cfg.label_col,
+        )
+    if kind == "mix":
+        return _load_mix(data_cfg, opts)
+    if kind not in loaders.LOADERS:
+        raise DataError(f"data.loader={kind!r} is unknown; allowed: sample, mix, {', '.join(loaders.LOADERS)}")
+    hub_opts = _given(hub=data_cfg.hub, hub_config=data_cfg.hub_config, hub_split=data_cfg.hub_split)
+    return loaders.LOADERS[kind](data_cfg.path, **hub_opts, **opts)
+
+
+def _given(**kwargs: Any) -> dict[str, Any]:
+    """Only the options that are set, so each loader keeps its own defaults (e.g. its hub name)."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _load_mix(data_cfg: Any, opts: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The paper's mixes: options.parts = [{loader, path, hub, n}, ...], drawn with options.seed."""
+    parts, stats = [], {"read": 0}
+    for part in opts.get("parts", []):
+        part = dict(part)
+        kind, n = part.pop("loader"), part.pop("n")
+        records, part_stats = loaders.LOADERS[kind](part.pop("path", None), **_given(**part))
+        stats[kind] = part_stats
+        stats["read"] += part_stats.get("read", len(records))
+        parts.append((records, int(n)))
+    if not parts:
+        raise DataError("data.options.parts is empty: a mix needs at least one {loader, path|hub, n} part")
+    return loaders.load_mix(parts, seed=int(opts.get("seed", 0))), stats
+
+
+def clean(records: list[dict[str, Any]], max_question_words: int, max_answer_words: int
+          ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Strip text; drop empty, over-long and duplicate (normalised question) pairs, counting each."""
+    kept, seen = [], set()
+    counts = {"dropped_empty": 0, "dropped_too_long": 0, "dropped_duplicate": 0}
+    for rec in records:
+        rec = {**rec, "question": str(rec["question"]).strip(), "answer": str(rec["answer"]).strip()}
+        key = question_key(rec["question"])
+        if not key or not rec["answer"]:
+            counts["dropped_empty"] += 1
+        elif len(rec["question"].split()) > max_question_words or len(rec["answer"].split()) > max_answer_words:
+            counts["dropped_too_long"] += 1
+        elif key in seen:
+            counts["dropped_duplicate"] += 1
+        else:
+            seen.add(key)
+            kept.append(rec)
+    return kept, counts
+
+
+def split(records: list[dict[str, Any]], eval_size: int, seed: int, train_size: int | None = None) -> Splits:
+    """Shuffle with `seed` and hold out `eval_size` pairs. Questions are unique after `clean`, so no
+    question is in both splits."""
+    if eval_size >= len(records):
+        raise DataError(f"train.eval_split={eval_size} is invalid: the dataset has {len(records)} pairs after "
+                        f"cleaning; hold out fewer than that")
+    order = list(records)
+    random.Random(seed).shuffle(order)
+    held_out, train = order[:eval_size], order[eval_size:]
+    if train_size is not None:
+        train = train[:train_size]
+    return Splits(train=train, eval=held_out)
+
+
+def build(data_cfg: Any, eval_size: int, train_size: int | None = None) -> Splits:
+    """Load, clean, limit and split the configured dataset; stats hold every count for the record."""
+    records, load_stats = load_records(data_cfg)
+    cleaned, clean_stats = clean(records, data_cfg.max_question_words, data_cfg.max_answer_words)
+    if not cleaned:
+        raise DataError(f"dataset {data_cfg.name!r} is empty after cleaning ({clean_stats}, loader: {load_stats})")
+    if data_cfg.limit is not None:
+        cleaned = cleaned[: data_cfg.limit]
+    splits = split(cleaned, eval_size, seed=data_cfg.split_seed, train_size=train_size)
+    splits.stats = {"loaded": len(records), "load": load_stats, **clean_stats, "after_cleaning": len(cleaned),
+                    "train": len(splits.train), "eval": len(splits.eval)}
+    return splits

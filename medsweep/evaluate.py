@@ -1,0 +1,117 @@
+"""Evaluation on held-out pairs: batched greedy generation (left padding, length-sorted, KV cache, each
+sequence stops at its end-of-turn token), answer-quality metrics, perplexity of the references, latency."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from statistics import quantiles
+from typing import Any
+
+import torch
+
+from medsweep import metrics
+from medsweep.hardware import Hardware
+from medsweep.prompts import prompt_ids
+from medsweep.train import answer_loss_sum, collator, tokenize
+
+
+def autocast(hw: Hardware):
+    """bf16/fp16 autocast on the run's device, or nothing for fp32."""
+    if hw.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(hw.device, dtype=torch.bfloat16 if hw.precision == "bf16" else torch.float16)
+
+
+def _percentile(values: list[float], q: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _stop_ids(tokenizer, model) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, model_cfg: Any, eval_cfg: Any,
+             hw: Hardware) -> tuple[list[str], list[float], list[int]]:
+    """Answers for `records` in their order, the amortized seconds per answer of each, and generated tokens."""
+    prompts = [prompt_ids(tokenizer, r, data_cfg.instruction, model_cfg.prompt_format, model_cfg.system_prompt)
+               for r in records]
+    order = sorted(range(len(records)), key=lambda i: len(prompts[i]), reverse=True)  # similar lengths per batch
+    answers, seconds, n_tokens = [""] * len(records), [0.0] * len(records), [0] * len(records)
+    stop = _stop_ids(tokenizer, model)
+    sampling = {"do_sample": True, "temperature": eval_cfg.temperature, "top_p": eval_cfg.top_p} \
+        if eval_cfg.decoding == "sample" else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    tokenizer.padding_side = "left"
+    model.eval()
+    for start in range(0, len(order), eval_cfg.batch_size):
+        idx = order[start:start + eval_cfg.batch_size]
+        batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(hw.device)
+        t0 = time.perf_counter()
+        with autocast(hw):
+            out = model.generate(**batch, max_new_tokens=eval_cfg.max_new_tokens, eos_token_id=stop,
+                                 pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
+        elapsed = time.perf_counter() - t0
+        new = out[:, batch["input_ids"].shape[1]:]
+        for row, i in enumerate(idx):
+            tokens = new[row].tolist()
+            ends = [k for k, t in enumerate(tokens) if t in stop]
+            tokens = tokens[: ends[0]] if ends else tokens
+            answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            seconds[i] = elapsed / len(idx)
+            n_tokens[i] = len(tokens) + (1 if ends else 0)
+    tokenizer.padding_side = "right"
+    return answers, seconds, n_tokens
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, model_cfg: Any, max_seq_length: int,
+               hw: Hardware, batch_size: int) -> float:
+    """exp(mean token NLL) of the reference answers given their prompts (teacher forcing)."""
+    dataset, _ = tokenize(records, tokenizer, data_cfg, model_cfg, max_seq_length)
+    collate = collator(tokenizer)
+    total, count = 0.0, 0
+    model.eval()
+    for start in range(0, len(dataset), batch_size):
+        batch = {k: v.to(hw.device) for k, v in collate(dataset.select(range(start, min(start + batch_size,
+                                                                                          len(dataset))))).items()}
+        with autocast(hw):
+            loss_sum, n = answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        total, count = total + loss_sum.item(), count + int(n)
+    return math.exp(total / count) if count else float("nan")
+
+
+def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: Any, hw: Hardware
+             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Corpus metrics and one prediction row per record (question, reference, generated, scores)."""
+    answers, seconds, n_tokens = generate(model, tokenizer, records, cfg.data, cfg.model, cfg.eval, hw)
+    references = [r["answer"] for r in records]
+    corpus, per_example = metrics.score_corpus(answers, references)
+    total_s = sum(seconds)
+    result = {
+        **corpus,
+        "seconds_per_answer": total_s / len(records),
+        "latency_p50_s": _percentile(seconds, 50),
+        "latency_p95_s": _percentile(seconds, 95),
+        "generated_tokens_per_s": sum(n_tokens) / total_s if total_s > 0 else float("nan"),
+        "mean_generated_tokens": sum(n_tokens) / len(records),
+        "n_eval": len(records),
+    }
+    labelled = [(metrics.extract_decision(a), r["label"]) for a, r in zip(answers, records) if r.get("label")]
+    if labelled:
+        result.update(metrics.decision_scores([p for p, _ in labelled], [g for _, g in labelled]))
+    if cfg.eval.perplexity:
+        result["perplexity"] = perplexity(model, tokenizer, records, cfg.data, cfg.model, cfg.train.max_seq_length,
+                                          hw, cfg.eval.batch_size)
+    rows = [
+        {"id": r.get("id"), "question": r["question"], "reference": r["answer"], "generated": a,
+         "seconds": s, "generated_tokens": n, **({"label": r["label"]} if r.get("label") else {}), "scores": sc}
+        for r, a, s, n, sc in zip(records, answers, seconds, n_tokens, per_example)
+    ]
+    return result, rows

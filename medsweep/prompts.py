@@ -1,0 +1,85 @@
+"""Prompt formatting: the paper's instruction / input / output structure, rendered through the model's chat
+template when it has one (system = instruction, user = input, assistant = output), else in Alpaca form.
+Tokenization masks the prompt so the loss is on the answer tokens (and the end-of-turn token) only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IGNORE_INDEX = -100
+ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+
+
+def user_input(record: dict[str, Any]) -> str:
+    """The input part: the question, preceded by its context when the dataset has one (PubMedQA)."""
+    context = (record.get("context") or "").strip()
+    question = record["question"].strip()
+    return f"Context: {context}\n\nQuestion: {question}" if context else question
+
+
+def _messages(instruction: str, text: str, system_prompt: bool) -> list[dict[str, str]]:
+    if system_prompt:
+        return [{"role": "system", "content": instruction}, {"role": "user", "content": text}]
+    return [{"role": "user", "content": f"{instruction}\n\n{text}"}]  # templates without a system turn (Gemma)
+
+
+def render(tokenizer, record: dict[str, Any], instruction: str, prompt_format: str, system_prompt: bool = True,
+           with_answer: bool = True) -> tuple[str, str]:
+    """(prompt, completion) strings. The prompt ends where the model starts answering; the completion is
+    the reference answer plus the end-of-answer marker (chat end-of-turn or eos)."""
+    text = user_input(record)
+    answer = record["answer"].strip() if with_answer else ""
+    if prompt_format == "chat" and tokenizer.chat_template:
+        messages = _messages(instruction, text, system_prompt)
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if not with_answer:
+            return prompt, ""
+        full = tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": answer}], tokenize=False
+        )
+        if not full.startswith(prompt):  # templates that rewrite earlier turns: fall back to the plain join
+            return prompt, answer + (tokenizer.eos_token or "")
+        return prompt, full[len(prompt):]
+    prompt = ALPACA.format(instruction=instruction, input=text)
+    return prompt, (answer + (tokenizer.eos_token or "")) if with_answer else ""
+
+
+def tokenize_example(tokenizer, record: dict[str, Any], instruction: str, prompt_format: str, max_seq_length: int,
+                     system_prompt: bool = True) -> dict[str, Any] | None:
+    """input_ids / attention_mask / labels with the prompt masked; None if the prompt alone does not fit.
+    Answers that do not fit are truncated (flagged with `truncated`)."""
+    prompt, completion = render(tokenizer, record, instruction, prompt_format, system_prompt)
+    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer, prompt) else []
+    prompt_ids = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    room = max_seq_length - len(prompt_ids)
+    if room < 1:
+        return None
+    truncated = len(answer_ids) > room
+    answer_ids = answer_ids[:room]
+    ids = prompt_ids + answer_ids
+    return {
+        "input_ids": ids,
+        "attention_mask": [1] * len(ids),
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+        "length": len(ids),
+        "truncated": truncated,
+    }
+
+
+def prompt_ids(tokenizer, record: dict[str, Any], instruction: str, prompt_format: str,
+               system_prompt: bool = True) -> list[int]:
+    """Token ids of the generation prompt (no answer)."""
+    prompt, _ = render(tokenizer, record, instruction, prompt_format, system_prompt, with_answer=False)
+    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer, prompt) else []
+    return bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def _adds_bos(tokenizer, text: str) -> bool:
+    """Whether the model expects a BOS token the rendered text does not already start with (Llama 2/3,
+    Mistral, Gemma do; SmolLM2's ChatML and GPT-2 do not)."""
+    bos = tokenizer.bos_token
+    if not bos or text.startswith(bos):
+        return False
+    return bool(getattr(tokenizer, "add_bos_token", False))

@@ -1,0 +1,178 @@
+"""The run record: run identity (directory name), atomic writes, secret redaction, environment info."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Keys that do not change what a run computes: they never enter the run id, so a site override
+# (longer time limit, other partition) or a new output root finds the same run directory.
+NON_IDENTITY_KEYS = {
+    "hydra",
+    "logger",
+    "output_root",
+    "sweep_name",
+    "resume",
+    "model.cache_dir",
+    "profile.time_limit_min",
+    "profile.partition",
+    "profile.memory_gb",
+    "profile.constraint",
+    "profile.dataloader_workers",
+}
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|auth)", re.IGNORECASE)
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")
+REDACTED = "***"
+
+
+def _identity(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        if dotted in NON_IDENTITY_KEYS:
+            continue
+        out[key] = _identity(value, dotted + ".") if isinstance(value, dict) else value
+    return out
+
+
+def run_id(root: DictConfig) -> str:
+    """Readable name + 8-hex hash of the resolved configuration (minus NON_IDENTITY_KEYS)."""
+    body = {k: root[k] for k in root if k != "hydra"}
+    cfg = OmegaConf.to_container(OmegaConf.create(body), resolve=True)
+    digest = hashlib.sha256(json.dumps(_identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    m, lo, t = cfg["model"], cfg["lora"], cfg["train"]
+    readable = (
+        f"{m['name']}_{cfg['data']['name']}_r{lo['r']}_a{lo['alpha']}_d{lo['dropout']}"
+        f"_L{t['max_seq_length']}_s{t['seed']}_{cfg['profile']['name']}"
+    )
+    return f"{readable}-{digest}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", lambda *, _root_: run_id(_root_), use_cache=False)
+
+
+def axes(cfg: DictConfig) -> dict[str, Any]:
+    """The comparison axes of a run, as the report tables name them."""
+    return {
+        "model": cfg.model.name,
+        "lora.r": cfg.lora.r,
+        "lora.alpha": cfg.lora.alpha,
+        "lora.dropout": cfg.lora.dropout,
+        "train.max_seq_length": cfg.train.max_seq_length,
+        "data": cfg.data.name,
+        "profile": cfg.profile.name,
+        "train.seed": cfg.train.seed,
+        "train.lr": cfg.train.lr,
+        "train.epochs": cfg.train.epochs,
+        "model.load_in_4bit": str(cfg.model.load_in_4bit),
+    }
+
+
+def redact(obj: Any) -> Any:
+    """Replace the values of secret-looking keys, and any secret env value that appears in text."""
+    secrets = [v for k in SECRET_ENV if len(v := os.environ.get(k, "")) >= 4]
+    if isinstance(obj, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "") else redact(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        for s in secrets:
+            obj = obj.replace(s, REDACTED)
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory + fsync + rename: readers see all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(redact(obj), indent=2, default=str, allow_nan=True) + "\n")
+
+
+def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(redact(r), ensure_ascii=False, default=str) + "\n" for r in rows))
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's metrics.json, or None if absent or unreadable."""
+    try:
+        return json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5,
+        )
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Git commit, package versions, host and device info for the record."""
+    import torch
+
+    versions = {}
+    for pkg in ("medsweep", "torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf",
+                "submitit", "bitsandbytes", "sacrebleu", "rouge-score", "wandb", "pandas"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    device = {"cuda": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads(),
+              "cpu_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())}
+    if torch.cuda.is_available():
+        device["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "device": device,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "argv": sys.argv,
+    }

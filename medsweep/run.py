@@ -1,0 +1,185 @@
+"""The train-eval entrypoint: `medsweep k=v ...` (one job) or `medsweep -m k=a,b ...` (a sweep).
+
+The recipe, top to bottom: validate config -> load and split data -> load model -> [baseline eval] ->
+add LoRA -> train (resuming from the last checkpoint) -> save adapter -> evaluate -> write the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from medsweep import config as config_schema
+from medsweep import data, hardware, models, record, train
+from medsweep.errors import MedsweepError
+from medsweep.evaluate import evaluate
+
+log = logging.getLogger("medsweep")
+
+config_schema.register_configs()
+record.register_resolvers()
+
+
+def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run one configuration into `run_dir` and return its record (metrics.json)."""
+    config_schema.validate(cfg)
+    done = record.read_record(run_dir)
+    if done and done.get("status") == "complete":
+        log.info("already complete: %s (attempt=%d re-runs it into a new directory)", run_dir, cfg.attempt + 1)
+        return done
+
+    started = time.time()
+    hw = hardware.resolve(cfg.profile)
+    hardware.apply_threads(hw)
+    splits = data.build(cfg.data, eval_size=cfg.train.eval_split, train_size=cfg.train.train_size)
+    eval_records = splits.eval[: cfg.eval.num_examples]
+
+    rec: dict[str, Any] = {
+        "status": "running", "run_name": run_dir.name, "run_dir": str(run_dir.resolve()),
+        "axes": record.axes(cfg), "overrides": _overrides(), "data": splits.stats,
+        "hardware": {"device": hw.device, "precision": hw.precision, "threads": hw.threads},
+        "env": record.environment(), "started_at": record.now(), "metrics": None, "baseline": None,
+        "delta": None, "epochs": [], "error": None,
+    }
+    record.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(record.redact(
+        OmegaConf.to_container(cfg, resolve=True))))
+    record.atomic_write_json(run_dir / "metrics.json", rec)
+    try:
+        _train_and_evaluate(cfg, run_dir, hw, splits, eval_records, rec)
+    except BaseException as exc:
+        rec.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
+                   error=f"{type(exc).__name__}: {exc}", finished_at=record.now())
+        record.atomic_write_json(run_dir / "metrics.json", rec)
+        raise
+    rec.update(status="complete", finished_at=record.now(), wall_time_s=time.time() - started,
+               gpu_hours=(time.time() - started) / 3600 * (cfg.profile.gpus if hw.device == "cuda" else 0))
+    record.atomic_write_json(run_dir / "metrics.json", rec)
+    return rec
+
+
+def _train_and_evaluate(cfg, run_dir: Path, hw, splits, eval_records, rec: dict[str, Any]) -> None:
+    grad_ckpt = cfg.train.gradient_checkpointing
+    grad_ckpt = cfg.profile.gradient_checkpointing if grad_ckpt == "auto" else bool(grad_ckpt)
+
+    t0 = time.perf_counter()
+    tokenizer = models.load_tokenizer(cfg.model)
+    model, rec["model"] = models.load_model(cfg.model, tokenizer, hw, seed=cfg.train.seed,
+                                            gradient_checkpointing=grad_ckpt)
+    rec["model"]["load_time_s"] = time.perf_counter() - t0
+
+    if cfg.eval.baseline:
+        log.info("baseline: evaluating the base model on %d held-out questions", len(eval_records))
+        rec["baseline"], baseline_rows = evaluate(model, tokenizer, eval_records, cfg, hw)
+        record.atomic_write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_rows)
+
+    model = models.add_lora(model, cfg.lora, cfg.model, init_adapter=cfg.train.init_adapter)
+    rec["model"]["trainable_params"] = models.trainable_params(model)
+    tokenizer.padding_side = "right"
+    train_ds, rec["data"]["tokenized"] = train.tokenize(splits.train, tokenizer, cfg.data, cfg.model,
+                                                        cfg.train.max_seq_length)
+    if len(train_ds) == 0:
+        raise MedsweepError(f"no training example fits train.max_seq_length={cfg.train.max_seq_length}: every "
+                            f"prompt is longer; raise it")
+
+    checkpoint_dir = run_dir / "checkpoints"
+    args = train.training_args(cfg.train, cfg.profile, hw, checkpoint_dir)
+    timer = train.StepTimer()
+    callbacks = [timer]
+    epoch_eval = None
+    if cfg.eval.every_epoch:
+        epoch_eval = train.EpochEval(lambda m: evaluate(m, tokenizer, eval_records, cfg, hw)[0])
+        callbacks.append(epoch_eval)
+    trainer = train.build_trainer(model, tokenizer, train_ds, args, callbacks)
+    resume_from = train.last_checkpoint(checkpoint_dir) if cfg.resume else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    log.info("training: %d examples, %d trainable parameters, %s on %s, %d threads",
+             len(train_ds), rec["model"]["trainable_params"], hw.precision, hw.device, hw.threads)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    history = train.loss_history(trainer)
+    rec["train"] = {
+        "train_time_s": time.perf_counter() - t0,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_loss": result.training_loss,
+        "train_loss_first": history[0]["loss"] if history else None,
+        "train_loss_last": history[-1]["loss"] if history else None,
+        "first_step_s": (timer.first_step_end - timer.train_begin) if timer.first_step_end else None,
+        "trainable_params": rec["model"]["trainable_params"],
+        "total_params": rec["model"]["total_params"],
+        "resumed_from": resume_from,
+        "log_history": history,
+    }
+    model.save_pretrained(run_dir / "adapter")
+    tokenizer.save_pretrained(run_dir / "adapter")
+
+    log.info("evaluating the fine-tuned model on %d held-out questions", len(eval_records))
+    rec["metrics"], rows = evaluate(model, tokenizer, eval_records, cfg, hw)
+    rec["per_example"] = {k: [r["scores"][k] for r in rows] for k in ("exact_match", "f1", "bleu", "rougeL")}
+    rec["train"]["peak_memory_mb"] = hardware.peak_memory_mb(hw.device)
+    if epoch_eval:
+        rec["epochs"] = epoch_eval.results
+    if rec["baseline"]:
+        rec["delta"] = {k: v - rec["baseline"][k] for k, v in rec["metrics"].items()
+                        if k in rec["baseline"] and isinstance(v, (int, float))}
+    record.atomic_write_jsonl(run_dir / "predictions.jsonl", rows)
+
+
+def _overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # called outside Hydra (tests)
+        return []
+
+
+def summary_table(rec: dict[str, Any]) -> str:
+    """A small Markdown table of the record's headline metrics (baseline vs fine-tuned when present)."""
+    import pandas as pd
+
+    keys = ["exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "perplexity", "seconds_per_answer",
+            "latency_p95_s", "generated_tokens_per_s"]
+    cols = {"fine-tuned": rec["metrics"]}
+    if rec.get("baseline"):
+        cols = {"base": rec["baseline"], **cols, "delta": rec["delta"]}
+    frame = pd.DataFrame({name: {k: vals.get(k) for k in keys} for name, vals in cols.items()})
+    return frame.to_markdown(floatfmt=".4g")
+
+
+def _remove_if_fresh(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but what Hydra wrote at start (a config error)."""
+    if run_dir.is_dir() and all(p.name in {".hydra", "medsweep.log"} for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    for noisy in ("transformers", "datasets", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        rec = train_eval(cfg, run_dir)
+    except MedsweepError as exc:
+        _remove_if_fresh(run_dir)
+        print(f"medsweep: error: {exc}", file=sys.stderr)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(exc.exit_code)
+    if rec.get("metrics"):
+        print(f"\nrun: {run_dir}\n{summary_table(rec)}")
+
+
+if __name__ == "__main__":
+    main()
