@@ -41,7 +41,6 @@ from medsweep.errors import MedsweepError
 log = logging.getLogger(__name__)
 
 SEED = "train.seed"
-BASE_COLUMNS = ["run_dir", "run_name", "status", "error"]
 TRAIN_COLUMNS = ["train_time_s", "peak_memory_mb", "trainable_params", "total_params",
                  "steps", "train_loss_first", "train_loss_last"]
 # Table 4 metrics: column name in the run table -> display name (in this order).
@@ -54,6 +53,10 @@ TABLE4 = {
 SCALE = {"exact_match": 100.0}  # EM is reported in percent
 LATENCY = {"seconds_per_answer": "s/answer", "latency_p50_s": "p50 s",
            "latency_p95_s": "p95 s", "generated_tokens_per_s": "tokens/s"}
+LOWER_IS_BETTER = {"perplexity", "seconds_per_answer", "latency_p50_s", "latency_p95_s"}
+# Columns that are never axes (used when df.attrs["axes"] was lost, e.g. after pd.concat).
+NOT_AXES = {"run_dir", "run_name", "status", "error", "gpu_hours", "n_eval",
+            *TRAIN_COLUMNS, *TABLE4, *LATENCY}
 N_BOOT = 1000
 CI_NOTE = (
     "95% confidence intervals: `mean ± half-width` is a Student-t interval over seeds "
@@ -104,14 +107,9 @@ def bootstrap_interval(scores, n_boot: int = N_BOOT, seed: int = 0) -> tuple[flo
 # --------------------------------------------------------------------------- collecting
 
 def _expand(paths: list[str]) -> list[Path]:
-    """Expand globs; warn about paths that match nothing."""
-    roots = []
-    for p in paths:
-        matches = sorted(glob.glob(os.path.expanduser(p), recursive=True))
-        if not matches:
-            log.warning("no such path: %s", p)
-        roots += [Path(m) for m in matches]
-    return roots
+    """Expand globs (paths that match nothing are left out)."""
+    return [Path(m) for p in paths
+            for m in sorted(glob.glob(os.path.expanduser(p), recursive=True))]
 
 
 def _related(a: Path, b: Path) -> bool:
@@ -194,10 +192,15 @@ def collect(paths: list[str]) -> pd.DataFrame:
     Private columns ``_per_example`` and ``_epochs`` carry the nested data used for
     bootstrap CIs and the per-epoch figure; ``df.attrs["axes"]`` lists the axis columns.
     """
-    rows = [read_run(d) for d in find_run_dirs(list(paths))]
+    paths = [str(p) for p in paths]
+    missing = [p for p in paths if not _expand([p])]
+    rows = [read_run(d) for d in find_run_dirs(paths)]
     if not rows:
         raise MedsweepError("no run records (metrics.json or .hydra/config.yaml) found "
-                            f"under: {' '.join(map(str, paths))}")
+                            f"under: {' '.join(paths)}"
+                            + (f" (no such path: {' '.join(missing)})" if missing else ""))
+    for p in missing:
+        log.warning("no such path: %s", p)
     axes = list(dict.fromkeys(a for r in rows for a in r.pop("_axes", [])))
     df = pd.DataFrame(rows)
     for c in ("_per_example", "_epochs"):
@@ -214,7 +217,10 @@ def collect(paths: list[str]) -> pd.DataFrame:
 
 def axis_columns(df: pd.DataFrame) -> list[str]:
     """Axis columns, in the order the run records list them."""
-    return [a for a in df.attrs.get("axes", []) if a in df.columns]
+    if "axes" in df.attrs:
+        return [a for a in df.attrs["axes"] if a in df.columns]
+    return [c for c in df.columns if c not in NOT_AXES
+            and not c.startswith(("_", "baseline.", "delta."))]
 
 
 def varying_axes(df: pd.DataFrame) -> list[str]:
@@ -325,14 +331,16 @@ def summarize(df: pd.DataFrame, by: list[str], metrics: dict[str, str],
     return out.dropna(axis="columns", how="all") if not out.empty else out
 
 
-def _mark_best(table: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Add a bool ``best`` column: the row with the highest ``value`` per model."""
+def _mark_best(table: pd.DataFrame, value: str, lower: bool = False) -> pd.DataFrame:
+    """Add a bool ``best`` column: the row with the highest (``lower``: lowest) ``value``
+    per model."""
     table["best"] = False
     if value not in table or table[value].isna().all():
         return table
     ranked = table.dropna(subset=[value])
-    keys = ranked.groupby("model", dropna=False)[value].idxmax() if "model" in table \
-        else pd.Series([ranked[value].idxmax()])
+    pick = "idxmin" if lower else "idxmax"
+    keys = ranked.groupby("model", dropna=False)[value].agg(pick) if "model" in table \
+        else pd.Series([getattr(ranked[value], pick)()])
     table.loc[keys.to_numpy(), "best"] = True
     return table
 
@@ -351,7 +359,9 @@ def by_config(df: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     if metric not in metrics:
         metrics[metric] = metric
     table = summarize(done, config_axes(done), metrics, primary=metric, scale=SCALE)
-    return _mark_best(table, metrics[metric]) if not table.empty else table
+    if table.empty:
+        return table
+    return _mark_best(table, metrics[metric], lower=metric in LOWER_IS_BETTER)
 
 
 def by_model(df: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
@@ -374,16 +384,12 @@ def pivot(df: pd.DataFrame, by: list[str] | None = None, metric: str = "f1") -> 
     ``by`` a ``best`` column marks the best row per model.
     """
     _check_metric(df, metric)
-    by = list(by) if by else config_axes(complete(df))
-    unknown = [a for a in by if a not in axis_columns(df)]
-    if unknown:
-        raise MedsweepError(f"unknown axis {', '.join(unknown)}; axes in these runs: "
-                            f"{', '.join(axis_columns(df)) or 'none'}")
+    by = _check_axes(df, by) if by else config_axes(complete(df))
     table = summarize(df, by, {metric: metric}, primary=metric)
     if table.empty:
         return table
     if "model" in by:
-        table = _mark_best(table, metric)
+        table = _mark_best(table, metric, lower=metric in LOWER_IS_BETTER)
     return table.set_index(by) if by else table
 
 
@@ -409,6 +415,15 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     """The full run table without the private nested columns."""
     return df[[c for c in df.columns if not c.startswith("_")]]
+
+
+def _check_axes(df: pd.DataFrame, axes) -> list[str]:
+    """``axes`` as a list; MedsweepError naming the known axes if one is unknown."""
+    unknown = [a for a in axes if a not in axis_columns(df)]
+    if unknown:
+        raise MedsweepError(f"unknown axis {', '.join(unknown)}; axes in these runs: "
+                            f"{', '.join(axis_columns(df)) or 'none'}")
+    return list(axes)
 
 
 def _check_metric(df: pd.DataFrame, metric: str) -> None:
@@ -443,7 +458,7 @@ def _cell(mean, low, high, method: str) -> str:
 
 
 def display(view: pd.DataFrame) -> pd.DataFrame:
-    """Human-readable copy of a view: ``X``/``X lo``/``X hi`` merged into one cell, ``*`` for best."""
+    """Readable copy of a view: ``X``, ``X lo``, ``X hi`` merged into one cell; ``*`` for best."""
     table = view.reset_index() if view.index.names[0] is not None else view.copy()
     for name in [c for c in table.columns if f"{c} lo" in table and f"{c} hi" in table]:
         method = table["CI"] if "CI" in table else pd.Series("", index=table.index)
@@ -616,7 +631,7 @@ def write_figures(df: pd.DataFrame, out_dir, metric: str = "f1",
     report_dir = Path(out_dir) / "report"
     written = [plot_metric_vs_epoch(df, report_dir / "metric_vs_epoch.png", metric),
                plot_latency_by_profile(df, report_dir / "latency_by_profile.png")]
-    axes = list(heat_axes or [])[:2]
+    axes = _check_axes(df, heat_axes or [])[:2]
     if len(axes) < 2:
         axes = [a for a in varying_axes(complete(df)) if a != SEED][:2]
     if len(axes) == 2 and metric in df and complete(df)[metric].notna().any():
@@ -647,7 +662,11 @@ def log_wandb(df: pd.DataFrame, metric: str = "f1") -> None:
         view = view.reset_index() if view.index.names[0] is not None else view
         return wandb.Table(dataframe=view.astype(object).where(view.notna(), None))
 
-    run = wandb.init(job_type="report", project=os.environ.get("WANDB_PROJECT", "medsweep"))
+    try:
+        run = wandb.init(job_type="report",
+                         project=os.environ.get("WANDB_PROJECT", "medsweep"))
+    except Exception as e:  # e.g. online mode without a login
+        raise MedsweepError(f"wandb.init failed (set WANDB_MODE=offline?): {e}") from e
     run.log({"by_model": table(by_model(df, metric)), "runs": table(runs_table(df))})
     run.finish()
 
@@ -685,6 +704,7 @@ def main(argv=None) -> int:
         logging.basicConfig(level=logging.INFO, format="medsweep-report: %(message)s")
     try:
         df = collect(args.paths)
+        _check_metric(df, args.metric)
         out = Path(args.out) if args.out else (
             Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path.cwd())
         figures = write_figures(df, out, args.metric, heat_axes=args.by)

@@ -14,8 +14,10 @@
 #      cluster's daemons (checked through its environment), never a reused PID;
 #   3. removes the pid files, then kills any leftover process of this cluster
 #      (a daemon whose pid file was lost, a stray slurmstepd, a job process),
-#      identified by MEDSWEEP_SLURM_DAEMON=<state dir> or by
-#      SLURM_CONF=<state dir>/etc/slurm.conf + SLURM_JOB_ID in its environment.
+#      identified by MEDSWEEP_SLURM_DAEMON=<state dir> in its environment
+#      (set by slurm_start.sh), by being a slurmstepd holding a file under the
+#      state dir open, or by SLURM_CONF=<state dir>/etc/slurm.conf +
+#      SLURM_JOB_ID in its environment (job processes).
 # State (configs, MariaDB data = accounting history, munge key, logs) is kept,
 # so the next slurm_start.sh is fast. `rm -rf` the state dir for a clean slate.
 set -euo pipefail
@@ -62,6 +64,14 @@ ours() {  # ours PID -> belongs to this cluster (daemon marker or one of its job
     # never our own session (this script's subshells, its caller's shell)
     [[ "$(awk '{print $6}' "/proc/$pid/stat" 2>/dev/null)" != "$MY_SID" ]] || return 1
     has_env "$pid" "MEDSWEEP_SLURM_DAEMON=$STATE" && return 0
+    # slurmstepd overwrites its environment (process title); recognise it by
+    # its binary plus an open file of ours (it keeps slurmd's log open)
+    if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */slurmstepd* ]]; then
+        local fd
+        for fd in "/proc/$pid/fd/"*; do
+            [[ "$(readlink "$fd" 2>/dev/null)" == "$STATE/"* ]] && return 0
+        done
+    fi
     has_env "$pid" "SLURM_CONF=$SLURM_CONF" &&
         tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -q '^SLURM_JOB_ID='
 }
@@ -133,7 +143,7 @@ if ((${#rest[@]})); then
     for pid in "${rest[@]}"; do
         log "leftover: $pid $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | cut -c1-100)"
     done
-    terminate leftovers 10 "${rest[@]}"
+    terminate leftovers 5 "${rest[@]}"
 fi
 mapfile -t rest < <(leftovers)
 if ((${#rest[@]})); then

@@ -148,7 +148,7 @@ def test_collect_accepts_run_dir_glob_and_file(sweep: Path):
 
 
 def test_collect_raises_when_nothing_found(tmp_path: Path):
-    with pytest.raises(MedsweepError, match="no run records"):
+    with pytest.raises(MedsweepError, match=r"no run records.*no such path: .*missing\*"):
         report.collect([str(tmp_path), str(tmp_path / "missing*")])
 
 
@@ -248,6 +248,16 @@ def test_pivot_over_one_and_two_axes(df: pd.DataFrame):
     assert cell["exact_match"] == pytest.approx(statistics.fmean([0.45 / 4, 0.47 / 4]))
     assert cell["CI"] == "t over seeds (n=2)" and not cell["best"]
     assert both.loc[("qwen2_0.5b", 4), "best"]
+    # lower is better for perplexity: the best config is the one with the lowest mean
+    ppl = report.pivot(df, by=["model", "lora.r"], metric="perplexity")
+    assert ppl.loc[("smollm2_135m", 16), "best"] and not ppl.loc[("smollm2_135m", 4), "best"]
+
+
+def test_axis_columns_survive_concat(df: pd.DataFrame):
+    merged = pd.concat([df.iloc[:4], df.iloc[4:]])
+    merged.attrs = {}
+    assert report.axis_columns(merged) == report.axis_columns(df)
+    assert report.varying_axes(merged) == ["model", "lora.r", "train.seed"]
 
 
 def test_pivot_rejects_unknown_axis_and_metric(df: pd.DataFrame):
@@ -379,6 +389,8 @@ def test_cli_default_out_is_first_dir_and_bad_metric(sweep: Path, capsys):
     capsys.readouterr()
     assert report.main([str(sweep), "--metric", "nope"]) == 2
     assert capsys.readouterr().err.startswith("medsweep-report: error: unknown metric 'nope'")
+    assert report.main([str(sweep), "--by", "lora.rank", "model"]) == 2
+    assert capsys.readouterr().err.startswith("medsweep-report: error: unknown axis lora.rank")
 
 
 def test_cli_wandb_logs_tables(sweep: Path, tmp_path: Path, monkeypatch, capsys):
@@ -397,5 +409,6 @@ def test_cli_wandb_logs_tables(sweep: Path, tmp_path: Path, monkeypatch, capsys)
     monkeypatch.setitem(sys.modules, "wandb", fake)
     assert report.main([str(sweep), "--out", str(tmp_path), "--wandb"]) == 0
     assert calls["init"]["job_type"] == "report" and calls["finished"]
-    assert calls["log"]["by_model"] == ("table", report.by_model(report.collect([str(sweep)])).shape)
+    expected = report.by_model(report.collect([str(sweep)])).shape
+    assert calls["log"]["by_model"] == ("table", expected)
     assert calls["log"]["runs"][1][0] == 12

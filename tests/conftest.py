@@ -1,0 +1,69 @@
+"""Shared fixtures: offline environment, the real data in ../shared/data, Hydra composition, tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Offline everywhere: a hub lookup would take 23-46 s to fail here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MEDQUAD_JSONL = SHARED_DATA / "medquad" / "medquad_2000.jsonl"
+CONF_DIR = ROOT / "conf"
+
+
+def need_shared_data() -> None:
+    if not MEDQUAD_JSONL.is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA} (the project's ../shared/data)")
+
+
+@pytest.fixture
+def compose():
+    """compose(overrides) -> the composed config, validated against the schemas, no Hydra run dir."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from medsweep.run import config_schema  # noqa: F401  registers schemas and resolvers
+
+    def _compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose("config", overrides=overrides or [], return_hydra_config=return_hydra_config)
+
+    return _compose
+
+
+def run_medsweep(*overrides: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600,
+                 multirun: bool = False) -> subprocess.CompletedProcess:
+    """The entrypoint as a user runs it: `python -m medsweep k=v ...` in a subprocess."""
+    cmd = [sys.executable, "-m", "medsweep", *(["-m"] if multirun else []), *overrides]
+    return subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def embedded_dir():
+    """The cached safetensors copy of the embedded SmolLM2 (built once from the wheel's GGUF)."""
+    from medsweep import models
+    from medsweep.errors import ModelError
+
+    try:
+        models.embedded_gguf()
+    except ModelError as exc:
+        pytest.skip(f"embedded model unavailable: {exc}")
+    return models.embedded_model_dir(os.environ.get("MEDSWEEP_CACHE", "~/.cache/medsweep"))
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(embedded_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_dir)

@@ -1,0 +1,64 @@
+"""End to end: the real entrypoint (subprocess, as a user runs it) on tiny_random and real MedQuAD pairs."""
+
+import json
+
+import pytest
+
+from tests.conftest import MEDQUAD_JSONL, need_shared_data, run_medsweep
+
+METRICS = {"exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "perplexity", "seconds_per_answer",
+           "latency_p50_s", "latency_p95_s", "generated_tokens_per_s", "n_eval"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, embedded_dir):
+    need_shared_data()
+    out = tmp_path_factory.mktemp("results")
+    overrides = ["experiment=smoke", "data=local", f"data.path={MEDQUAD_JSONL}", f"output_root={out}",
+                 "eval.baseline=true"]
+    proc = run_medsweep(*overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (out / "runs").iterdir()
+    return run_dir, overrides, proc
+
+
+def test_record_holds_every_metric(smoke_run):
+    run_dir, _, proc = smoke_run
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["status"] == "complete" and rec["error"] is None
+    assert METRICS <= set(rec["metrics"]) and METRICS <= set(rec["baseline"])
+    assert set(rec["delta"]) >= METRICS - {"n_eval"}
+    assert rec["metrics"]["n_eval"] == 8
+    assert rec["train"]["trainable_params"] > 0 and rec["train"]["peak_memory_mb"] > 0
+    assert rec["train"]["train_time_s"] > 0 and rec["train"]["steps"] == 6
+    assert rec["env"]["packages"]["torch"] == "2.13.0+cpu" or rec["env"]["packages"]["torch"].startswith("2.13.0")
+    assert rec["axes"]["model"] == "tiny_random" and rec["data"]["eval"] == 8
+    assert "fine-tuned" in proc.stdout  # the summary table
+
+
+def test_training_loss_went_down(smoke_run):
+    run_dir, _, _ = smoke_run
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    losses = [h["loss"] for h in rec["train"]["log_history"]]
+    assert len(losses) == 6
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_predictions_match_eval_size(smoke_run):
+    run_dir, _, _ = smoke_run
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    assert all({"question", "reference", "generated", "scores"} <= set(r) for r in rows)
+    assert all(set(r["scores"]) >= {"exact_match", "f1", "bleu", "rougeL"} for r in rows)
+    assert (run_dir / "predictions_baseline.jsonl").is_file()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+
+
+def test_rerun_of_a_complete_config_is_skipped(smoke_run):
+    run_dir, overrides, _ = smoke_run
+    before = (run_dir / "metrics.json").read_bytes()
+    proc = run_medsweep(*overrides)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already complete" in proc.stdout + proc.stderr
+    assert (run_dir / "metrics.json").read_bytes() == before

@@ -1,0 +1,42 @@
+"""Prompt formatting through the chat template, and answer-only labels."""
+
+from medsweep.prompts import IGNORE_INDEX, prompt_ids, render, tokenize_example
+
+REC = {"question": "What causes gout?", "answer": "Uric acid crystals in a joint."}
+INSTRUCTION = "Answer briefly."
+
+
+def test_chatml_rendering_of_smollm2(smol_tokenizer):
+    prompt, completion = render(smol_tokenizer, REC, INSTRUCTION, "chat")
+    assert prompt == ("<|im_start|>system\nAnswer briefly.<|im_end|>\n"
+                      "<|im_start|>user\nWhat causes gout?<|im_end|>\n<|im_start|>assistant\n")
+    assert completion == "Uric acid crystals in a joint.<|im_end|>\n"
+
+
+def test_alpaca_rendering(smol_tokenizer):
+    prompt, completion = render(smol_tokenizer, REC, INSTRUCTION, "alpaca")
+    assert prompt == "### Instruction:\nAnswer briefly.\n\n### Input:\nWhat causes gout?\n\n### Response:\n"
+    assert completion == "Uric acid crystals in a joint." + smol_tokenizer.eos_token
+
+
+def test_context_goes_into_the_input(smol_tokenizer):
+    prompt, _ = render(smol_tokenizer, {**REC, "context": "Abstract text."}, INSTRUCTION, "chat")
+    assert "Context: Abstract text.\n\nQuestion: What causes gout?" in prompt
+
+
+def test_labels_cover_only_the_answer(smol_tokenizer):
+    ex = tokenize_example(smol_tokenizer, REC, INSTRUCTION, "chat", max_seq_length=256)
+    n_prompt = len(prompt_ids(smol_tokenizer, REC, INSTRUCTION, "chat"))
+    assert ex["input_ids"][:n_prompt] == prompt_ids(smol_tokenizer, REC, INSTRUCTION, "chat")
+    assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
+    assert smol_tokenizer.decode(answer) == "Uric acid crystals in a joint.<|im_end|>\n"
+    assert not ex["truncated"] and ex["length"] == len(ex["input_ids"])
+
+
+def test_truncation_and_overlong_prompt(smol_tokenizer):
+    n_prompt = len(prompt_ids(smol_tokenizer, REC, INSTRUCTION, "chat"))
+    ex = tokenize_example(smol_tokenizer, REC, INSTRUCTION, "chat", max_seq_length=n_prompt + 2)
+    assert ex["truncated"] and len(ex["input_ids"]) == n_prompt + 2
+    assert sum(t != IGNORE_INDEX for t in ex["labels"]) == 2
+    assert tokenize_example(smol_tokenizer, REC, INSTRUCTION, "chat", max_seq_length=n_prompt) is None
