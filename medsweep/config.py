@@ -28,11 +28,19 @@ class ModelConfig:
     random_config: dict[str, Any] = field(default_factory=dict)  # config kwargs of a random model (source=random)
     cache_dir: str = "~/.cache/medsweep"  # where the dequantized embedded model is cached as safetensors
     context_length: int = 2048  # longest sequence the model supports; train.max_seq_length must not exceed it
-    prompt_format: str = "chat"  # chat: the tokenizer's chat template | alpaca: ### Instruction/Input/Response
+    prompt_format: str = "chat"  # chat: chat_template or the tokenizer's | alpaca: ### Instruction/Input/Response
     system_prompt: bool = True  # whether the chat template accepts a system turn (Gemma 1.1 does not)
     pad_token: Optional[str] = None  # token to use as padding when the tokenizer has none (null: use eos)
+    bos_token: Optional[str] = None  # the tokenizer's beginning-of-sequence token (null: keep the tokenizer's)
+    eos_token: Optional[str] = None  # end-of-sequence token, ends every Alpaca completion (null: the tokenizer's)
+    add_bos_token: Optional[bool] = None  # ids start with bos (Llama, Mistral, Gemma; null: as the tokenizer does)
+    end_of_turn: Optional[str] = None  # token closing the assistant turn (chat format); generation also stops there
+    chat_template: Optional[str] = None  # jinja chat template overriding the tokenizer's (null: the tokenizer's own)
     lora_target_modules: list[str] = field(default_factory=list)  # default LoRA targets for this architecture
     params_b: float = 0.0  # parameter count in billions (memory estimates for GPU profiles)
+    hidden_size: int = 0  # model width (d_model): activation-memory estimates
+    num_layers: int = 0  # transformer blocks: activation-memory estimates
+    vocab_size: int = 0  # vocabulary size: logits-memory estimates
     dtype: str = "auto"  # weight dtype: auto (follow the profile precision) | float32 | bfloat16 | float16
     load_in_4bit: Any = False  # QLoRA: false | true (NF4 via bitsandbytes, needs CUDA) | auto (4-bit if CUDA)
     trust_remote_code: bool = False  # run model code from the hub; off unless a model config turns it on
@@ -122,6 +130,19 @@ class ProfileConfig:
     constraint: Optional[str] = None  # SLURM --constraint
     dataloader_workers: int = 0  # DataLoader worker processes
     gradient_checkpointing: bool = False  # what train.gradient_checkpointing=auto resolves to on this profile
+    gpu_tflops: float = 0.0  # dense fp16/bf16 tensor peak of one GPU, for GPU-hour estimates
+
+
+@dataclass
+class SiteConfig:
+    partition: Optional[str] = None  # overrides every profile's partition (null: the profile's, else the default)
+    account: Optional[str] = None  # SLURM --account
+    qos: Optional[str] = None  # SLURM --qos
+    gpu_request: str = "gres"  # gres: --gres=gpu:<type>:<n> | constraint: --gpus-per-node=<n> --constraint=<type>
+    setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load, venv activate)
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {mail-type: END}
+    max_parallel: int = 64  # jobs of one sweep running at once (SLURM array throttle; waves for the local launcher)
+    mfu_assumed: float = 0.3  # model FLOPs utilisation assumed for GPU-hour estimates in --plan
 
 
 @dataclass
@@ -144,10 +165,12 @@ class RunConfig:
     eval: EvalConfig = MISSING
     profile: ProfileConfig = MISSING
     logger: LoggerConfig = MISSING
+    site: SiteConfig = MISSING
     output_root: str = "results"  # where run and sweep directories go
     sweep_name: str = "sweep"  # multirun directory name under results/sweeps
     attempt: int = 0  # bump to re-run a completed configuration into a new directory
     resume: bool = True  # resume from the last checkpoint of an interrupted run in the same directory
+    plan: bool = False  # multirun: print every job (resources, fit, estimate) and submit nothing (`--plan`)
 
 
 def register_configs() -> None:
@@ -185,6 +208,16 @@ def validate(cfg: Any) -> None:
     _one_of("model.load_in_4bit", m.load_in_4bit, [False, True, "auto"])
     _require(m.source != "hub" or bool(m.hub_id), "model.hub_id", m.hub_id, "required when model.source=hub")
     _require(m.context_length > 0, "model.context_length", m.context_length, "must be > 0")
+    for key in ("hidden_size", "num_layers", "vocab_size"):
+        value = getattr(m, key)
+        _require(value > 0, f"model.{key}", value, "must be > 0 (the architecture's number, for memory estimates)")
+    _require(
+        m.load_in_4bit is not True or p.device != "cpu",
+        "model.load_in_4bit",
+        m.load_in_4bit,
+        f"QLoRA (bitsandbytes NF4) needs a CUDA GPU and profile {p.name} runs on the CPU; use "
+        "model.load_in_4bit=auto to fall back to full precision, or a GPU profile",
+    )
 
     _require(lo.r > 0, "lora.r", lo.r, "must be an integer > 0")
     _require(lo.alpha > 0, "lora.alpha", lo.alpha, "must be > 0")
@@ -235,6 +268,9 @@ def validate(cfg: Any) -> None:
     _require(p.cpus > 0, "profile.cpus", p.cpus, "must be > 0")
     _require(p.gpus >= 0, "profile.gpus", p.gpus, "must be >= 0")
     _require(p.dataloader_workers >= 0, "profile.dataloader_workers", p.dataloader_workers, "must be >= 0")
+    _require(p.gpus == 0 or p.gpu_memory_gb > 0, "profile.gpu_memory_gb", p.gpu_memory_gb, "must be > 0 with GPUs")
+    _one_of("site.gpu_request", cfg.site.gpu_request, ["gres", "constraint"])
+    _require(cfg.site.max_parallel > 0, "site.max_parallel", cfg.site.max_parallel, "must be > 0")
     _one_of("logger.name", cfg.logger.name, ["none", "wandb"])
     _one_of("logger.mode", cfg.logger.mode, ["offline", "online", "disabled"])
     _require(cfg.attempt >= 0, "attempt", cfg.attempt, "must be >= 0")

@@ -497,6 +497,7 @@ def load_pubmedqa(
     hub_split: str = "train",
     split: str = "all",
     test_ids_path: str | None = None,
+    decision_first: bool = False,
 ) -> tuple[list[Record], Stats]:
     """PubMedQA (PQA-L): ``question``, ``context`` (abstract parts joined by a space),
     ``answer`` (the long answer), ``label`` (yes/no/maybe), ``id`` (the PubMed id).
@@ -504,8 +505,21 @@ def load_pubmedqa(
     Accepts the original ``ori_pqal.json``, the flattened ``pubmedqa_pqal.jsonl`` (ids such
     as ``pubmedqa-<pmid>`` become the bare pmid) or the hub copy. ``split="test"`` keeps the
     official 500 test ids, ``"train"`` the other items, ``"all"`` everything; dropped items
-    are counted as ``skipped_other_split``.
+    are counted as ``skipped_other_split``. ``decision_first`` starts each answer with its
+    decision (``"Yes. <long answer>"``), so a model trained on it answers yes/no/maybe first.
     """
+    records, stats = _pubmedqa_split(path, hub, hub_config, hub_split, split, test_ids_path)
+    if decision_first:
+        for record in records:
+            if record.get("label"):
+                record["answer"] = f"{record['label'].capitalize()}. {record['answer']}"
+    return records, stats
+
+
+def _pubmedqa_split(
+    path: str | None, hub: str | None, hub_config: str | None, hub_split: str, split: str,
+    test_ids_path: str | None,
+) -> tuple[list[Record], Stats]:
     if split not in PUBMEDQA_SPLITS:
         raise ConfigError(f"pubmedqa split: {split!r} is not one of {', '.join(PUBMEDQA_SPLITS)}")
     marked = None

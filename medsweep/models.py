@@ -91,8 +91,28 @@ def load_tokenizer(model_cfg: Any):
         )
     except OSError as exc:
         raise ModelError(f"cannot load the tokenizer of {model_cfg.name} from {source!r}: {_first_line(exc)}") from exc
+    return configure_tokenizer(tokenizer, model_cfg)
+
+
+def configure_tokenizer(tokenizer, model_cfg: Any):
+    """Apply the model config's prompt-format facts to a tokenizer: bos / eos tokens, whether ids start with bos,
+    the chat template, and a pad token when it has none. The named tokens must already be in its vocabulary."""
+    named = {key: getattr(model_cfg, key) for key in ("bos_token", "eos_token", "pad_token", "end_of_turn")}
+    vocab = tokenizer.get_vocab()
+    missing = [f"model.{key}={tok!r}" for key, tok in named.items() if tok and tok not in vocab]
+    if missing:
+        raise ModelError(f"the tokenizer of {model_cfg.name} has no token for {', '.join(missing)}: "
+                         f"is model.tokenizer / model.hub_id the right tokenizer?")
+    if named["bos_token"]:
+        tokenizer.bos_token = named["bos_token"]
+    if named["eos_token"]:
+        tokenizer.eos_token = named["eos_token"]
+    if model_cfg.add_bos_token is not None:  # after bos: the setter rebuilds the post-processor with it
+        tokenizer.add_bos_token = model_cfg.add_bos_token
+    if model_cfg.chat_template:
+        tokenizer.chat_template = model_cfg.chat_template
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = model_cfg.pad_token or tokenizer.eos_token
+        tokenizer.pad_token = named["pad_token"] or tokenizer.eos_token
     return tokenizer
 
 
@@ -101,22 +121,38 @@ def _first_line(exc: BaseException) -> str:
 
 
 def use_4bit(model_cfg: Any, hw: Hardware) -> bool:
-    """Whether to load in 4-bit: `true` needs CUDA (clear error otherwise), `auto` falls back."""
+    """Whether to load in 4-bit: `true` needs CUDA and pretrained weights (clear error otherwise), `auto` falls
+    back to full precision."""
     if model_cfg.load_in_4bit is True:
         if hw.device != "cuda":
             raise ConfigError(
                 f"model.load_in_4bit=true is invalid here: QLoRA (bitsandbytes NF4) needs a CUDA GPU and this run "
                 f"is on {hw.device}; use model.load_in_4bit=auto to fall back to full precision, or a GPU profile"
             )
+        if model_cfg.source == "random":
+            raise ConfigError(f"model.load_in_4bit=true is invalid for {model_cfg.name}: a random model is built in "
+                              f"full precision, not loaded from weights; use model.load_in_4bit=auto or false")
         return True
-    return model_cfg.load_in_4bit == "auto" and hw.device == "cuda"
+    return model_cfg.load_in_4bit == "auto" and hw.device == "cuda" and model_cfg.source != "random"
+
+
+def _quantization(model_cfg: Any, hw: Hardware, quantize: bool) -> str:
+    """What the record says about quantization, including why `auto` fell back."""
+    if quantize:
+        return "nf4-double-quant"
+    if model_cfg.load_in_4bit == "auto":
+        reason = f"no CUDA on {hw.device}" if hw.device != "cuda" else "random models are built in full precision"
+        return f"none (load_in_4bit=auto fell back to full precision: {reason})"
+    return "none"
 
 
 def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_checkpointing: bool = False):
     """The base causal LM on the run's device. Returns (model, info) where info is for the record."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    info: dict[str, Any] = {"source": model_cfg.source, "quantization": "none", "weight_dtype": str(hw.weight_dtype)}
+    quantize = use_4bit(model_cfg, hw)
+    info: dict[str, Any] = {"source": model_cfg.source, "quantization": _quantization(model_cfg, hw, quantize),
+                            "weight_dtype": str(hw.weight_dtype)}
     placed_by_loader = False  # bitsandbytes places 4-bit weights on the GPU itself
     if model_cfg.source == "random":
         config = AutoConfig.for_model(
@@ -132,7 +168,7 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
                                   "use_safetensors": model_cfg.use_safetensors}
         if model_cfg.source == "hub":
             kwargs["revision"] = model_cfg.revision
-        if use_4bit(model_cfg, hw):
+        if quantize:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -141,15 +177,13 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
             )
             kwargs["device_map"] = {"": 0}
             placed_by_loader = True
-            source = model_cfg.hub_id_4bit or source
-            info["quantization"] = "nf4-double-quant"
-        elif model_cfg.load_in_4bit == "auto":
-            info["quantization"] = f"none (load_in_4bit=auto fell back: no CUDA on {hw.device})"
+            if model_cfg.hub_id_4bit:  # model.revision pins hub_id, not the pre-quantized repo
+                source, kwargs["revision"] = model_cfg.hub_id_4bit, None
         try:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except OSError as exc:
             raise ModelError(f"cannot load model {model_cfg.name} from {source!r}: {_first_line(exc)}") from exc
-        if info["quantization"].startswith("nf4"):
+        if quantize:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
@@ -157,6 +191,8 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if model_cfg.end_of_turn:  # chat formats whose turn ends before eos (Gemma): stop generating there too
+            _add_stop_token(model.generation_config, tokenizer.convert_tokens_to_ids(model_cfg.end_of_turn))
     if not placed_by_loader:
         model.to(hw.device)
     if gradient_checkpointing:
@@ -164,6 +200,13 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
         model.config.use_cache = False
     info["total_params"] = sum(p.numel() for p in model.parameters())
     return model, info
+
+
+def _add_stop_token(generation_config, token_id: int) -> None:
+    eos = generation_config.eos_token_id
+    eos = [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    if token_id not in eos:
+        generation_config.eos_token_id = eos + [token_id]
 
 
 def linear_module_names(model) -> list[str]:
@@ -189,7 +232,8 @@ def add_lora(model, lora_cfg: Any, model_cfg: Any, init_adapter: str | None = No
         adapter_dir = resolve_adapter_dir(init_adapter)
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                        target_modules=targets, bias=lora_cfg.bias, task_type="CAUSAL_LM")
+                        target_modules=targets, bias=lora_cfg.bias, task_type="CAUSAL_LM",
+                        fan_in_fan_out=model_cfg.family == "gpt2")  # GPT-2's Conv1D stores weights transposed
     return get_peft_model(model, config)
 
 

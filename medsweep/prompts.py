@@ -12,10 +12,11 @@ ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response
 
 
 def user_input(record: dict[str, Any]) -> str:
-    """The input part: the question, preceded by its context when the dataset has one (PubMedQA)."""
+    """The input part: the question, preceded by its context when the dataset has one (PubMedQA) and the
+    question does not already quote it (MeDAL)."""
     context = (record.get("context") or "").strip()
     question = record["question"].strip()
-    return f"Context: {context}\n\nQuestion: {question}" if context else question
+    return f"Context: {context}\n\nQuestion: {question}" if context and context not in question else question
 
 
 def _messages(instruction: str, text: str, system_prompt: bool) -> list[dict[str, str]]:
@@ -77,9 +78,10 @@ def prompt_ids(tokenizer, record: dict[str, Any], instruction: str, prompt_forma
 
 
 def _adds_bos(tokenizer, text: str) -> bool:
-    """Whether the model expects a BOS token the rendered text does not already start with (Llama 2/3,
-    Mistral, Gemma do; SmolLM2's ChatML and GPT-2 do not)."""
+    """Whether the tokenizer starts its encodings with BOS (Llama 2/3, Mistral, Gemma do; SmolLM2 and GPT-2
+    do not) and the rendered text does not already start with it (chat templates that write it, Gemma's).
+    Asked of the tokenizer's own encoding, since Llama 3 adds BOS through its post-processor, not a flag."""
     bos = tokenizer.bos_token
-    if not bos or text.startswith(bos):
+    if not bos or tokenizer.bos_token_id is None or text.startswith(bos):
         return False
-    return bool(getattr(tokenizer, "add_bos_token", False))
+    return tokenizer("", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]

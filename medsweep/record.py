@@ -26,6 +26,8 @@ NON_IDENTITY_KEYS = {
     "output_root",
     "sweep_name",
     "resume",
+    "plan",
+    "site",
     "model.cache_dir",
     "profile.time_limit_min",
     "profile.partition",
@@ -34,7 +36,11 @@ NON_IDENTITY_KEYS = {
     "profile.dataloader_workers",
 }
 
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|auth)", re.IGNORECASE)
+# A key is secret-looking when one of its _-. separated parts is one of these words (hf_token, api_key,
+# WANDB_API_KEY, db.password), but not the tokenizer's special-token names or counts like max_new_tokens.
+SECRET_KEY = re.compile(r"(^|[_.-])(api[_-]?key|apikey|token|secret|password|passwd|credentials?|auth|access[_-]?key)"
+                        r"($|[_.-])", re.IGNORECASE)
+NOT_SECRET_KEY = re.compile(r"^(bos|eos|pad|unk|sep|cls|mask)_token$", re.IGNORECASE)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")
 REDACTED = "***"
 
@@ -84,12 +90,16 @@ def axes(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and bool(SECRET_KEY.search(key)) and not NOT_SECRET_KEY.match(key)
+
+
 def redact(obj: Any) -> Any:
     """Replace the values of secret-looking keys, and any secret env value that appears in text."""
     secrets = [v for k in SECRET_ENV if len(v := os.environ.get(k, "")) >= 4]
     if isinstance(obj, dict):
         return {
-            k: (REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "") else redact(v))
+            k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v))
             for k, v in obj.items()
         }
     if isinstance(obj, list):

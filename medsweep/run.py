@@ -19,9 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from medsweep import config as config_schema
-from medsweep import data, hardware, models, record, train
+from medsweep import data, hardware, models, record, tracking, train
 from medsweep.errors import MedsweepError
 from medsweep.evaluate import evaluate
+from medsweep.preempt import CheckpointOnSignal
 
 log = logging.getLogger("medsweep")
 
@@ -53,20 +54,26 @@ def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     record.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(record.redact(
         OmegaConf.to_container(cfg, resolve=True))))
     record.atomic_write_json(run_dir / "metrics.json", rec)
+    tracker = tracking.Tracker()
     try:
-        _train_and_evaluate(cfg, run_dir, hw, splits, eval_records, rec)
-    except BaseException as exc:
-        rec.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
+        tracker = tracking.start(cfg, run_dir, rec["overrides"])
+        _train_and_evaluate(cfg, run_dir, hw, splits, eval_records, rec, tracker)
+    except BaseException as exc:  # SystemExit: submitit requeues the job after a checkpoint (preempt.py)
+        rec.update(status="failed" if isinstance(exc, Exception) else "interrupted",
                    error=f"{type(exc).__name__}: {exc}", finished_at=record.now())
         record.atomic_write_json(run_dir / "metrics.json", rec)
+        tracker.finish(rec)
         raise
     rec.update(status="complete", finished_at=record.now(), wall_time_s=time.time() - started,
                gpu_hours=(time.time() - started) / 3600 * (cfg.profile.gpus if hw.device == "cuda" else 0))
     record.atomic_write_json(run_dir / "metrics.json", rec)
+    tracker.finish(rec)
     return rec
 
 
-def _train_and_evaluate(cfg, run_dir: Path, hw, splits, eval_records, rec: dict[str, Any]) -> None:
+def _train_and_evaluate(cfg, run_dir: Path, hw, splits, eval_records, rec: dict[str, Any],
+                        tracker: tracking.Tracker | None = None) -> None:
+    tracker = tracker or tracking.Tracker()
     grad_ckpt = cfg.train.gradient_checkpointing
     grad_ckpt = cfg.profile.gradient_checkpointing if grad_ckpt == "auto" else bool(grad_ckpt)
 
@@ -80,6 +87,8 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, splits, eval_records, rec: dict[
         log.info("baseline: evaluating the base model on %d held-out questions", len(eval_records))
         rec["baseline"], baseline_rows = evaluate(model, tokenizer, eval_records, cfg, hw)
         record.atomic_write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_rows)
+        tracker.log_eval(rec["baseline"], "baseline", step=0)
+        tracker.log_predictions(baseline_rows, "predictions_baseline")
 
     model = models.add_lora(model, cfg.lora, cfg.model, init_adapter=cfg.train.init_adapter)
     rec["model"]["trainable_params"] = models.trainable_params(model)
@@ -93,11 +102,13 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, splits, eval_records, rec: dict[
     checkpoint_dir = run_dir / "checkpoints"
     args = train.training_args(cfg.train, cfg.profile, hw, checkpoint_dir)
     timer = train.StepTimer()
-    callbacks = [timer]
+    callbacks = [timer, CheckpointOnSignal()]
     epoch_eval = None
     if cfg.eval.every_epoch:
         epoch_eval = train.EpochEval(lambda m: evaluate(m, tokenizer, eval_records, cfg, hw)[0])
         callbacks.append(epoch_eval)
+    if (tracker_cb := tracker.callback(epoch_eval.results if epoch_eval else None)) is not None:
+        callbacks.append(tracker_cb)  # after epoch_eval: logs each epoch result as it lands
     trainer = train.build_trainer(model, tokenizer, train_ds, args, callbacks)
     resume_from = train.last_checkpoint(checkpoint_dir) if cfg.resume else None
     if resume_from:
@@ -133,6 +144,8 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, splits, eval_records, rec: dict[
         rec["delta"] = {k: v - rec["baseline"][k] for k, v in rec["metrics"].items()
                         if k in rec["baseline"] and isinstance(v, (int, float))}
     record.atomic_write_jsonl(run_dir / "predictions.jsonl", rows)
+    tracker.log_eval(rec["metrics"], "eval", step=trainer.state.global_step)
+    tracker.log_predictions(rows)
 
 
 def _overrides() -> list[str]:
@@ -164,12 +177,28 @@ def _remove_if_fresh(run_dir: Path) -> None:
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def plan_single(cfg: DictConfig, run_dir: Path) -> None:
+    """`plan=true` on a single run: validate, say whether it fits and whether it is already complete."""
+    from medsweep import fit
+
+    config_schema.validate(cfg)
+    estimate = fit.estimate(cfg)
+    done = record.read_record(run_dir)
+    state = "complete (would be skipped)" if done and done.get("status") == "complete" else "would run"
+    print(f"{run_dir.name}: {state}; {'fits' if estimate.fits else 'REFUSED'}: {estimate.detail}; "
+          f"estimated {estimate.gpu_hours:.2f} GPU-hours")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     for noisy in ("transformers", "datasets", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if cfg.plan:
+            plan_single(cfg, run_dir)
+            _remove_if_fresh(run_dir)
+            return
         rec = train_eval(cfg, run_dir)
     except MedsweepError as exc:
         _remove_if_fresh(run_dir)
@@ -179,6 +208,13 @@ def main(cfg: DictConfig) -> None:
         sys.exit(exc.exit_code)
     if rec.get("metrics"):
         print(f"\nrun: {run_dir}\n{summary_table(rec)}")
+
+
+def main() -> None:
+    """Console script: `--plan` is shorthand for the `plan=true` override."""
+    if "--plan" in sys.argv:
+        sys.argv = [a for a in sys.argv if a != "--plan"] + ["plan=true"]
+    hydra_main()
 
 
 if __name__ == "__main__":

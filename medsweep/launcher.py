@@ -1,0 +1,221 @@
+"""Sweep dispatch through hydra-submitit-launcher: per-job resources from each job's profile, fit check
+and skip-if-complete before anything is submitted, `--plan`, and honest failures.
+
+`SweepLauncherMixin` sits in front of hydra-submitit-launcher's SlurmLauncher / LocalLauncher (the plugin
+classes in hydra_plugins/medsweep_launcher). For every job of the sweep it composes the job's config,
+validates it, computes its run directory (config hash) and its fit; then
+- `plan=true` (`--plan`): prints the table and submits nothing;
+- any refused or invalid job: prints the table and submits nothing (exit 2);
+- otherwise submits the jobs that are not complete, grouped by resources (one submitit array per group),
+  waits for all of them, and writes `sweep_jobs.json`. A failed job does not stop the others; the
+  end-of-multirun callback (medsweep/sweep.py) reports and exits non-zero naming the failures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+
+from medsweep import config as config_schema
+from medsweep import fit, record
+from medsweep.errors import MedsweepError
+
+log = logging.getLogger("medsweep.launcher")
+JOBS_FILE = "sweep_jobs.json"
+
+
+@dataclass
+class PlannedJob:
+    idx: int
+    overrides: list[str]
+    run_dir: str
+    status: str  # submit | complete (skipped) | refused | invalid
+    reason: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)
+    need_gib: float = 0.0
+    have_gib: float = 0.0
+    gpu_hours: float = 0.0
+    outcome: str = ""  # after the run: completed | failed | skipped
+    error: str = ""
+
+
+def resources(cfg: Any, executor: str) -> dict[str, Any]:
+    """submitit parameters of one job, from its profile and the site settings."""
+    p, site = cfg.profile, cfg.site
+    res: dict[str, Any] = {"timeout_min": p.time_limit_min, "cpus_per_task": p.cpus, "mem_gb": p.memory_gb,
+                           "nodes": 1, "tasks_per_node": 1}
+    if executor == "local":
+        res["gpus_per_node"] = p.gpus
+        return res
+    res["slurm_partition"] = site.partition or p.partition
+    res["slurm_account"] = site.account
+    res["slurm_qos"] = site.qos
+    res["slurm_constraint"] = p.constraint
+    if p.gpus:
+        if site.gpu_request == "gres" and p.gpu_type:
+            res["slurm_gres"] = f"gpu:{p.gpu_type}:{p.gpus}"
+        else:
+            res["gpus_per_node"] = p.gpus
+            res["slurm_constraint"] = "&".join(c for c in (p.gpu_type, p.constraint) if c)
+    res["slurm_setup"] = list(site.setup) or None
+    res["slurm_additional_parameters"] = dict(site.additional_parameters) or None
+    res["slurm_array_parallelism"] = site.max_parallel
+    return {k: v for k, v in res.items() if v is not None}
+
+
+def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, executor: str
+              ) -> list[PlannedJob]:
+    jobs = []
+    for i, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + i
+        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        shown = [o for o in filter_overrides(overrides) if not o.startswith("plan=")]
+        job = PlannedJob(idx=idx, overrides=shown, run_dir=str(run_dir), status="submit")
+        try:
+            config_schema.validate(cfg)
+        except MedsweepError as exc:
+            job.status, job.reason = "invalid", str(exc)
+            jobs.append(job)
+            continue
+        estimate = fit.estimate(cfg)
+        job.need_gib, job.have_gib, job.gpu_hours = estimate.need_gib, estimate.have_gib, estimate.gpu_hours
+        job.resources = resources(cfg, executor)
+        done = record.read_record(run_dir)
+        if done and done.get("status") == "complete":
+            job.status, job.reason = "complete", "record complete: skipped"
+        elif not estimate.fits:
+            job.status, job.reason = "refused", f"does not fit: {estimate.detail}"
+        jobs.append(job)
+    return jobs
+
+
+def plan_table(jobs: list[PlannedJob]) -> str:
+    import pandas as pd
+
+    rows = [{"#": j.idx, "overrides": " ".join(j.overrides), "status": j.status,
+             "cpus": j.resources.get("cpus_per_task"),
+             "gpus": j.resources.get("slurm_gres") or j.resources.get("gpus_per_node") or 0,
+             "time_min": j.resources.get("timeout_min"),
+             "need/have GiB": f"{j.need_gib:.1f}/{j.have_gib:.1f}" if j.have_gib not in (0.0, float("inf")) else "cpu",
+             "est_gpu_h": round(j.gpu_hours, 2), "run_dir": Path(j.run_dir).name, "reason": j.reason}
+            for j in jobs]
+    total = sum(j.gpu_hours for j in jobs if j.status == "submit")
+    counts = {s: sum(j.status == s for j in jobs) for s in ("submit", "complete", "refused", "invalid")}
+    summary = (f"{len(jobs)} jobs: {counts['submit']} to run, {counts['complete']} complete (skipped), "
+               f"{counts['refused']} refused (do not fit), {counts['invalid']} invalid; "
+               f"estimated {total:.2f} GPU-hours to run")
+    return pd.DataFrame(rows).to_markdown(index=False) + "\n" + summary
+
+
+def write_jobs(sweep_dir: Path, jobs: list[PlannedJob]) -> None:
+    path = sweep_dir / JOBS_FILE
+    previous = json.loads(path.read_text()) if path.is_file() else []
+    mine = {j.idx for j in jobs}
+    merged = [p for p in previous if p.get("idx") not in mine] + [asdict(j) for j in jobs]
+    record.atomic_write_json(path, sorted(merged, key=lambda j: j["idx"]))
+
+
+class SweepLauncherMixin:
+    """Put in front of hydra-submitit-launcher's SlurmLauncher / LocalLauncher (see the plugin module)."""
+
+    _EXECUTOR: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """Runs on the compute node. A failed task raises, so submitit and SLURM mark the job FAILED."""
+        config_schema.register_configs()
+        record.register_resolvers()
+        ret = super().__call__(*args, **kwargs)  # type: ignore[misc]
+        if ret.status == JobStatus.FAILED:
+            ret.return_value  # re-raises the task's exception  # noqa: B018
+        return ret
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit
+
+        executor_kind = self._EXECUTOR
+        jobs = plan_jobs(self, job_overrides, initial_job_idx, executor_kind)
+        print(plan_table(jobs), flush=True)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        bad = [j for j in jobs if j.status in ("refused", "invalid")]
+        if self.config.plan:
+            return []
+        if bad:
+            raise MedsweepError(f"{len(bad)} job(s) refused before submission, nothing submitted: "
+                                + "; ".join(f"#{j.idx} {j.reason}" for j in bad))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        todo = [j for j in jobs if j.status == "submit"]
+        for j in jobs:
+            if j.status == "complete":
+                j.outcome = "skipped"
+        groups: dict[str, list[PlannedJob]] = {}
+        for j in todo:
+            groups.setdefault(json.dumps(j.resources, sort_keys=True), []).append(j)
+        returns, pending = [], []
+        for key, group in groups.items():
+            executor = submitit.AutoExecutor(cluster=executor_kind, folder=self.params["submitit_folder"],
+                                             **self._init_params())
+            executor.update_parameters(**json.loads(key), name=str(self.config.hydra.job.name),
+                                       **self._extra_params())
+            wave_size = self.config.site.max_parallel if executor_kind == "local" else len(group)
+            for wave in _waves(group, wave_size):
+                args = [(list(job_overrides[j.idx - initial_job_idx]), "hydra.sweep.dir", j.idx,
+                         f"job_id_for_{j.idx}", Singleton.get_state()) for j in wave]
+                pairs = list(zip(wave, executor.map_array(self, *zip(*args))))
+                for j, handle in pairs:
+                    log.info("#%d submitted as %s: %s", j.idx, handle.job_id, " ".join(j.overrides))
+                if executor_kind == "local":  # waves cap the local concurrency
+                    returns += _wait(pairs)
+                else:
+                    pending += pairs
+        write_jobs(sweep_dir, jobs)
+        returns += _wait(pending)
+        write_jobs(sweep_dir, jobs)
+        if any(j.outcome == "failed" for j in jobs):
+            from medsweep.sweep import failure_message, finish
+
+            raise MedsweepError(failure_message(finish(sweep_dir), len(jobs)))
+        return returns
+
+    def _init_params(self) -> dict[str, Any]:
+        if "max_num_timeout" in self.params:
+            return {f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]}
+        return {}
+
+    def _extra_params(self) -> dict[str, Any]:
+        """Launcher-level settings that are not per-profile (signal delay, stderr handling)."""
+        extra = {}
+        if self._EXECUTOR == "slurm" and "signal_delay_s" in self.params:
+            extra["slurm_signal_delay_s"] = self.params["signal_delay_s"]
+        return extra
+
+
+def _waves(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _wait(pairs) -> list[JobReturn]:
+    """Wait for every job; a failure is recorded on its PlannedJob, never raised here."""
+    returns = []
+    for job, handle in pairs:
+        try:
+            ret = handle.results()[0]
+            job.outcome = "completed"
+            returns.append(ret)
+        except Exception as exc:  # noqa: BLE001 - any job failure: record it, let the others finish
+            job.outcome, job.error = "failed", _one_line(exc)
+            log.error("#%d failed (job %s): %s", job.idx, handle.job_id, job.error)
+    return returns
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    tail = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
+    return f"{type(exc).__name__}: {tail.strip()}"[:500]
+

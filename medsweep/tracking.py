@@ -1,0 +1,326 @@
+"""Experiment tracking: `logger=none` (the run record only) or `logger=wandb` (one W&B run per job).
+
+    tracker = start(cfg, run_dir, overrides)   # Tracker (no-op) or WandbTracker
+    trainer callbacks += [tracker.callback()]  # train/loss, train/learning_rate, train/grad_norm per log step
+    tracker.log_eval(metrics, "eval", step)     # baseline/*, epoch/*, eval/* against train/global_step
+    tracker.log_predictions(rows)               # a table: question, reference, generated, per-example scores
+    tracker.finish(record)                      # headline metrics into the summary, then wandb finish
+
+The W&B run id is a hash of the job directory, so a resumed job (same directory) continues its W&B run and
+two jobs never share one. The offline files live in the job directory (`<run_dir>/wandb/offline-run-*`);
+upload them later with `wandb sync <run_dir>/wandb/offline-run-*`.
+
+Nothing secret reaches W&B: the config, the tags, the command line W&B stores, the tables and the summary all
+go through `record.redact` (keys that look like secrets, and the values of the secret environment variables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import struct
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import OmegaConf
+
+from medsweep import record
+from medsweep.errors import MedsweepError
+
+log = logging.getLogger(__name__)
+
+STEP = "train/global_step"  # the x axis of every logged metric
+TAG_MAX = 64  # W&B rejects longer tags
+SCORE_KEYS = ("exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL")
+# Trainer log keys of the end-of-training line -> names under train/ ("train_loss" is the mean over the run;
+# "train/loss" is the per-step loss).
+_TRAIN_END_KEYS = {"train_loss": "loss_avg"}
+
+
+def run_id(run_dir: Path) -> str:
+    """The W&B run id of a job directory: 16 hex chars of sha1(absolute path). Same dir -> same run."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def redact_override(override: str) -> str:
+    """`logger.api_key=xyz` -> `logger.api_key=***`; secret env values anywhere -> `***`."""
+    key, sep, value = override.partition("=")
+    if sep and record.SECRET_KEY.search(key) and value:
+        override = f"{key}={record.REDACTED}"
+    return record.redact(override)
+
+
+def tags(extra: list[str], overrides: list[str]) -> list[str]:
+    """logger.tags + the job's overrides, redacted, shortened to W&B's 64-character limit, no duplicates."""
+    out: list[str] = []
+    for tag in [*extra, *overrides]:
+        tag = redact_override(str(tag)).strip()
+        if len(tag) > TAG_MAX:
+            tag = tag[: TAG_MAX - 3] + "..."
+        if tag and tag not in out:
+            out.append(tag)
+    return out
+
+
+def _numbers(metrics: dict[str, Any] | None, prefix: str) -> dict[str, float]:
+    """The numeric entries of `metrics` as `prefix/key` (None, text, NaN and infinities are left out)."""
+    out = {}
+    for key, value in (metrics or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        out[f"{prefix}/{key}" if prefix else key] = value
+    return out
+
+
+class Tracker:
+    """No tracker (logger=none): every method does nothing."""
+
+    def callback(self, epoch_results: list[dict[str, Any]] | None = None):
+        return None
+
+    def log_eval(self, metrics: dict[str, Any] | None, prefix: str, step: int | None = None) -> None:
+        pass
+
+    def log_predictions(self, rows: list[dict[str, Any]], name: str = "predictions") -> None:
+        pass
+
+    def finish(self, rec: dict[str, Any]) -> None:
+        pass
+
+
+class WandbTracker(Tracker):
+    """One W&B run for one job (logger=wandb)."""
+
+    def __init__(self, run, wandb_module):
+        self.run, self.wandb, self.finished = run, wandb_module, False
+        for prefix in ("train", "baseline", "epoch", "eval"):
+            run.define_metric(f"{prefix}/*", step_metric=STEP)
+
+    @property
+    def offline_dir(self) -> Path:
+        """`<run_dir>/wandb/offline-run-<time>-<id>` (or run-<time>-<id> online)."""
+        return Path(self.run.dir).parent
+
+    def _log(self, data: dict[str, Any]) -> None:
+        self.run.log(record.redact(data))
+
+    def callback(self, epoch_results: list[dict[str, Any]] | None = None):
+        """A TrainerCallback logging the Trainer's log lines (loss, learning rate, grad norm every
+        train.logging_steps) and, when given EpochEval.results, each epoch evaluation as it lands."""
+        from transformers import TrainerCallback
+
+        tracker = self
+
+        class WandbCallback(TrainerCallback):
+            seen = 0
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                values = {}
+                for key, value in _numbers(logs, "").items():
+                    values[f"train/{_TRAIN_END_KEYS.get(key, key.removeprefix('train_'))}"] = value
+                if values:
+                    tracker._log({**values, STEP: state.global_step})
+
+            def on_epoch_end(self, args, state, control, **kwargs):
+                if epoch_results is None:
+                    return
+                for res in epoch_results[self.seen:]:
+                    tracker.log_eval({**res["metrics"], "epoch": res["epoch"]}, "epoch", step=res["step"])
+                self.seen = len(epoch_results)
+
+        return WandbCallback()
+
+    def log_eval(self, metrics: dict[str, Any] | None, prefix: str, step: int | None = None) -> None:
+        values = _numbers(metrics, prefix)
+        if values:
+            self._log({**values, **({STEP: step} if step is not None else {})})
+
+    def log_predictions(self, rows: list[dict[str, Any]], name: str = "predictions") -> None:
+        if not rows:
+            return
+        scores = list(SCORE_KEYS) + sorted({k for r in rows for k in r.get("scores", {})} - set(SCORE_KEYS))
+        columns = ["id", "question", "reference", "generated", *scores, "seconds", "generated_tokens"]
+        data = [[r.get("id"), r.get("question"), r.get("reference"), r.get("generated"),
+                 *(r.get("scores", {}).get(k) for k in scores), r.get("seconds"), r.get("generated_tokens")]
+                for r in record.redact(rows)]
+        self.run.log({name: self.wandb.Table(columns=columns, data=data)})
+
+    def finish(self, rec: dict[str, Any]) -> None:
+        """Headline metrics into the summary, then finish the run (exit code 1 unless complete). Never raises:
+        it also runs on the failure path, where the job's own error must surface."""
+        if self.finished:
+            return
+        self.finished = True
+        status = rec.get("status")
+        try:
+            self.run.summary.update(record.redact(summary(rec)))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("logger=wandb: could not write the run summary: %s", exc)
+        try:
+            self.run.finish(exit_code=0 if status == "complete" else 1)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("logger=wandb: wandb finish failed: %s", exc)
+            return
+        if self.run.offline:
+            log.info("W&B offline run: %s (upload: wandb sync %s)", self.offline_dir, self.offline_dir)
+
+
+def summary(rec: dict[str, Any]) -> dict[str, Any]:
+    """The W&B run summary of a run record: eval/*, baseline/*, delta/*, train/*, system/*, status."""
+    train = rec.get("train") or {}
+    hw, env = rec.get("hardware") or {}, rec.get("env") or {}
+    out: dict[str, Any] = {
+        **_numbers(rec.get("metrics"), "eval"),
+        **_numbers(rec.get("baseline"), "baseline"),
+        **_numbers(rec.get("delta"), "delta"),
+        **_numbers({
+            "time_s": train.get("train_time_s"), "steps": train.get("steps"), "epochs": train.get("epochs"),
+            "loss_avg": train.get("train_loss"), "loss_first": train.get("train_loss_first"),
+            "loss_last": train.get("train_loss_last"), "first_step_s": train.get("first_step_s"),
+            "peak_memory_mb": train.get("peak_memory_mb"), "trainable_params": train.get("trainable_params"),
+            "total_params": train.get("total_params"),
+        }, "train"),
+        **_numbers({"wall_time_s": rec.get("wall_time_s"), "gpu_hours": rec.get("gpu_hours")}, "run"),
+        "status": rec.get("status"),
+        "system/device": hw.get("device"), "system/precision": hw.get("precision"),
+        "system/threads": hw.get("threads"), "system/git_commit": env.get("git_commit"),
+        "system/host": env.get("host"),
+    }
+    if train.get("resumed_from"):
+        out["train/resumed_from"] = train["resumed_from"]
+    if rec.get("error"):
+        out["error"] = rec["error"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@contextmanager
+def _redacted_argv() -> Iterator[None]:
+    """W&B stores sys.argv[1:] in the run's metadata: hand it a redacted copy while the run starts."""
+    saved = sys.argv
+    sys.argv = [saved[0], *(redact_override(a) for a in saved[1:])]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def start(cfg, run_dir: Path, overrides: list[str]) -> Tracker:
+    """The tracker of one job: Tracker() for logger=none (or logger.mode=disabled), else a W&B run."""
+    lg = cfg.logger
+    if lg.name == "none" or lg.mode == "disabled":
+        return Tracker()
+    if lg.name != "wandb":
+        raise MedsweepError(f"logger.name={lg.name!r} is invalid: allowed: none, wandb")
+    try:
+        import wandb
+    except ImportError as exc:
+        raise MedsweepError("logger=wandb needs the wandb package (pip install wandb)") from exc
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = record.redact(OmegaConf.to_container(cfg, resolve=True))
+    config.update(run_dir=str(run_dir), overrides=[redact_override(o) for o in overrides])
+    settings = wandb.Settings(
+        console="off",            # the job log is <run_dir>/medsweep.log; no second copy of stdout/stderr
+        save_code=False,          # no code upload
+        disable_git=True,         # the record has the git commit (summary system/git_commit)
+        quiet=True,               # one line of our own at the end instead of W&B's banners
+        reinit="finish_previous",  # the basic launcher runs sweep jobs in one process
+    )
+    try:
+        with _redacted_argv():
+            run = wandb.init(
+                project=lg.project, entity=lg.entity, mode=lg.mode, dir=str(run_dir),
+                id=run_id(run_dir), resume="allow", name=run_dir.name,
+                group=lg.group or cfg.sweep_name, job_type=lg.job_type,
+                tags=tags(list(lg.tags), overrides), config=config, settings=settings,
+            )
+    except Exception as exc:  # noqa: BLE001  (wandb raises many types: UsageError, CommError, ...)
+        msg = " ".join(str(exc).split())[:300]
+        raise MedsweepError(f"logger=wandb: wandb.init failed ({type(exc).__name__}: {msg}); set "
+                            f"logger.mode=offline, or WANDB_API_KEY for logger.mode=online") from exc
+    log.info("logger=wandb: run %s (%s, group %s) in %s", run.id, lg.mode, lg.group or cfg.sweep_name,
+             Path(run.dir).parent)
+    return WandbTracker(run, wandb)
+
+
+# --------------------------------------------------------------------------- reading offline runs
+
+_BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of (crc32, length, type) records
+
+
+def _log_records(path: Path) -> Iterator[bytes]:
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path}: not a W&B transaction log")
+    pos, parts = 7, b""
+    while pos + 7 <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:  # zero padding up to the end of the block
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:  # full
+            yield chunk
+        elif kind == 2:  # first
+            parts = chunk
+        elif kind == 3:  # middle
+            parts += chunk
+        elif kind == 4:  # last
+            yield parts + chunk
+            parts = b""
+
+
+def _set(target: dict[str, Any], item) -> None:
+    keys = list(item.nested_key) or [item.key]
+    for k in keys[:-1]:
+        target = target.setdefault(k, {})
+    target[keys[-1]] = json.loads(item.value_json)
+
+
+def read_offline_run(offline_dir: Path) -> dict[str, Any]:
+    """What a W&B offline run holds, read from its `run-<id>.wandb` file (wandb 0.31 writes no
+    files/config.yaml or wandb-summary.json offline): id, group, job_type, name, tags, config,
+    summary (the final values), history (one dict per logged step), args (the command line W&B kept),
+    exit_code. For checks and tests without a W&B server."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = Path(offline_dir).glob("run-*.wandb")
+    out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "args": [], "exit_code": None}
+    for raw in _log_records(path):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            out.update(id=r.run_id, project=r.project, group=r.run_group, job_type=r.job_type,
+                       name=r.display_name, tags=list(r.tags))
+            for item in r.config.update:
+                _set(out["config"], item)
+        elif kind == "config":
+            for item in rec.config.update:
+                _set(out["config"], item)
+        elif kind == "summary":
+            for item in rec.summary.update:
+                _set(out["summary"], item)
+        elif kind == "history":
+            row: dict[str, Any] = {}
+            for item in rec.history.item:
+                row[".".join(item.nested_key) or item.key] = json.loads(item.value_json)
+            out["history"].append(row)
+        elif kind == "environment" and rec.environment.args:
+            out["args"] = list(rec.environment.args)
+        elif kind == "exit":
+            out["exit_code"] = rec.exit.exit_code
+    out["config"].pop("_wandb", None)
+    return out
