@@ -41,6 +41,7 @@ class PlannedJob:
     need_gib: float = 0.0
     have_gib: float = 0.0
     gpu_hours: float = 0.0
+    job_id: str = ""  # submitit / SLURM job id
     outcome: str = ""  # after the run: completed | failed | skipped
     error: str = ""
 
@@ -169,6 +170,7 @@ class SweepLauncherMixin:
                          f"job_id_for_{j.idx}", Singleton.get_state()) for j in wave]
                 pairs = list(zip(wave, executor.map_array(self, *zip(*args))))
                 for j, handle in pairs:
+                    j.job_id = str(handle.job_id)
                     log.info("#%d submitted as %s: %s", j.idx, handle.job_id, " ".join(j.overrides))
                 if executor_kind == "local":  # waves cap the local concurrency
                     returns += _wait(pairs)

@@ -41,12 +41,9 @@ def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     hw = hardware.resolve(cfg.profile)
     hardware.apply_threads(hw)
-    splits = data.build(cfg.data, eval_size=cfg.train.eval_split, train_size=cfg.train.train_size)
-    eval_records = splits.eval[: cfg.eval.num_examples]
-
     rec: dict[str, Any] = {
         "status": "running", "run_name": run_dir.name, "run_dir": str(run_dir.resolve()),
-        "axes": record.axes(cfg), "overrides": _overrides(), "data": splits.stats,
+        "axes": record.axes(cfg), "overrides": _overrides(), "data": None,
         "hardware": {"device": hw.device, "precision": hw.precision, "threads": hw.threads},
         "env": record.environment(), "started_at": record.now(), "metrics": None, "baseline": None,
         "delta": None, "epochs": [], "error": None,
@@ -57,7 +54,7 @@ def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tracker = tracking.Tracker()
     try:
         tracker = tracking.start(cfg, run_dir, rec["overrides"])
-        _train_and_evaluate(cfg, run_dir, hw, splits, eval_records, rec, tracker)
+        _train_and_evaluate(cfg, run_dir, hw, rec, tracker)
     except BaseException as exc:  # SystemExit: submitit requeues the job after a checkpoint (preempt.py)
         rec.update(status="failed" if isinstance(exc, Exception) else "interrupted",
                    error=f"{type(exc).__name__}: {exc}", finished_at=record.now())
@@ -71,9 +68,11 @@ def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return rec
 
 
-def _train_and_evaluate(cfg, run_dir: Path, hw, splits, eval_records, rec: dict[str, Any],
-                        tracker: tracking.Tracker | None = None) -> None:
+def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tracking.Tracker | None = None) -> None:
     tracker = tracker or tracking.Tracker()
+    splits = data.build(cfg.data, eval_size=cfg.train.eval_split, train_size=cfg.train.train_size)
+    rec["data"] = splits.stats
+    eval_records = splits.eval[: cfg.eval.num_examples]
     grad_ckpt = cfg.train.gradient_checkpointing
     grad_ckpt = cfg.profile.gradient_checkpointing if grad_ckpt == "auto" else bool(grad_ckpt)
 
@@ -203,8 +202,8 @@ def hydra_main(cfg: DictConfig) -> None:
     except MedsweepError as exc:
         _remove_if_fresh(run_dir)
         print(f"medsweep: error: {exc}", file=sys.stderr)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("SUBMITIT_EXECUTOR"):
+            raise  # under submitit the launcher reports the message and SLURM marks the job FAILED
         sys.exit(exc.exit_code)
     if rec.get("metrics"):
         print(f"\nrun: {run_dir}\n{summary_table(rec)}")
