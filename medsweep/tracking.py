@@ -164,7 +164,11 @@ class WandbTracker(Tracker):
             log.warning("logger=wandb: could not write the run summary: %s", exc)
         try:
             self.run.finish(exit_code=0 if status == "complete" else 1)
-        except Exception as exc:  # noqa: BLE001
+            # Offline, finish() can return before wandb-core has written the run's .wandb file (about 1 in 6
+            # times here); teardown waits for the service to flush every stream. The next job's init
+            # (Hydra's basic launcher runs jobs in one process) starts a fresh service (~0.5 s).
+            self.wandb.teardown()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001  teardown sys.exit()s on an internal error
             log.warning("logger=wandb: wandb finish failed: %s", exc)
             return
         if self.run.offline:

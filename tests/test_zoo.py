@@ -148,7 +148,7 @@ def test_prompt_format_of_every_family(compose, stand_in_tokenizer, name):
     ex = tokenize_example(tokenizer, REC, INSTRUCTION, m.prompt_format, 256, m.system_prompt)
     assert tokenizer.decode(ex["input_ids"]) == expected_prompt + expected_completion
     assert tokenizer.decode([t for t in ex["labels"] if t != IGNORE_INDEX]) == expected_completion
-    assert ex["input_ids"].count(tokenizer.bos_token_id) == expected_prompt.count(m.bos_token)  # never twice
+    assert ids.count(tokenizer.bos_token_id) == expected_prompt.count(m.bos_token)  # BOS never twice
 
 
 def test_gemma_template_rejects_a_system_turn(compose, stand_in_tokenizer):

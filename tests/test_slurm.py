@@ -1,0 +1,123 @@
+"""Sweeps on the live single-node SLURM of scripts/slurm_start.sh (started by .ci/run): completion, honest
+failures, skip on re-run, a GPU profile's request, and a time limit survived by checkpoint + requeue."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import MEDQUAD_JSONL, need_shared_data, run_medsweep
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# small and quick on a 2-core node: 1 cpu and 3 GB per job so two jobs run at once
+JOB = ["hydra/launcher=slurm", "experiment=smoke", "profile.cpus=1", "profile.memory_gb=3"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def live_slurm(embedded_dir):
+    if not os.environ.get("SLURM_CONF") or shutil.which("sinfo") is None:
+        pytest.skip("no live SLURM: run scripts/slurm_start.sh and export SLURM_CONF (as .ci/run does)")
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0 or "idle" not in out.stdout and "mix" not in out.stdout:
+        pytest.skip(f"SLURM not ready: {out.stdout.strip()} {out.stderr.strip()}")
+
+
+def sacct(job_ids: list[str], fields: str = "JobID,State") -> dict[str, list[str]]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", fields],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    rows = [line.split("|") for line in out.strip().splitlines()]
+    return {row[0]: row[1:] for row in rows}
+
+
+def jobs_of(sweep_dir: Path) -> list[dict]:
+    return json.loads((sweep_dir / "sweep_jobs.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm")
+    overrides = [*JOB, "lora.r=4,8", "train.seed=0,1", f"output_root={root}", "sweep_name=grid"]
+    proc = run_medsweep(*overrides, multirun=True)
+    return root / "sweeps" / "grid", overrides, proc
+
+
+def test_multirun_of_four_jobs_completes(sweep):
+    sweep_dir, _, proc = sweep
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    jobs = jobs_of(sweep_dir)
+    assert len(jobs) == 4 and all(j["outcome"] == "completed" for j in jobs)
+    states = sacct([j["job_id"] for j in jobs])
+    assert all(states[j["job_id"]][0] == "COMPLETED" for j in jobs), states
+    for j in jobs:
+        rec = json.loads((Path(j["run_dir"]) / "metrics.json").read_text())
+        assert rec["status"] == "complete" and rec["env"]["slurm"]["SLURM_JOB_ID"]
+    assert (sweep_dir / "report" / "report.md").is_file()  # the end-of-multirun hook
+
+
+def test_rerun_of_a_finished_sweep_submits_nothing(sweep):
+    sweep_dir, overrides, _ = sweep
+    before = [json.loads((Path(j["run_dir"]) / "metrics.json").read_text()) for j in jobs_of(sweep_dir)]
+    proc = run_medsweep(*overrides, multirun=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 to run, 4 complete (skipped)" in proc.stdout
+    assert "submitted as" not in proc.stdout + proc.stderr
+    after = [json.loads((Path(j["run_dir"]) / "metrics.json").read_text()) for j in jobs_of(sweep_dir)]
+    assert before == after
+
+
+def test_failed_job_is_failed_everywhere_and_others_finish(tmp_path):
+    need_shared_data()
+    bad = tmp_path / "missing.jsonl"
+    proc = run_medsweep(*JOB, "data=local", f"data.path={MEDQUAD_JSONL},{bad}", f"output_root={tmp_path}",
+                        "sweep_name=fail", multirun=True)
+    assert proc.returncode != 0
+    assert "1 of 2 job(s) failed" in proc.stderr and "missing.jsonl" in proc.stderr
+    jobs = {next(o for o in j["overrides"] if o.startswith("data.path=")).split("/")[-1]: j
+            for j in jobs_of(tmp_path / "sweeps" / "fail")}
+    good, failed = jobs[MEDQUAD_JSONL.name], jobs["missing.jsonl"]
+    states = sacct([good["job_id"], failed["job_id"]])
+    assert states[good["job_id"]][0] == "COMPLETED" and states[failed["job_id"]][0] == "FAILED", states
+    rec = json.loads((Path(failed["run_dir"]) / "metrics.json").read_text())
+    assert rec["status"] == "failed" and "missing.jsonl" in rec["error"]
+
+
+@pytest.mark.parametrize("request_style, expect", [("gres", "gres/gpu"), ("constraint", "v100")])
+def test_gpu_profile_request_reaches_slurm(tmp_path, request_style, expect):
+    # the V100 profile's request, while the job itself trains on the CPU (no GPU here)
+    proc = run_medsweep(*JOB, "profile=1cpu_1v100", "profile.device=cpu", "profile.precision=fp32",
+                        "profile.memory_gb=3", f"site.gpu_request={request_style}", f"output_root={tmp_path}",
+                        multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (job,) = jobs_of(tmp_path / "sweeps" / "sweep")
+    rec = json.loads((Path(job["run_dir"]) / "metrics.json").read_text())
+    assert rec["env"]["cuda_visible_devices"] not in (None, ""), rec["env"]
+    alloc, constraints = sacct([job["job_id"]], "JobID,AllocTRES,Constraints")[job["job_id"]]
+    assert expect in (alloc if request_style == "gres" else constraints), (alloc, constraints)
+
+
+def test_time_limit_checkpoint_requeue_resume(tmp_path):
+    """A 2-minute job with ~2-3 minutes of training: SLURM signals it before the limit, it checkpoints and is
+    requeued, resumes from the checkpoint, and ends with the adapter of an uninterrupted run."""
+    long_run = ["train.max_steps=500", "train.save_steps=10000", "train.logging_steps=50", "eval.num_examples=4"]
+    proc = run_medsweep(*JOB, *long_run, "profile.time_limit_min=2", "hydra.launcher.signal_delay_s=75",
+                        f"output_root={tmp_path / 'slurm'}", multirun=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (job,) = jobs_of(tmp_path / "slurm" / "sweeps" / "sweep")
+    run_dir = Path(job["run_dir"])
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["status"] == "complete"
+    assert int(rec["env"]["slurm"].get("SLURM_RESTART_COUNT", 0)) >= 1, "the job was never requeued"
+    assert rec["train"]["resumed_from"], "the requeued job did not resume from a checkpoint"
+
+    reference = run_medsweep("experiment=smoke", "profile.cpus=1", *long_run, f"output_root={tmp_path / 'ref'}")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    (ref_dir,) = (tmp_path / "ref" / "runs").iterdir()
+    assert ref_dir.name == run_dir.name  # same configuration, same run id
+    a = load_file(ref_dir / "adapter" / "adapter_model.safetensors")
+    b = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a), "requeued job's adapter differs from the uninterrupted run's"
