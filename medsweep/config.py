@@ -77,6 +77,7 @@ class DataConfig:
     split_seed: int = 0  # seed of the train/eval split; fixed apart from train.seed so seeds share one eval set
     max_question_words: int = 512  # pairs with longer questions are dropped (counted in the record)
     max_answer_words: int = 2048  # pairs with longer answers are dropped (counted in the record)
+    eval_path: Optional[str] = None  # fixed held-out file (question/answer[/id/context/label] columns) evaluated instead of a split; its questions never train; null: hold out train.eval_split pairs of the data
 
 
 @dataclass

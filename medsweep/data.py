@@ -115,6 +115,21 @@ def split(records: list[dict[str, Any]], eval_size: int, seed: int, train_size: 
     return Splits(train=train, eval=held_out)
 
 
+def eval_file(data_cfg: Any, eval_size: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The first `eval_size` cleaned pairs of `data.eval_path` (columns question, answer, optional id, label, and
+    context, used when the data config uses context): the same held-out questions whatever the training data."""
+    path = loaders._existing(data_cfg.eval_path)
+    rows, columns = loaders._read_rows(path)
+    records, stats = loaders.map_rows(
+        rows, columns, str(path), id_col="id" if "id" in columns else None, id_prefix=f"{path.stem}-",
+        context_col="context" if data_cfg.context_col and "context" in columns else None,
+        label_col="label" if "label" in columns else None)
+    cleaned, clean_stats = clean(records, data_cfg.max_question_words, data_cfg.max_answer_words)
+    if not cleaned:
+        raise DataError(f"data.eval_path={str(path)!r} has no usable pair ({stats}, {clean_stats})")
+    return cleaned[:eval_size], {"path": str(path), "load": stats, **clean_stats}
+
+
 def build(data_cfg: Any, eval_size: int, train_size: int | None = None) -> Splits:
     """Load, clean, limit and split the configured dataset; stats hold every count for the record."""
     records, load_stats = load_records(data_cfg)
@@ -123,6 +138,16 @@ def build(data_cfg: Any, eval_size: int, train_size: int | None = None) -> Split
         raise DataError(f"dataset {data_cfg.name!r} is empty after cleaning ({clean_stats}, loader: {load_stats})")
     if data_cfg.limit is not None:
         cleaned = cleaned[: data_cfg.limit]
+    if getattr(data_cfg, "eval_path", None):  # fixed held-out file: train on everything else
+        held, eval_stats = eval_file(data_cfg, eval_size)
+        keys = {question_key(r["question"]) for r in held}
+        train = [r for r in cleaned if question_key(r["question"]) not in keys]
+        eval_stats["dropped_from_train"] = len(cleaned) - len(train)  # questions also in the eval file
+        random.Random(data_cfg.split_seed).shuffle(train)
+        splits = Splits(train=train[:train_size] if train_size is not None else train, eval=held)
+        splits.stats = {"loaded": len(records), "load": load_stats, **clean_stats, "after_cleaning": len(cleaned),
+                        "train": len(splits.train), "eval": len(splits.eval), "eval_file": eval_stats}
+        return splits
     splits = split(cleaned, eval_size, seed=data_cfg.split_seed, train_size=train_size)
     splits.stats = {"loaded": len(records), "load": load_stats, **clean_stats, "after_cleaning": len(cleaned),
                     "train": len(splits.train), "eval": len(splits.eval)}

@@ -77,7 +77,7 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
         idx = initial_job_idx + i
         cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        shown = [o for o in filter_overrides(overrides) if not o.startswith("plan=")]
+        shown = [record.redact_override(o) for o in filter_overrides(overrides) if not o.startswith("plan=")]
         job = PlannedJob(idx=idx, overrides=shown, run_dir=str(run_dir), status="submit")
         try:
             config_schema.validate(cfg)
@@ -141,9 +141,10 @@ class SweepLauncherMixin:
         import submitit
 
         executor_kind = self._EXECUTOR
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        record.scrub_yaml_files([sweep_dir / "multirun.yaml"])
         jobs = plan_jobs(self, job_overrides, initial_job_idx, executor_kind)
         print(plan_table(jobs), flush=True)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         bad = [j for j in jobs if j.status in ("refused", "invalid")]
         if self.config.plan:
             return []

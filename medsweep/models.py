@@ -14,6 +14,7 @@ import torch
 
 from medsweep.errors import ConfigError, ModelError
 from medsweep.hardware import Hardware
+from medsweep.prompts import encodes_bos
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,11 @@ def configure_tokenizer(tokenizer, model_cfg: Any):
         tokenizer.bos_token = named["bos_token"]
     if named["eos_token"]:
         tokenizer.eos_token = named["eos_token"]
-    if model_cfg.add_bos_token is not None:  # after bos: the setter rebuilds the post-processor with it
-        tokenizer.add_bos_token = model_cfg.add_bos_token
+    if model_cfg.add_bos_token is not None and encodes_bos(tokenizer) != model_cfg.add_bos_token:
+        tokenizer.add_bos_token = model_cfg.add_bos_token  # the setter rebuilds the post-processor with the bos
+        if encodes_bos(tokenizer) != model_cfg.add_bos_token:
+            raise ModelError(f"model.add_bos_token={model_cfg.add_bos_token} cannot be applied to the tokenizer of "
+                             f"{model_cfg.name} ({type(tokenizer).__name__}); set it to null to keep its own rule")
     if model_cfg.chat_template:
         tokenizer.chat_template = model_cfg.chat_template
     if tokenizer.pad_token is None:

@@ -77,11 +77,15 @@ def prompt_ids(tokenizer, record: dict[str, Any], instruction: str, prompt_forma
     return bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
-def _adds_bos(tokenizer, text: str) -> bool:
+def encodes_bos(tokenizer) -> bool:
     """Whether the tokenizer starts its encodings with BOS (Llama 2/3, Mistral, Gemma do; SmolLM2 and GPT-2
-    do not) and the rendered text does not already start with it (chat templates that write it, Gemma's).
-    Asked of the tokenizer's own encoding, since Llama 3 adds BOS through its post-processor, not a flag."""
+    do not). Asked of its own encoding, since Llama 3 adds BOS through its post-processor, not a flag."""
+    bos_id = tokenizer.bos_token_id
+    return bos_id is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos_id]
+
+
+def _adds_bos(tokenizer, text: str) -> bool:
+    """Whether to prepend BOS to the rendered text: the tokenizer would, and the text does not already start
+    with it (chat templates that write it, Gemma's)."""
     bos = tokenizer.bos_token
-    if not bos or tokenizer.bos_token_id is None or text.startswith(bos):
-        return False
-    return tokenizer("", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
+    return bool(bos) and not text.startswith(bos) and encodes_bos(tokenizer)

@@ -94,9 +94,12 @@ def is_secret_key(key: Any) -> bool:
     return isinstance(key, str) and bool(SECRET_KEY.search(key)) and not NOT_SECRET_KEY.match(key)
 
 
+_OVERRIDE_SECRETS: set[str] = set()  # values given on the command line for secret-looking keys
+
+
 def redact(obj: Any) -> Any:
-    """Replace the values of secret-looking keys, and any secret env value that appears in text."""
-    secrets = [v for k in SECRET_ENV if len(v := os.environ.get(k, "")) >= 4]
+    """Replace the values of secret-looking keys, and any secret env or override value that appears in text."""
+    secrets = [v for k in SECRET_ENV if len(v := os.environ.get(k, "")) >= 4] + sorted(_OVERRIDE_SECRETS)
     if isinstance(obj, dict):
         return {
             k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v))
@@ -108,6 +111,36 @@ def redact(obj: Any) -> Any:
         for s in secrets:
             obj = obj.replace(s, REDACTED)
     return obj
+
+
+def redact_override(override: str) -> str:
+    """`+data.options.hf_token=abc` -> `+data.options.hf_token=***`; env secret values are masked too."""
+    key, sep, value = override.partition("=")
+    if sep and is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]) and value not in ("", "null"):
+        if len(value) >= 4:
+            _OVERRIDE_SECRETS.add(value)  # also masked wherever it shows up later (override_dirname, argv)
+        return f"{key}={REDACTED}"
+    return redact(override)
+
+
+def scrub_yaml_files(paths: list[Path]) -> None:
+    """Rewrite Hydra's own saved configs (.hydra/*.yaml, multirun.yaml) with secrets redacted."""
+    import yaml
+
+    for path in paths:
+        if not path.is_file():
+            continue
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, list):  # overrides.yaml
+            clean = [redact_override(o) if isinstance(o, str) else o for o in data]
+        else:
+            hydra_node = data.get("hydra", data) if isinstance(data, dict) else {}
+            for key in ("task", "hydra"):  # first, so their secret values are masked everywhere below
+                for override in (hydra_node.get("overrides") or {}).get(key) or []:
+                    redact_override(override)
+            clean = redact(data)
+        if clean != data:
+            atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -188,5 +221,5 @@ def environment() -> dict[str, Any]:
                                               "SLURM_JOB_PARTITION", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE",
                                               "SLURM_RESTART_COUNT", "SLURM_JOB_CPUS_PER_NODE")
                   if k in os.environ},
-        "argv": sys.argv,
+        "argv": [redact_override(a) for a in sys.argv],
     }

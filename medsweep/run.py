@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medsweep import config as config_schema
 from medsweep import data, hardware, models, record, tracking, train
-from medsweep.errors import MedsweepError
+from medsweep.errors import ConfigError, MedsweepError
 from medsweep.evaluate import evaluate
 from medsweep.preempt import CheckpointOnSignal
 
@@ -32,6 +32,7 @@ record.register_resolvers()
 
 def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one configuration into `run_dir` and return its record (metrics.json)."""
+    record.scrub_yaml_files([run_dir / ".hydra" / n for n in ("config.yaml", "overrides.yaml", "hydra.yaml")])
     config_schema.validate(cfg)
     done = record.read_record(run_dir)
     if done and done.get("status") == "complete":
@@ -149,7 +150,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
 
 def _overrides() -> list[str]:
     try:
-        return list(HydraConfig.get().overrides.task)
+        return [record.redact_override(o) for o in HydraConfig.get().overrides.task]
     except ValueError:  # called outside Hydra (tests)
         return []
 
@@ -167,9 +168,14 @@ def summary_table(rec: dict[str, Any]) -> str:
     return frame.to_markdown(floatfmt=".4g")
 
 
-def _remove_if_fresh(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but what Hydra wrote at start (a config error)."""
-    if run_dir.is_dir() and all(p.name in {".hydra", "medsweep.log"} for p in run_dir.iterdir()):
+def _remove_if_fresh(run_dir: Path, config_error: bool = False) -> None:
+    """Remove a run directory that holds nothing but what this failed start wrote: Hydra's files, and for a
+    config error found during the run (e.g. a LoRA target the model lacks) its failed record."""
+    fresh = {".hydra", "medsweep.log"} | ({"config.yaml", "metrics.json", "wandb"} if config_error else set())
+    rec = record.read_record(run_dir)
+    if rec and rec.get("status") != "failed":
+        return
+    if run_dir.is_dir() and all(p.name in fresh for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -200,7 +206,7 @@ def hydra_main(cfg: DictConfig) -> None:
             return
         rec = train_eval(cfg, run_dir)
     except MedsweepError as exc:
-        _remove_if_fresh(run_dir)
+        _remove_if_fresh(run_dir, config_error=isinstance(exc, ConfigError))
         print(f"medsweep: error: {exc}", file=sys.stderr)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("SUBMITIT_EXECUTOR"):
             raise  # under submitit the launcher reports the message and SLURM marks the job FAILED
@@ -209,12 +215,7 @@ def hydra_main(cfg: DictConfig) -> None:
         print(f"\nrun: {run_dir}\n{summary_table(rec)}")
 
 
-def main() -> None:
-    """Console script: `--plan` is shorthand for the `plan=true` override."""
-    if "--plan" in sys.argv:
-        sys.argv = [a for a in sys.argv if a != "--plan"] + ["plan=true"]
-    hydra_main()
-
-
 if __name__ == "__main__":
+    from medsweep.cli import main
+
     main()

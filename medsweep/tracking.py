@@ -46,19 +46,11 @@ def run_id(run_dir: Path) -> str:
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
 
 
-def redact_override(override: str) -> str:
-    """`logger.api_key=xyz` -> `logger.api_key=***`; secret env values anywhere -> `***`."""
-    key, sep, value = override.partition("=")
-    if sep and record.SECRET_KEY.search(key) and value:
-        override = f"{key}={record.REDACTED}"
-    return record.redact(override)
-
-
 def tags(extra: list[str], overrides: list[str]) -> list[str]:
     """logger.tags + the job's overrides, redacted, shortened to W&B's 64-character limit, no duplicates."""
     out: list[str] = []
     for tag in [*extra, *overrides]:
-        tag = redact_override(str(tag)).strip()
+        tag = record.redact_override(str(tag)).strip()
         if len(tag) > TAG_MAX:
             tag = tag[: TAG_MAX - 3] + "..."
         if tag and tag not in out:
@@ -207,7 +199,7 @@ def summary(rec: dict[str, Any]) -> dict[str, Any]:
 def _redacted_argv() -> Iterator[None]:
     """W&B stores sys.argv[1:] in the run's metadata: hand it a redacted copy while the run starts."""
     saved = sys.argv
-    sys.argv = [saved[0], *(redact_override(a) for a in saved[1:])]
+    sys.argv = [saved[0], *(record.redact_override(a) for a in saved[1:])]
     try:
         yield
     finally:
@@ -229,7 +221,7 @@ def start(cfg, run_dir: Path, overrides: list[str]) -> Tracker:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config = record.redact(OmegaConf.to_container(cfg, resolve=True))
-    config.update(run_dir=str(run_dir), overrides=[redact_override(o) for o in overrides])
+    config.update(run_dir=str(run_dir), overrides=[record.redact_override(o) for o in overrides])
     settings = wandb.Settings(
         console="off",            # the job log is <run_dir>/medsweep.log; no second copy of stdout/stderr
         save_code=False,          # no code upload

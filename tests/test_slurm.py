@@ -5,12 +5,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import MEDQUAD_JSONL, need_shared_data, run_medsweep
+from tests.conftest import MEDQUAD_JSONL, ROOT, need_shared_data, run_medsweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -100,19 +102,33 @@ def test_gpu_profile_request_reaches_slurm(tmp_path, request_style, expect):
     assert expect in (alloc if request_style == "gres" else constraints), (alloc, constraints)
 
 
-def test_time_limit_checkpoint_requeue_resume(tmp_path):
-    """A 2-minute job with ~2-3 minutes of training: SLURM signals it before the limit, it checkpoints and is
-    requeued, resumes from the checkpoint, and ends with the adapter of an uninterrupted run."""
-    long_run = ["train.max_steps=500", "train.save_steps=10000", "train.logging_steps=50", "eval.num_examples=4"]
-    proc = run_medsweep(*JOB, *long_run, "profile.time_limit_min=2", "hydra.launcher.signal_delay_s=75",
-                        f"output_root={tmp_path / 'slurm'}", multirun=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (job,) = jobs_of(tmp_path / "slurm" / "sweeps" / "sweep")
+def test_preemption_signal_checkpoint_requeue_resume(tmp_path):
+    """SLURM's warning signal (what it sends before a time limit or a preemption, submitit's SIGUSR2) in the
+    middle of training: the job checkpoints at the step boundary, is requeued, resumes from the checkpoint
+    and ends with exactly the adapter of an uninterrupted run."""
+    long_run = ["train.max_steps=60", "train.save_steps=10000", "train.logging_steps=10", "eval.num_examples=4"]
+    out = tmp_path / "slurm"
+    sweep = subprocess.Popen([sys.executable, "-m", "medsweep", "-m", *JOB, *long_run, f"output_root={out}"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    job = None
+    while time.time() < deadline:  # wait until the job is training, then send the signal
+        jobs_file = out / "sweeps" / "sweep" / "sweep_jobs.json"
+        if job is None and jobs_file.is_file():
+            (job,) = json.loads(jobs_file.read_text())
+        log = Path(job["run_dir"]) / "medsweep.log" if job else None
+        if log and log.is_file() and "'loss'" in log.read_text() + _stdout_of(job):
+            break
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True, timeout=30)
+    stdout, stderr = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, stdout[-2000:] + stderr[-3000:]
     run_dir = Path(job["run_dir"])
     rec = json.loads((run_dir / "metrics.json").read_text())
     assert rec["status"] == "complete"
     assert int(rec["env"]["slurm"].get("SLURM_RESTART_COUNT", 0)) >= 1, "the job was never requeued"
-    assert rec["train"]["resumed_from"], "the requeued job did not resume from a checkpoint"
+    assert rec["train"]["resumed_from"], "the requeued job did not resume from its checkpoint"
+    assert "checkpoint saved at step" in _stdout_of(job)
 
     reference = run_medsweep("experiment=smoke", "profile.cpus=1", *long_run, f"output_root={tmp_path / 'ref'}")
     assert reference.returncode == 0, reference.stderr[-2000:]
@@ -121,3 +137,9 @@ def test_time_limit_checkpoint_requeue_resume(tmp_path):
     a = load_file(ref_dir / "adapter" / "adapter_model.safetensors")
     b = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert all((a[k] == b[k]).all() for k in a), "requeued job's adapter differs from the uninterrupted run's"
+
+
+def _stdout_of(job: dict) -> str:
+    """The SLURM job's stdout (submitit writes <sweep>/.submitit/<id>/<id>_0_log.out)."""
+    logs = list((Path(job["run_dir"]).parent / ".submitit").glob(f"{job['job_id']}*/*_log.out"))
+    return "".join(p.read_text(errors="replace") for p in logs)

@@ -136,6 +136,20 @@ def test_failed_job_finishes_with_exit_code_1(compose, wandb_env):
     assert run["summary"]["error"] == "RuntimeError: boom"
 
 
+def test_resumed_job_continues_its_run(compose, wandb_env):
+    """A requeued job (same directory) writes a second offline fragment of the same run id; `wandb sync` of
+    both uploads them in start-time order into one run."""
+    run_dir = wandb_env / "runs" / "job-r"
+    first = tracking.start(_cfg(compose), run_dir, [])
+    first.finish({"status": "interrupted", "error": "SystemExit: 0"})
+    second = tracking.start(_cfg(compose), run_dir, [])
+    second.finish({"status": "complete"})
+    fragments = sorted((run_dir / "wandb").glob("offline-run-*"))
+    runs = [tracking.read_offline_run(f) for f in fragments]
+    assert len(runs) == 2 and {r["id"] for r in runs} == {tracking.run_id(run_dir)}
+    assert sorted(r["exit_code"] for r in runs) == [0, 1]
+
+
 def test_init_failure_is_one_clear_error(compose, wandb_env, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.delenv("WANDB_MODE")

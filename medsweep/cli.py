@@ -1,0 +1,122 @@
+"""The `medsweep` console script: a fast pre-flight check of the overrides, then the Hydra entrypoint.
+
+Bad overrides (unknown config name, wrong type, value out of range, a model that does not fit the
+profile) get one line on stderr and exit code 2 before Hydra creates any run directory and before
+torch/transformers are even imported. `HYDRA_FULL_ERROR=1` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from medsweep.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "lora", "data", "train", "eval", "profile", "logger", "site", "experiment")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _expand(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Plain overrides, and one list of single-value variants per sweep override (`k=a,b` or ranges)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed_all = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise ConfigError(f"cannot parse the overrides {' '.join(overrides)!r}: {_one_line(exc)}") from exc
+    fixed, sweeps = [], []
+    for text, parsed in zip(overrides, parsed_all):
+        if parsed.is_sweep_override():
+            key = parsed.get_key_element()
+            sweeps.append([f"{key}={v}" for v in parsed.sweep_string_iterator()])
+        else:
+            fixed.append(text)
+    return fixed, sweeps
+
+
+def _check_group_names(overrides: list[str]) -> None:
+    for text in overrides:
+        key, _, value = text.lstrip("+~").partition("=")
+        if key in GROUPS and value not in _options(key) and not (key == "experiment" and value == "null"):
+            raise ConfigError(f"{key}={value} is invalid: unknown {key}; allowed: {', '.join(_options(key))}")
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from medsweep import config, record
+
+    config.register_configs()
+    record.register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines; keep the key, the value and the reason."""
+    from omegaconf.errors import ValidationError
+
+    chain, cause = [], exc
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    typed = next((c for c in chain if isinstance(c, ValidationError) and getattr(c, "full_key", None)), None)
+    if typed is not None:
+        reason = str(typed.msg).splitlines()[0] if getattr(typed, "msg", None) else str(typed).splitlines()[0]
+        return f"{typed.full_key}={typed.value!r} is invalid: {reason}"
+    parts = []
+    while exc is not None:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        if first and first not in parts:
+            parts.append(first)
+        exc = exc.__cause__ or exc.__context__
+    return ": ".join(parts)
+
+
+def preflight(args: list[str]) -> None:
+    """Compose and validate every value of every override (one composition per sweep value, not per
+    combination); for a single run, also the fit of the model on the profile."""
+    from medsweep import config, fit
+
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    fixed, sweeps = _expand(overrides)
+    _check_group_names(fixed + [value for values in sweeps for value in values])
+    variants = [fixed] + [fixed + [value] for values in sweeps for value in values]
+    for variant in variants:
+        cfg = _compose(variant)
+        config.validate(cfg)
+        if not sweeps and not cfg.plan:
+            estimate = fit.estimate(cfg)
+            if not estimate.fits:
+                raise ConfigError(f"model={cfg.model.name} profile={cfg.profile.name} does not fit: {estimate.detail}")
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if "--plan" in args:  # shorthand for the plan=true override
+        args = [a for a in args if a != "--plan"] + ["plan=true"]
+        sys.argv = [sys.argv[0], *args]
+    hydra_flags = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]
+    if not hydra_flags:  # --help, --cfg job, -cn ...: Hydra's own business
+        try:
+            preflight(args)
+        except ConfigError as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"medsweep: error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+    from medsweep.run import hydra_main
+
+    hydra_main()

@@ -1,0 +1,192 @@
+"""Bad input answered with one clear line and exit code 2, nothing left behind, nothing lost, no secrets."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from medsweep import data, record
+from medsweep.errors import DataError
+from tests.conftest import MEDQUAD_JSONL, ROOT, SHARED_DATA, need_shared_data, run_medsweep
+
+
+def _fails_cleanly(tmp_path, *overrides, key: str, multirun: bool = False):
+    proc = run_medsweep(*overrides, f"output_root={tmp_path}", multirun=multirun, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("medsweep: error: "), proc.stderr
+    assert key in lines[0] and "Traceback" not in proc.stderr
+    assert not any(tmp_path.rglob("*")), "a run directory was left behind"
+    return lines[0]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model=gpt5", "model=gpt5"),
+    ("data=pubmed", "data=pubmed"),
+    ("profile=8xh100", "profile=8xh100"),
+    ("lora.r=0", "lora.r=0"),
+    ("lora.r=-8", "lora.r=-8"),
+    ("lora.r=eight", "lora.r='eight'"),
+    ("lora.r=1.5", "lora.r"),
+    ("lora.alpha=0", "lora.alpha=0"),
+    ("lora.dropout=1", "lora.dropout=1.0"),
+    ("lora.dropout=-0.2", "lora.dropout=-0.2"),
+    ("train.max_seq_length=0", "train.max_seq_length=0"),
+    ("train.max_seq_length=9000", "context length"),
+    ("train.lr=0", "train.lr=0"),
+    ("train.batch_size=0", "train.batch_size=0"),
+    ("eval.num_examples=50", "eval.num_examples=50"),
+    ("model.load_in_4bit=true", "model.load_in_4bit"),
+])
+def test_config_errors_are_one_line_exit_2_no_run_dir(tmp_path, override, key):
+    _fails_cleanly(tmp_path, override, key=key)
+
+
+def test_sweep_value_errors_are_caught_before_submission(tmp_path):
+    line = _fails_cleanly(tmp_path, "lora.r=4,0", key="lora.r=0", multirun=True)
+    assert "must be an integer > 0" in line
+
+
+def test_model_that_does_not_fit_the_profile(tmp_path):
+    line = _fails_cleanly(tmp_path, "model=llama3_8b", "profile=1cpu_1v100", key="does not fit")
+    assert "llama3_8b" in line and "1cpu_1v100" in line and "GiB" in line
+
+
+def test_full_traceback_on_request(tmp_path):
+    proc = run_medsweep("lora.r=0", f"output_root={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_lora_target_missing_from_model(tmp_path, embedded_dir):
+    proc = run_medsweep("experiment=smoke", "lora.target_modules=[q_proj,c_attn]", f"output_root={tmp_path}")
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("medsweep: error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "c_attn" in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# ---- data errors: each a DataError with one line naming the file ------------------------------------
+
+def _local(path, **kw):
+    from omegaconf import OmegaConf
+
+    base = {"name": "local", "loader": "local", "path": str(path), "hub": None, "hub_config": None,
+            "hub_split": "train", "question_col": "question", "answer_col": "answer", "id_col": None,
+            "context_col": None, "label_col": None, "options": {}, "limit": None, "split_seed": 0,
+            "max_question_words": 512, "max_answer_words": 2048, "instruction": "x"}
+    return OmegaConf.create({**base, **kw})
+
+
+def _data_error(cfg, eval_size=2) -> str:
+    with pytest.raises(DataError) as err:
+        data.build(cfg, eval_size=eval_size)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_data_errors(tmp_path):
+    assert "not found" in _data_error(_local(tmp_path / "nope.jsonl"))
+    (tmp_path / "x.docx").write_text("hello")
+    assert ".docx" in _data_error(_local(tmp_path / "x.docx")) or "x.docx" in _data_error(_local(tmp_path / "x.docx"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a?", "answer": "b"}\n{"question": "c?", "answer": "d"}\n{oops\n')
+    assert "bad.jsonl:3:" in _data_error(_local(bad))
+    cols = tmp_path / "cols.jsonl"
+    cols.write_text('{"q": "a?", "a": "b"}\n')
+    assert "question" in _data_error(_local(cols))
+    xml = tmp_path / "x.xml"
+    xml.write_text("<html><body>not medquad</body></html>")
+    assert "x.xml" in _data_error(_local(xml, loader="medquad"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"question": "a?", "answer": ""}\n{"question": " ", "answer": "b"}\n')
+    assert "empty" in _data_error(_local(empty))
+
+
+def test_eval_size_larger_than_dataset():
+    need_shared_data()
+    message = _data_error(_local(MEDQUAD_JSONL), eval_size=5000)
+    assert "train.eval_split=5000" in message
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    f = tmp_path / "mixed.jsonl"
+    rows = [{"question": f"q{i}?", "answer": f"answer {i}"} for i in range(6)]
+    rows += [{"question": "empty?", "answer": ""}, {"question": "long?", "answer": "w " * 3000}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits = data.build(_local(f), eval_size=2)
+    assert len(splits.train) + len(splits.eval) == 6
+    assert splits.stats["dropped_too_long"] == 1
+    assert splits.stats["load"]["skipped_empty_answer"] == 1
+
+
+def test_data_error_through_the_entrypoint(tmp_path, embedded_dir):
+    proc = run_medsweep("experiment=smoke", "data=local", f"data.path={tmp_path / 'missing.jsonl'}",
+                        f"output_root={tmp_path / 'out'}")
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("medsweep: error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "missing.jsonl" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+# ---- results: atomic writes, nothing finished is overwritten ----------------------------------------
+
+def test_atomic_write_never_leaves_a_half_file(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    record.atomic_write_json(target, {"status": "complete", "x": 1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed between write and rename
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        record.atomic_write_json(target, {"status": "running", "x": 2})
+    assert json.loads(target.read_text()) == {"status": "complete", "x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+def test_killed_writer_process_leaves_old_or_new_record(tmp_path):
+    """SIGKILL a process that rewrites metrics.json in a loop: the file always parses."""
+    target = tmp_path / "metrics.json"
+    record.atomic_write_json(target, {"status": "running", "n": 0, "pad": "x" * 200_000})
+    code = ("import sys; from pathlib import Path; from medsweep import record\n"
+            "for n in range(100000): record.atomic_write_json(Path(sys.argv[1]), {'status': 'running', 'n': n, "
+            "'pad': 'x' * 200000})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=ROOT)
+    import time
+
+    time.sleep(2.0)
+    proc.kill()
+    proc.wait()
+    assert json.loads(target.read_text())["status"] == "running"
+
+
+def test_attempt_reruns_a_complete_config_into_a_new_directory(compose):
+    from medsweep.record import run_id
+
+    a = compose(["experiment=smoke"], return_hydra_config=True)
+    b = compose(["experiment=smoke", "attempt=1"], return_hydra_config=True)
+    assert run_id(a) != run_id(b)
+
+
+# ---- secrets ----------------------------------------------------------------------------------------
+
+SECRETS = {"WANDB_API_KEY": "wandb-secret-4f9a8b7c", "HF_TOKEN": "hf_secret_9d8c7b6a",
+           "OPENAI_API_KEY": "sk-secret-1a2b3c4d"}
+
+
+def test_secrets_never_written(tmp_path, embedded_dir):
+    proc = run_medsweep("experiment=smoke", "+data.options.auth_token=override-secret-55aa", f"output_root={tmp_path}",
+                        env=SECRETS)
+    # the sample loader takes no options: the run fails after writing its record; either way nothing may leak
+    text = proc.stdout + proc.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            text += path.read_text(errors="ignore")
+    for secret in [*SECRETS.values(), "override-secret-55aa"]:
+        assert secret not in text, f"secret {secret} leaked"
+
+
+def test_trust_remote_code_off_and_safetensors_only(compose):
+    for name in ("smollm2_135m", "llama3_8b", "mistral_7b", "gemma_1.1_7b", "distilgpt2", "llama2_7b"):
+        cfg = compose([f"model={name}"])
+        assert cfg.model.trust_remote_code is False and cfg.model.use_safetensors is True
