@@ -1,5 +1,12 @@
 """Evaluation on held-out pairs: batched greedy generation (left padding, length-sorted, KV cache, each
-sequence stops at its end-of-turn token), answer-quality metrics, perplexity of the references, latency."""
+sequence stops at its end-of-turn token), answer-quality metrics, perplexity of the references, latency.
+
+Speed (measured in scripts/bench.py): decoding a small model on a CPU is bound by reading the weights and by
+per-operator overhead, not by arithmetic, so a decode step of 16 sequences costs about as much as one of 1.
+Hence large length-sorted batches, and the LoRA adapter folded into a temporary copy of the base weights
+for inference (`inference_weights`): a plain Linear per layer instead of base + A + B + scale + add. The
+copy is swapped in and the original weight objects swapped back afterwards, so the model (and a resumed
+training run) is left bit-identical."""
 
 from __future__ import annotations
 
@@ -15,6 +22,50 @@ from medsweep import metrics
 from medsweep.hardware import Hardware
 from medsweep.prompts import prompt_ids
 from medsweep.train import answer_loss_sum, collator, tokenize
+
+
+@contextlib.contextmanager
+def inference_weights(model, hw: Hardware):
+    """Within the block, every LoRA-adapted Linear of `model` computes with one merged weight W + s·B·A
+    (a temporary copy: the original weight objects and adapter state are restored on exit, bit for bit).
+    On a CPU with native bf16 the copies, and the other Linear weights, are stored in bf16 so that autocast
+    casts no weight on every decode step. Only on the CPU: on a GPU the copy could cost gigabytes and the
+    adapters' extra kernels matter less. Quantized or non-vanilla (DoRA ...) layers keep their forward."""
+    if hw.device != "cpu":
+        yield model
+        return
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft missing: nothing can be adapted
+        LoraLayer = ()
+    dtype = torch.bfloat16 if hw.precision == "bf16" else None
+    swapped: list[tuple[torch.nn.Module, torch.nn.Parameter, Any, list[str] | None]] = []
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, LoraLayer):
+                    base = module.get_base_layer()
+                    active = [a for a in module.active_adapters if a in module.lora_A]
+                    if (module.merged or module.disable_adapters or not isinstance(base, torch.nn.Linear)
+                            or any(a in module.lora_variant for a in active)):
+                        continue
+                    weight = base.weight.detach().float() if active else base.weight.detach()
+                    for adapter in active:
+                        weight = weight + module.get_delta_weight(adapter).float()
+                    target = dtype or base.weight.dtype
+                    swapped.append((base, base.weight, module, module.merged_adapters))
+                    base.weight = torch.nn.Parameter(weight.to(target), requires_grad=False)
+                    module.merged_adapters = list(active)  # peft's forward now calls the base layer only
+                elif (dtype is not None and type(module) is torch.nn.Linear and module.weight.dtype != dtype
+                      and not any(module is s[0] for s in swapped)):
+                    swapped.append((module, module.weight, None, None))
+                    module.weight = torch.nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
+        yield model
+    finally:
+        for base, weight, module, merged in reversed(swapped):
+            base.weight = weight
+            if module is not None:
+                module.merged_adapters = merged
 
 
 def autocast(hw: Hardware):
@@ -37,7 +88,6 @@ def _stop_ids(tokenizer, model) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-@torch.no_grad()
 def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, model_cfg: Any, eval_cfg: Any,
              hw: Hardware) -> tuple[list[str], list[float], list[int]]:
     """Answers for `records` in their order, the amortized seconds per answer of each, and generated tokens."""
@@ -48,8 +98,20 @@ def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, mod
     stop = _stop_ids(tokenizer, model)
     sampling = {"do_sample": True, "temperature": eval_cfg.temperature, "top_p": eval_cfg.top_p} \
         if eval_cfg.decoding == "sample" else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    was_training = model.training
     tokenizer.padding_side = "left"
     model.eval()
+    try:
+        with inference_weights(model, hw), torch.inference_mode():
+            _generate_batches(model, tokenizer, prompts, order, stop, sampling, eval_cfg, hw, answers, seconds,
+                              n_tokens)
+    finally:
+        tokenizer.padding_side = "right"
+        model.train(was_training)
+    return answers, seconds, n_tokens
+
+
+def _generate_batches(model, tokenizer, prompts, order, stop, sampling, eval_cfg, hw, answers, seconds, n_tokens):
     for start in range(0, len(order), eval_cfg.batch_size):
         idx = order[start:start + eval_cfg.batch_size]
         batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(hw.device)
@@ -66,24 +128,28 @@ def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, mod
             answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
             seconds[i] = elapsed / len(idx)
             n_tokens[i] = len(tokens) + (1 if ends else 0)
-    tokenizer.padding_side = "right"
-    return answers, seconds, n_tokens
 
 
-@torch.no_grad()
 def perplexity(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, model_cfg: Any, max_seq_length: int,
                hw: Hardware, batch_size: int) -> float:
-    """exp(mean token NLL) of the reference answers given their prompts (teacher forcing)."""
+    """exp(mean token NLL) of the reference answers given their prompts (teacher forcing), in length-sorted
+    batches (little padding) with the LM head only on the answer positions."""
     dataset, _ = tokenize(records, tokenizer, data_cfg, model_cfg, max_seq_length)
+    rows = sorted(dataset.to_list(), key=lambda r: r["length"], reverse=True)
     collate = collator(tokenizer)
     total, count = 0.0, 0
+    was_training = model.training
     model.eval()
-    for start in range(0, len(dataset), batch_size):
-        batch = {k: v.to(hw.device) for k, v in collate(dataset.select(range(start, min(start + batch_size,
-                                                                                          len(dataset))))).items()}
-        with autocast(hw):
-            loss_sum, n = answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        total, count = total + loss_sum.item(), count + int(n)
+    try:
+        with inference_weights(model, hw), torch.inference_mode():
+            for start in range(0, len(rows), batch_size):
+                batch = {k: v.to(hw.device) for k, v in collate(rows[start:start + batch_size]).items()}
+                with autocast(hw):
+                    loss_sum, n = answer_loss_sum(model, batch["input_ids"], batch["attention_mask"],
+                                                  batch["labels"])
+                total, count = total + loss_sum.item(), count + int(n)
+    finally:
+        model.train(was_training)
     return math.exp(total / count) if count else float("nan")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -148,9 +149,10 @@ class SweepLauncherMixin:
         bad = [j for j in jobs if j.status in ("refused", "invalid")]
         if self.config.plan:
             return []
-        if bad:
-            raise MedsweepError(f"{len(bad)} job(s) refused before submission, nothing submitted: "
-                                + "; ".join(f"#{j.idx} {j.reason}" for j in bad))
+        if bad:  # refuse the whole sweep before anything is submitted: one line, exit 2
+            print(f"medsweep: error: {len(bad)} job(s) refused before submission, nothing submitted: "
+                  + "; ".join(f"#{j.idx} {j.reason}" for j in bad), file=sys.stderr)
+            sys.exit(2)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         todo = [j for j in jobs if j.status == "submit"]
         for j in jobs:

@@ -172,6 +172,9 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
                                   "use_safetensors": model_cfg.use_safetensors}
         if model_cfg.source == "hub":
             kwargs["revision"] = model_cfg.revision
+        if hw.device == "cuda" and torch.cuda.device_count() > 1:  # 2-GPU profiles: layers split across GPUs
+            kwargs["device_map"] = "auto"
+            placed_by_loader = True
         if quantize:
             from transformers import BitsAndBytesConfig
 
@@ -179,7 +182,7 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=torch.bfloat16 if hw.precision == "bf16" else torch.float16,
             )
-            kwargs["device_map"] = {"": 0}
+            kwargs.setdefault("device_map", {"": 0})
             placed_by_loader = True
             if model_cfg.hub_id_4bit:  # model.revision pins hub_id, not the pre-quantized repo
                 source, kwargs["revision"] = model_cfg.hub_id_4bit, None

@@ -434,6 +434,62 @@ def _check_metric(df: pd.DataFrame, metric: str) -> None:
                             f"{', '.join(known) or 'none'}")
 
 
+def stage_chain(run_dir) -> list[Path]:
+    """The run and the runs it continued from (``train.init_adapter`` in their config.yaml), first stage first.
+    A relative init_adapter that does not resolve from here is looked up next to the run (results/runs/<name>)."""
+    import yaml
+
+    chain: list[Path] = []
+    current: Path | None = Path(run_dir).absolute()
+    while current is not None and current not in chain:
+        if not (current / "metrics.json").is_file():
+            raise MedsweepError(f"{current}: no metrics.json (not a finished medsweep run)")
+        chain.append(current)
+        config = current / "config.yaml"
+        cfg = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else {}
+        init = ((cfg or {}).get("train") or {}).get("init_adapter")
+        if not init:
+            break
+        p = Path(init)
+        p = p.parent if p.name == "adapter" else p
+        current = p.absolute() if (p / "metrics.json").is_file() else current.parent / p.name
+    return chain[::-1]
+
+
+def _eval_set(run_dir: Path, name: str) -> str | None:
+    """Short hash of the questions a run evaluated on (from its predictions file), to show they are the same."""
+    import hashlib
+
+    path = run_dir / name
+    if not path.is_file():
+        return None
+    questions = [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return hashlib.sha256("\n".join(questions).encode()).hexdigest()[:8]
+
+
+def stages(run_dir, metrics: dict[str, str] | None = None) -> pd.DataFrame:
+    """Base -> stage 1 -> stage 2 ...: one row per stage of a continued fine-tuning chain ending at ``run_dir``
+    (the base row is the first stage's baseline), with the headline metrics and the hash of the evaluated
+    questions (``eval set``: equal hashes = the same held-out questions)."""
+    metrics = metrics or {k: v for k, v in TABLE4.items() if not k.startswith("decision")}
+    rows = []
+    for i, d in enumerate(stage_chain(run_dir), start=1):
+        rec = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
+        axes = _as_dict(rec.get("axes"))
+        if i == 1 and rec.get("baseline"):
+            rows.append({"stage": "base", "model": axes.get("model"), "data": "", "run": "",
+                         "eval set": _eval_set(d, "predictions_baseline.jsonl"),
+                         **{name: _as_dict(rec["baseline"]).get(k) for k, name in metrics.items()}})
+        rows.append({"stage": f"stage {i}", "model": axes.get("model"), "data": axes.get("data"), "run": d.name,
+                     "eval set": _eval_set(d, "predictions.jsonl"),
+                     **{name: _as_dict(rec.get("metrics")).get(k) for k, name in metrics.items()}})
+    table = pd.DataFrame(rows)
+    scale = {metrics[k]: v for k, v in SCALE.items() if k in metrics}
+    for name, k in scale.items():
+        table[name] = pd.to_numeric(table[name], errors="coerce") * k
+    return table.dropna(axis="columns", how="all")
+
+
 # --------------------------------------------------------------------------- formatting
 
 def _num(x) -> str:
@@ -681,6 +737,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output dir (report/ is created in it); "
                                  "default: the first PATH if it is a directory")
     p.add_argument("--wandb", action="store_true", help="also log tables to W&B")
+    p.add_argument("--stages", action="store_true", help="PATH is the last run of a continued fine-tuning chain "
+                   "(train.init_adapter): print base -> stage 1 -> stage 2 on the same held-out questions")
     return p
 
 
@@ -703,6 +761,12 @@ def main(argv=None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="medsweep-report: %(message)s")
     try:
+        if args.stages:
+            table = to_markdown(stages(args.paths[0]))
+            print(table)
+            if args.out:
+                _atomic_write(Path(args.out) / "stages.md", table + "\n")
+            return 0
         df = collect(args.paths)
         _check_metric(df, args.metric)
         out = Path(args.out) if args.out else (

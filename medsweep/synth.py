@@ -8,8 +8,8 @@
 
 Step 1 asks the generator for several stand-alone questions per abstract (prompt: conf/synth/prompts/*.yaml);
 step 2 answers each question from its abstract only. Cleaning keeps one question per line, strips numbering
-and bullets, drops lines without a letter or digit, headers ("Questions:"), answer lines and too-short lines,
-and de-duplicates (normalised text, across all abstracts). Answers that are empty (or the prompt's "not
+and bullets, drops lines without a letter or digit, headers ("Questions:"), answer lines, too short or too long
+lines and lines not ending with "?" (configurable), and de-duplicates (normalised text, across all abstracts). Answers that are empty (or the prompt's "not
 stated" reply) are flagged ``empty``; answers sharing no content word with the abstract are flagged
 ``ungrounded``. Flagged pairs are kept for the reviewer to see (medsweep/labelstudio.py).
 
@@ -43,7 +43,7 @@ Messages = list[dict[str, str]]
 # --------------------------------------------------------------------------- cleaning
 
 _BULLET = re.compile(
-    r"^\s*(?:[-*\u2022\u00b7>#]+\s*|\(?\d{1,3}\s*[.):\]]\s*|\(?[a-zA-Z][.)]\s+|(?:Q|Question)\s*\d*\s*[:.)-]\s*)+"
+    r"^\s*(?:[-*\u2022\u00b7>#]+\s*|\(?\d{1,3}\s*[.):\]]\s*|\(?[a-zA-Z][.)]\s+|(?:Q|Ques|Question)\s*\d*\s*[:.)-]\s*)+"
 )
 _SPLIT_NUMBERED = re.compile(r"(?<=[?.!])\s+(?=\(?\d{1,3}[.)]\s)")
 _ANSWER_LINE = re.compile(r"^\s*(?:A|Answer)\s*\d*\s*[:.)-]", re.IGNORECASE)
@@ -65,14 +65,15 @@ def strip_numbering(line: str) -> str:
     return line.strip().strip("*_`").strip().strip('"\u201c\u201d').strip()
 
 
-def clean_questions(text: str, limit: int, min_words: int = 3, seen: set[str] | None = None
-                    ) -> tuple[list[str], dict[str, int]]:
-    """Questions from a generation: one per line, no numbering, at least one alphanumeric character and
-    `min_words` words, no header or answer lines, de-duplicated (also against `seen`, which is updated), at most
-    `limit`. Returns (questions, counts of lines dropped per reason)."""
+def clean_questions(text: str, limit: int, min_words: int = 3, seen: set[str] | None = None,
+                    max_words: int = 40, require_question_mark: bool = True) -> tuple[list[str], dict[str, int]]:
+    """Questions from a generation: one per line, no numbering, at least one alphanumeric character, between
+    `min_words` and `max_words` words, ending with "?" (unless `require_question_mark` is off), no header or answer
+    lines, de-duplicated (also against `seen`, which is updated), at most `limit`. Returns (questions, counts of
+    lines dropped per reason)."""
     seen = set() if seen is None else seen
-    counts = {"lines": 0, "no_alnum": 0, "header": 0, "answer_line": 0, "too_short": 0, "duplicate": 0,
-              "over_limit": 0}
+    counts = {"lines": 0, "no_alnum": 0, "header": 0, "answer_line": 0, "too_short": 0, "too_long": 0,
+              "not_a_question": 0, "duplicate": 0, "over_limit": 0}
     kept: list[str] = []
     lines = [part for line in text.splitlines() for part in _SPLIT_NUMBERED.split(line)]
     for raw in lines:
@@ -89,6 +90,10 @@ def clean_questions(text: str, limit: int, min_words: int = 3, seen: set[str] | 
             counts["header"] += 1
         elif len(line.split()) < min_words:
             counts["too_short"] += 1
+        elif len(line.split()) > max_words:
+            counts["too_long"] += 1
+        elif require_question_mark and not line.endswith("?"):
+            counts["not_a_question"] += 1
         elif question_key(line) in seen:
             counts["duplicate"] += 1
         elif len(kept) >= limit:
@@ -102,7 +107,7 @@ def clean_questions(text: str, limit: int, min_words: int = 3, seen: set[str] | 
 def clean_answer(text: str, not_stated: str | None = None) -> str:
     """The answer without an "Answer:" prefix, a run-on next question, or extra whitespace; "" when the model
     said the text does not answer it (`not_stated`)."""
-    text = re.split(r"\n\s*(?:Q|Question)\s*\d*\s*[:.)]", text.strip(), maxsplit=1)[0]
+    text = re.split(r"(?:^|\s)(?:Q|Question)\s*\d*\s*:", text.strip(), maxsplit=1)[0]
     text = re.sub(r"^\s*(?:A|Answer)\s*[:.)-]\s*", "", text, flags=re.IGNORECASE)
     text = " ".join(text.split())
     if not_stated and text.lower().strip(" .!").startswith(not_stated.lower().strip(" .!")):
@@ -343,8 +348,8 @@ def _messages(system: str | None, user: str) -> Messages:
 
 def synthesize(abstracts: list[dict[str, str]], generator: Generator, prompts: Any, num_questions: int,
                min_question_words: int = 3, min_overlap: float = 0.0, max_new_tokens_questions: int = 192,
-               max_new_tokens_answer: int = 96, progress: Callable[[str], None] = log.info
-               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+               max_new_tokens_answer: int = 96, max_question_words: int = 40, require_question_mark: bool = True,
+               progress: Callable[[str], None] = log.info) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Questions (step 1), then answers (step 2), cleaned and flagged. Returns (rows, stats)."""
     t0 = time.perf_counter()
     progress(f"step 1: questions for {len(abstracts)} abstracts with {generator.name}")
@@ -355,7 +360,8 @@ def synthesize(abstracts: list[dict[str, str]], generator: Generator, prompts: A
     drops: dict[str, int] = {}
     pending = []
     for a, text in zip(abstracts, raw):
-        questions, counts = clean_questions(text, num_questions, min_question_words, seen)
+        questions, counts = clean_questions(text, num_questions, min_question_words, seen, max_question_words,
+                                            require_question_mark)
         for k, v in counts.items():
             drops[k] = drops.get(k, 0) + v
         pending += [(a, k, q) for k, q in enumerate(questions, start=1)]
@@ -390,6 +396,11 @@ def run(cfg: Any, generator: Generator | None = None) -> dict[str, Any]:
 
     if cfg.num_questions < 1:
         raise ConfigError(f"num_questions={cfg.num_questions!r} is invalid: must be >= 1")
+    if OmegaConf.is_missing(cfg.input, "path"):
+        raise ConfigError("input.path is required: the abstracts file (e.g. input.path=pubmedqa_pqal.jsonl; "
+                          "input.path=null reads the hub copy of pubmedqa/medal)")
+    if cfg.generator.backend == "openai" and OmegaConf.is_missing(cfg.generator, "model"):
+        raise ConfigError("generator.model is required with synth/generator=openai (the endpoint's model name)")
     out_dir = Path(cfg.out_dir)
     abstracts = load_abstracts(cfg.input)
     if not abstracts:
@@ -397,7 +408,7 @@ def run(cfg: Any, generator: Generator | None = None) -> dict[str, Any]:
     generator = generator or build_generator(cfg)
     rows, stats = synthesize(abstracts, generator, cfg.prompts, cfg.num_questions, cfg.min_question_words,
                              cfg.min_overlap, cfg.generator.max_new_tokens_questions,
-                             cfg.generator.max_new_tokens_answer)
+                             cfg.generator.max_new_tokens_answer, cfg.max_question_words, cfg.require_question_mark)
     scrub = generator._scrub if isinstance(generator, OpenAIGenerator) else (lambda s: s)
     record.atomic_write_jsonl(out_dir / "synthetic.jsonl",
                               [{k: scrub(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows])

@@ -1,0 +1,51 @@
+"""Sweep planning without a cluster: the published 5 models x 9 VM profiles grid, fit arithmetic."""
+
+import re
+
+import pytest
+
+from medsweep import fit
+from tests.conftest import run_medsweep
+
+MODELS = ["distilgpt2", "llama2_7b", "llama3_8b", "mistral_7b", "gemma_1.1_7b"]
+PROFILES = [f"{c}cpu_{n}{g}" for g in ("v100", "a100", "rtx8000") for c, n in ((1, 1), (2, 1), (4, 2))]
+
+
+def test_fit_arithmetic_llama3_on_one_v100(compose):
+    cfg = compose(["model=llama3_8b", "profile=1cpu_1v100"])
+    est = fit.estimate(cfg)
+    gib = 2**30
+    weights = 8.03e9 * 2 / gib  # fp16 on a V100
+    activations = 4 * 512 * 4096 * 32 * 2 * 2 / gib  # batch 4, seq 512, gradient checkpointing
+    logits = 4 * 512 * 128256 * 6 / gib
+    assert est.need_gib == pytest.approx(weights + activations + logits + 1.5, rel=1e-3)
+    assert est.have_gib == pytest.approx(16 * 0.95)
+    assert not est.fits and "llama3_8b" in est.detail and "1cpu_1v100" in est.detail
+
+
+def test_4bit_makes_a_7b_model_fit_one_v100(compose):
+    assert fit.estimate(compose(["model=mistral_7b", "profile=1cpu_1v100", "model.load_in_4bit=true"])).fits
+
+
+@pytest.mark.slow
+def test_plan_of_the_published_grid_refuses_exactly_what_does_not_fit(tmp_path):
+    proc = run_medsweep(f"model={','.join(MODELS)}", f"profile={','.join(PROFILES)}", f"output_root={tmp_path}",
+                        "--plan", multirun=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in proc.stdout.splitlines() if re.match(r"\|\s+\d+ \|", r)]
+    assert len(rows) == 45
+    status = {tuple(re.search(r"model=(\S+) profile=(\S+)", r).groups()): r.split("|")[3].strip() for r in rows}
+    refused = {k for k, v in status.items() if v == "refused"}
+    # fp16 7-8B models need 16.5-22 GiB with batch 4 x 512: more than one 16 GB V100, less than two
+    assert refused == {(m, p) for m in MODELS[1:] for p in ("1cpu_1v100", "2cpu_1v100")}
+    assert {v for k, v in status.items() if k not in refused} == {"submit"}
+    assert "45 jobs: 37 to run, 0 complete (skipped), 8 refused" in proc.stdout
+    assert not list(tmp_path.rglob(".submitit")) and not list(tmp_path.rglob("metrics.json"))  # nothing submitted
+
+
+def test_sweep_with_a_refused_job_submits_nothing(tmp_path):
+    proc = run_medsweep("model=distilgpt2,llama3_8b", "profile=1cpu_1v100", f"output_root={tmp_path}",
+                        multirun=True, timeout=300)
+    assert proc.returncode == 2
+    assert "refused before submission, nothing submitted" in proc.stderr and "llama3_8b" in proc.stderr
+    assert not list(tmp_path.rglob(".submitit"))
