@@ -66,6 +66,12 @@ def run_config(run_dir: str | os.PathLike):
     return OmegaConf.load(path)
 
 
+def _adapter_dir(run_dir: Path) -> Path:
+    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+        raise ConfigError(f"{run_dir} has no adapter (adapter/adapter_config.json): the run did not finish training")
+    return run_dir / "adapter"
+
+
 def _adapter_tokenizer(adapter_dir: Path, model_cfg: Any):
     """The tokenizer saved with the adapter (what the run trained with), else the model config's."""
     from transformers import AutoTokenizer
@@ -84,7 +90,7 @@ def load_adapted(run_dir: str | os.PathLike, hw: Hardware = CPU):
     from peft import PeftModel
 
     cfg = run_config(run_dir)
-    adapter_dir = models.resolve_adapter_dir(str(run_dir))
+    adapter_dir = _adapter_dir(Path(run_dir))
     cfg.model.load_in_4bit = False
     tokenizer = _adapter_tokenizer(adapter_dir, cfg.model)
     base, _ = models.load_model(cfg.model, tokenizer, hw, seed=cfg.train.seed)
@@ -395,7 +401,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, ggu
     """Merge, save, write GGUF files and the Modelfile (and push); returns the summary written to export.json."""
     run_dir = Path(run_dir)
     validate_push(push_repo, push_what)
-    adapter_dir = models.resolve_adapter_dir(str(run_dir))
+    run_config(run_dir)
+    adapter_dir = _adapter_dir(run_dir)
     out_dir = Path(out) if out else run_dir / "export"
     started = time.time()
     merged, tokenizer, cfg = merge(run_dir)

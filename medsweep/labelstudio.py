@@ -205,8 +205,10 @@ def _index(rows: list[dict[str, Any]], text_field: str, where: str) -> dict[str,
 
 
 def import_reviews(questions: list[dict[str, Any]] | None = None, answers: list[dict[str, Any]] | None = None,
-                   keep_unreviewed: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Merge the question and/or answer project exports into reviewed records (see the module docstring)."""
+                   keep_unreviewed: bool = False, require_answer: bool = True
+                   ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Merge the question and/or answer project exports into reviewed records (see the module docstring); items
+    left without a question (or, with `require_answer`, an answer) are dropped and counted as ``empty``."""
     if questions is None and answers is None:
         raise DataError("nothing to import: give the question export, the answer export or both")
     q = _index(questions, "edited_question", "question export") if questions is not None else {}
@@ -236,7 +238,7 @@ def import_reviews(questions: list[dict[str, Any]] | None = None, answers: list[
         question = (qr or {}).get("text") or str(a_data.get("question") or generated_q).strip()
         answer = (ar or {}).get("text") or generated_a
         edited_q, edited_a = question != generated_q, answer != generated_a
-        if not question or not answer:
+        if not question or (require_answer and not answer):
             stats["empty"] += 1
             continue
         stats["edited_question"] += edited_q
@@ -254,7 +256,7 @@ def answer_tasks_after_review(items: list[dict[str, Any]], question_export: list
                               keep_unreviewed: bool = False) -> list[dict[str, Any]]:
     """Answer-project tasks for the questions accepted in the question project, with the edited text (flagged
     ``question edited`` when the answer was generated for the original wording)."""
-    reviewed, _ = import_reviews(questions=question_export, keep_unreviewed=keep_unreviewed)
+    reviewed, _ = import_reviews(questions=question_export, keep_unreviewed=keep_unreviewed, require_answer=False)
     by_id = {str(it["id"]): it for it in items}
     out = []
     for r in reviewed:

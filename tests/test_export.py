@@ -1,0 +1,228 @@
+"""medsweep-export: merged safetensors and GGUF (f16, q8_0) answer like the unmerged adapter; Modelfile; CLI checks.
+
+The always-on tests build a LoRA adapter on the tiny random Llama (SmolLM2 tokenizer) with non-zero B matrices,
+so the adapter changes the answers, export it once, and reload everything with transformers. The slow test
+exports a real `experiment=smoke` run through the `medsweep-export` command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsweep import evaluate, export, models, record
+from medsweep.hardware import Hardware
+from tests.conftest import CONF_DIR, ROOT, run_medsweep
+
+CPU = Hardware(device="cpu", precision="fp32", threads=2)
+QUESTIONS = [{"id": f"q{i}", "question": q, "answer": "-"} for i, q in enumerate([
+    "What are the symptoms of anemia?", "How is type 2 diabetes treated?", "Can aspirin cause stomach bleeding?"])]
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+
+    from medsweep.run import config_schema  # noqa: F401  registers schemas and resolvers
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def make_run_dir(path: Path) -> Path:
+    """A run directory as medsweep writes it (config.yaml, adapter/ with the tokenizer), without training: the
+    LoRA B matrices get random values so the adapter really changes the model."""
+    from omegaconf import OmegaConf
+
+    cfg = _compose(["experiment=smoke", "model=tiny_random", f"output_root={path}"])
+    tokenizer = models.load_tokenizer(cfg.model)
+    model, _ = models.load_model(cfg.model, tokenizer, CPU, seed=cfg.train.seed)
+    model = models.add_lora(model, cfg.lora, cfg.model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    model.save_pretrained(path / "adapter")
+    tokenizer.save_pretrained(path / "adapter")
+    record.atomic_write_text(path / "config.yaml", OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
+    return path
+
+
+def answers(model, tokenizer, cfg, max_new_tokens: int = 12) -> list[str]:
+    cfg.eval.max_new_tokens, cfg.eval.batch_size = max_new_tokens, len(QUESTIONS)
+    return evaluate.generate(model, tokenizer, QUESTIONS, cfg.data, cfg.model, cfg.eval, CPU)[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, embedded_dir):
+    run_dir = make_run_dir(tmp_path_factory.mktemp("run"))
+    summary = export.export(run_dir, gguf_types=["f16", "q8_0"])
+    model, tokenizer, cfg = export.load_adapted(run_dir)
+    with model.disable_adapter():
+        base = answers(model, tokenizer, cfg)
+    return {"run_dir": run_dir, "out": run_dir / "export", "summary": summary, "cfg": cfg, "tokenizer": tokenizer,
+            "adapter": answers(model, tokenizer, cfg), "base": base}
+
+
+def _gguf(out: Path, name: str):
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    return AutoModelForCausalLM.from_pretrained(out, gguf_file=name, quantization_config=GgufConfig(dequantize=True),
+                                                dtype=torch.float32).eval()
+
+
+def test_merged_and_f16_gguf_answer_exactly_like_the_adapter(exported):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, cfg = exported["out"], exported["cfg"]
+    assert exported["adapter"] != exported["base"], "the test adapter must change the answers"
+    assert all(exported["adapter"]), exported["adapter"]
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).eval()
+    merged_tok = AutoTokenizer.from_pretrained(out / "merged")
+    assert merged_tok.chat_template == exported["tokenizer"].chat_template and (out / "merged/chat_template.jinja").is_file()
+    assert (out / "merged/model.safetensors").is_file() and not list((out / "merged").glob("adapter_*"))
+    assert answers(merged, merged_tok, cfg) == exported["adapter"]
+
+    gguf_tok = AutoTokenizer.from_pretrained(out, gguf_file="model-f16.gguf")
+    assert gguf_tok.chat_template == exported["tokenizer"].chat_template
+    assert (gguf_tok.bos_token, gguf_tok.eos_token, gguf_tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    from medsweep.prompts import prompt_ids
+
+    for q in QUESTIONS:  # the GGUF's tokenizer renders and tokenizes the prompts identically
+        assert prompt_ids(gguf_tok, q, cfg.data.instruction, "chat") == prompt_ids(
+            exported["tokenizer"], q, cfg.data.instruction, "chat")
+    f16 = _gguf(out, "model-f16.gguf")
+    assert f16.config.tie_word_embeddings and f16.config.num_hidden_layers == 2
+    assert answers(f16, gguf_tok, cfg) == exported["adapter"]  # f16: identical text
+    reference = merged.state_dict()
+    for name, tensor in f16.state_dict().items():  # q/k un-permuted correctly, every weight within f16 rounding
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-3, atol=1e-3)
+
+
+def test_q8_0_gguf_loads_and_answers(exported):
+    from transformers import AutoModelForCausalLM
+
+    out = exported["out"]
+    q8 = _gguf(out, "model-q8_0.gguf")
+    got = answers(q8, exported["tokenizer"], exported["cfg"])
+    assert len(got) == len(QUESTIONS) and all(isinstance(a, str) for a in got)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).state_dict()
+    for name, tensor in q8.state_dict().items():  # within one q8_0 step (block max / 127) of the merged weights
+        ref = merged[name]
+        assert (tensor - ref).abs().max() <= ref.abs().max() / 127 + 1e-6, name
+    sizes = {g["type"]: g["bytes"] for g in exported["summary"]["gguf"]}
+    assert sizes["q8_0"] < 0.7 * sizes["f16"]
+
+
+def test_gguf_metadata_tensor_types_and_modelfile(exported):
+    out, summary = exported["out"], exported["summary"]
+    types = {g["type"]: g["tensor_types"] for g in summary["gguf"]}
+    # 2 layers x (attn_norm, ffn_norm) + output_norm stay f32; 7 linear layers per block + token_embd
+    assert types["f16"] == {"F32": 5, "F16": 15} and types["q8_0"] == {"F32": 5, "Q8_0": 15}
+    on_disk = json.loads((out / "export.json").read_text())
+    assert on_disk["run_dir"] == str(exported["run_dir"].resolve()) and len(on_disk["gguf"]) == 2
+
+    from gguf import GGUFReader
+
+    reader = GGUFReader(out / "model-q8_0.gguf")
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    assert field("general.architecture") == "llama"
+    assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "smollm"
+    assert field("tokenizer.chat_template") == exported["tokenizer"].chat_template
+    assert (field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id")) == (1, 2)
+    assert field("llama.attention.head_count") == 4 and field("llama.attention.head_count_kv") == 2
+    assert "output.weight" not in {t.name for t in reader.tensors}  # tied embeddings: llama.cpp reuses token_embd
+
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./model-q8_0.gguf" in modelfile
+    assert "<|im_start|>system\n{{ .System }}<|im_end|>" in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and 'PARAMETER stop "<|im_start|>"' in modelfile
+    assert f'SYSTEM """{exported["cfg"].data.instruction}"""' in modelfile
+
+
+def test_ollama_template_by_family():
+    assert export.ollama_template("{{'<|im_start|>' + message['role']}}")[1] == ["<|im_start|>", "<|im_end|>"]
+    assert "<|eot_id|>" in export.ollama_template("<|start_header_id|>{{ role }}<|end_header_id|>")[1]
+    with pytest.raises(Exception, match="no Ollama template"):
+        export.ollama_template("[INST] {{ m }} [/INST]")
+
+
+def test_permutation_matches_what_transformers_undoes():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    proc = LlamaTensorProcessor(config={"num_attention_heads": 4, "num_key_value_heads": 2})
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(4 * 8, 6)).astype(np.float32)  # 4 heads of dim 8
+    k = rng.normal(size=(2 * 8, 6)).astype(np.float32)  # 2 key/value heads
+    np.testing.assert_array_equal(proc.process(export._permute(q, 4, 4), "blk.0.attn_q.weight").weights, q)
+    np.testing.assert_array_equal(proc.process(export._permute(k, 4, 2), "blk.0.attn_k.weight").weights, k)
+    assert not np.array_equal(export._permute(q, 4, 4), q)
+
+
+# --------------------------------------------------------------------------- CLI argument validation (no model)
+
+
+def _cli(*args, env=None):
+    env = {k: v for k, v in os.environ.items() if k not in export.HF_TOKEN_ENV} | (env or {})
+    return subprocess.run([sys.executable, "-m", "medsweep.export", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--gguf", "q4_k"], {}, "--gguf 'q4_k' is invalid"),
+    (["--push-to-hub", "not a repo"], {"HF_TOKEN": "hf_secret_value_123"}, "expected a Hub repo id like owner/name"),
+    (["--push-to-hub", "me/model"], {}, "needs a token in the environment (HF_TOKEN or HUGGING_FACE_HUB_TOKEN)"),
+    (["--push-to-hub", "me/model"], {"HF_TOKEN": "hf_secret_value_123", "HF_HUB_OFFLINE": "1"},
+     "HF_HUB_OFFLINE is set"),
+])
+def test_cli_rejects_bad_arguments_before_any_work(tmp_path, args, env, message):
+    result = _cli(str(tmp_path / "missing-run"), *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "hf_secret_value_123" not in result.stdout + result.stderr
+    assert not (tmp_path / "missing-run").exists()
+
+
+def test_push_validation_accepts_a_token_from_the_environment(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    export.validate_push("me/smol-med", "adapter")  # no network: only checks
+    assert export.parse_gguf_types("F16, q8_0,f16") == ["f16", "q8_0"] and export.parse_gguf_types("none") == []
+
+
+def test_not_a_run_dir(tmp_path):
+    result = _cli(str(tmp_path))
+    assert result.returncode == 2 and "is not a medsweep run directory: no config.yaml" in result.stderr
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    result = _cli(str(tmp_path))
+    assert result.returncode == 2 and "has no adapter" in result.stderr
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_export_a_smoke_run_with_the_cli(tmp_path, embedded_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    done = run_medsweep("experiment=smoke", "model=tiny_random", f"output_root={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = next((tmp_path / "runs").iterdir())
+    out = tmp_path / "exported"
+    result = subprocess.run([sys.executable, "-m", "medsweep.export", str(run_dir), "--gguf", "f16", "--out",
+                             str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "model-f16.gguf").is_file() and (out / "Modelfile").is_file()
+    assert "FROM ./model-f16.gguf" in (out / "Modelfile").read_text()
+    model, tokenizer, cfg = export.load_adapted(run_dir)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).eval()
+    assert answers(merged, AutoTokenizer.from_pretrained(out / "merged"), cfg) == answers(model, tokenizer, cfg)
