@@ -8,6 +8,7 @@ the config is composed; `validate()` checks the ranges and the cross-field rules
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -77,7 +78,9 @@ class DataConfig:
     split_seed: int = 0  # seed of the train/eval split; fixed apart from train.seed so seeds share one eval set
     max_question_words: int = 512  # pairs with longer questions are dropped (counted in the record)
     max_answer_words: int = 2048  # pairs with longer answers are dropped (counted in the record)
-    eval_path: Optional[str] = None  # fixed held-out file (question/answer[/id/context/label] columns) evaluated instead of a split; its questions never train; null: hold out train.eval_split pairs of the data
+    # fixed held-out file (question, answer[, id, context, label]) evaluated instead of a split of the data; its
+    # questions never train; null: hold out train.eval_split pairs of the data (medsweep/data.py:eval_file)
+    eval_path: Optional[str] = None
 
 
 @dataclass
@@ -240,6 +243,8 @@ def validate(cfg: Any) -> None:
     _one_of("train.gradient_checkpointing", t.gradient_checkpointing, [False, True, "auto"])
     _require(t.logging_steps > 0, "train.logging_steps", t.logging_steps, "must be > 0")
     _require(t.save_steps > 0, "train.save_steps", t.save_steps, "must be > 0")
+    _require(t.init_adapter is None or Path(str(t.init_adapter)).is_dir(), "train.init_adapter", t.init_adapter,
+             "must be an existing run directory (or adapter directory) to continue from")
 
     _require(e.max_new_tokens > 0, "eval.max_new_tokens", e.max_new_tokens, "must be > 0")
     _require(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be > 0")

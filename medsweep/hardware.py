@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 
 from medsweep.errors import ConfigError
+
+
+def _skip_bitsandbytes_without_cuda() -> None:
+    """bitsandbytes only serves QLoRA, which medsweep runs on CUDA only; on a machine without CUDA, peft still
+    imports it if installed, and that import pulls in torch._inductor: ~1-3 s of every job's start-up for
+    nothing. Marking it absent makes peft and transformers treat it as not installed (MEDSWEEP_IMPORT_BNB=1
+    keeps it)."""
+    if "bitsandbytes" not in sys.modules and not os.environ.get("MEDSWEEP_IMPORT_BNB") \
+            and not torch.cuda.is_available():
+        sys.modules["bitsandbytes"] = None  # `import bitsandbytes` raises ImportError, find_spec returns None
+
+
+_skip_bitsandbytes_without_cuda()
 
 
 @dataclass(frozen=True)

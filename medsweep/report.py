@@ -463,7 +463,8 @@ def _eval_set(run_dir: Path, name: str) -> str | None:
     path = run_dir / name
     if not path.is_file():
         return None
-    questions = [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: answers may hold U+2028
+    questions = [json.loads(line)["question"] for line in lines if line.strip()]
     return hashlib.sha256("\n".join(questions).encode()).hexdigest()[:8]
 
 

@@ -9,9 +9,10 @@
 Step 1 asks the generator for several stand-alone questions per abstract (prompt: conf/synth/prompts/*.yaml);
 step 2 answers each question from its abstract only. Cleaning keeps one question per line, strips numbering
 and bullets, drops lines without a letter or digit, headers ("Questions:"), answer lines, too short or too long
-lines and lines not ending with "?" (configurable), and de-duplicates (normalised text, across all abstracts). Answers that are empty (or the prompt's "not
-stated" reply) are flagged ``empty``; answers sharing no content word with the abstract are flagged
-``ungrounded``. Flagged pairs are kept for the reviewer to see (medsweep/labelstudio.py).
+lines, lines not ending with "?" and lines pointing at their source ("this study", "the text"; both
+configurable), and de-duplicates (normalised text, across all abstracts). Answers that are empty (or the
+prompt's "not stated" reply) are flagged ``empty``; answers sharing no content word with the abstract are
+flagged ``ungrounded``. Flagged pairs are kept for the reviewer to see (medsweep/labelstudio.py).
 
 Writes to ``out_dir`` (default results/synth): ``synthetic.jsonl`` (id, abstract_id, source, question, answer,
 context, flags, overlap, generator), ``stats.json`` (every count) and ``synth_config.yaml`` (resolved config;
@@ -48,6 +49,8 @@ _BULLET = re.compile(
 _SPLIT_NUMBERED = re.compile(r"(?<=[?.!])\s+(?=\(?\d{1,3}[.)]\s)")
 _ANSWER_LINE = re.compile(r"^\s*(?:A|Answer)\s*\d*\s*[:.)-]", re.IGNORECASE)
 _ALNUM = re.compile(r"[^\W_]", re.UNICODE)
+_NOT_STANDALONE = re.compile(r"\b(?:this|the|these|above|given)\s+(?:text|abstract|study|studies|article|paper|passage|"
+                             r"authors?|research|trial|findings|results)\b", re.IGNORECASE)
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 STOPWORDS = frozenset("""
 a about above after again against all also am an and any are as at be because been before being below between both
@@ -66,14 +69,16 @@ def strip_numbering(line: str) -> str:
 
 
 def clean_questions(text: str, limit: int, min_words: int = 3, seen: set[str] | None = None,
-                    max_words: int = 40, require_question_mark: bool = True) -> tuple[list[str], dict[str, int]]:
+                    max_words: int = 40, require_question_mark: bool = True, standalone: bool = True
+                    ) -> tuple[list[str], dict[str, int]]:
     """Questions from a generation: one per line, no numbering, at least one alphanumeric character, between
     `min_words` and `max_words` words, ending with "?" (unless `require_question_mark` is off), no header or answer
-    lines, de-duplicated (also against `seen`, which is updated), at most `limit`. Returns (questions, counts of
-    lines dropped per reason)."""
+    lines, with `standalone` none pointing at its source ("this study", "the text", "the authors"), de-duplicated
+    (also against `seen`, which is updated), at most `limit`. Returns (questions, counts of lines dropped per
+    reason)."""
     seen = set() if seen is None else seen
     counts = {"lines": 0, "no_alnum": 0, "header": 0, "answer_line": 0, "too_short": 0, "too_long": 0,
-              "not_a_question": 0, "duplicate": 0, "over_limit": 0}
+              "not_a_question": 0, "not_standalone": 0, "duplicate": 0, "over_limit": 0}
     kept: list[str] = []
     lines = [part for line in text.splitlines() for part in _SPLIT_NUMBERED.split(line)]
     for raw in lines:
@@ -94,6 +99,8 @@ def clean_questions(text: str, limit: int, min_words: int = 3, seen: set[str] | 
             counts["too_long"] += 1
         elif require_question_mark and not line.endswith("?"):
             counts["not_a_question"] += 1
+        elif standalone and _NOT_STANDALONE.search(line):
+            counts["not_standalone"] += 1
         elif question_key(line) in seen:
             counts["duplicate"] += 1
         elif len(kept) >= limit:
@@ -219,8 +226,9 @@ class LocalGenerator:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         out = [""] * len(prompts)
         stop = _stop_ids(self.tokenizer, self.model)
+        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-                    if self.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+                    if self.temperature > 0 else greedy)
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         self.model.eval()
@@ -349,7 +357,8 @@ def _messages(system: str | None, user: str) -> Messages:
 def synthesize(abstracts: list[dict[str, str]], generator: Generator, prompts: Any, num_questions: int,
                min_question_words: int = 3, min_overlap: float = 0.0, max_new_tokens_questions: int = 192,
                max_new_tokens_answer: int = 96, max_question_words: int = 40, require_question_mark: bool = True,
-               progress: Callable[[str], None] = log.info) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+               standalone: bool = True, progress: Callable[[str], None] = log.info
+               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Questions (step 1), then answers (step 2), cleaned and flagged. Returns (rows, stats)."""
     t0 = time.perf_counter()
     progress(f"step 1: questions for {len(abstracts)} abstracts with {generator.name}")
@@ -361,7 +370,7 @@ def synthesize(abstracts: list[dict[str, str]], generator: Generator, prompts: A
     pending = []
     for a, text in zip(abstracts, raw):
         questions, counts = clean_questions(text, num_questions, min_question_words, seen, max_question_words,
-                                            require_question_mark)
+                                            require_question_mark, standalone)
         for k, v in counts.items():
             drops[k] = drops.get(k, 0) + v
         pending += [(a, k, q) for k, q in enumerate(questions, start=1)]
@@ -408,7 +417,8 @@ def run(cfg: Any, generator: Generator | None = None) -> dict[str, Any]:
     generator = generator or build_generator(cfg)
     rows, stats = synthesize(abstracts, generator, cfg.prompts, cfg.num_questions, cfg.min_question_words,
                              cfg.min_overlap, cfg.generator.max_new_tokens_questions,
-                             cfg.generator.max_new_tokens_answer, cfg.max_question_words, cfg.require_question_mark)
+                             cfg.generator.max_new_tokens_answer, cfg.max_question_words, cfg.require_question_mark,
+                             cfg.require_standalone)
     scrub = generator._scrub if isinstance(generator, OpenAIGenerator) else (lambda s: s)
     record.atomic_write_jsonl(out_dir / "synthetic.jsonl",
                               [{k: scrub(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows])

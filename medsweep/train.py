@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch.nn.functional as F
+
+from medsweep.hardware import Hardware  # first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
+from medsweep.prompts import IGNORE_INDEX, tokenize_example
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
-
-from medsweep.hardware import Hardware
-from medsweep.prompts import IGNORE_INDEX, tokenize_example
 
 log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")

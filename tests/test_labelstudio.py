@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
@@ -142,7 +141,8 @@ def test_import_json_export_edited_text_wins_rejected_dropped():
     assert first["question"] == "What can aspirin cause in some people?"
     assert first["answer"] == "Aspirin can cause stomach bleeding in some people."
     assert first["edited"] == ["question", "answer"] and first["context"] == ASPIRIN and first["abstract_id"] == "a1"
-    assert records[1]["edited"] == [] and records[2]["answer"] == "Metformin."  # an empty answer, written by the reviewer
+    assert records[1]["edited"] == []
+    assert records[2]["answer"] == "Metformin."  # the generated answer was empty: the reviewer wrote one
     assert stats["rejected_question"] == 1 and stats["kept"] == 3 and stats["unreviewed"] == 0
     assert set(records[0]) == {"id", "question", "answer", "context", "source", "abstract_id", "edited"}
 
@@ -208,8 +208,8 @@ def test_cli_tasks_then_import_writes_reviewed_and_heldout(tmp_path):
     out = tmp_path / "reviewed.jsonl"
     assert ls.main(["import", "--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.json"),
                     "--out", str(out), "--heldout", "1"]) == 0
-    train = [json.loads(x) for x in out.read_text().splitlines()]
-    held = [json.loads(x) for x in (tmp_path / "heldout.jsonl").read_text().splitlines()]
+    train = ls.read_jsonl(out)
+    held = ls.read_jsonl(tmp_path / "heldout.jsonl")
     assert len(train) + len(held) == 3 and held and train
     from medsweep.loaders import read_table  # data=synth reads it with the generic table reader
 

@@ -1,0 +1,117 @@
+"""The fast paths compute the same thing as the plain ones (tiny random model, seconds):
+answer-only loss = the model's own loss on answer-masked labels; batched left-padded greedy generation with
+the adapter folded into the weights = one question at a time through the unmerged adapter; the folding
+leaves the model bit-identical; the bf16 storage of frozen weights changes no number under autocast."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from medsweep import evaluate, models, train
+from medsweep.hardware import Hardware
+from medsweep.prompts import IGNORE_INDEX
+
+CPU = Hardware(device="cpu", precision="fp32", threads=2)
+RECORDS = [
+    {"question": "What is a fever?", "answer": "A body temperature above the normal range, often from infection."},
+    {"question": "How is high blood pressure treated?",
+     "answer": "With lifestyle changes such as less salt and more exercise, and with medicines when needed."},
+    {"question": "What causes asthma attacks, and what can a patient do to prevent them at home?",
+     "answer": "Triggers such as allergens, smoke or cold air narrow the airways; avoid triggers, use inhalers."},
+    {"question": "Is insomnia serious?", "answer": "It can be; see a doctor if it lasts."},
+    {"question": "What are the symptoms of the common cold in adults and in children?",
+     "answer": "Runny nose, sore throat, cough, sneezing and sometimes a mild fever."},
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from hydra import compose, initialize_config_dir
+
+    from medsweep.run import CONF_DIR  # noqa: F401  registers schemas and resolvers
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny_random", "data=sample"])
+    tokenizer = models.load_tokenizer(cfg.model)
+    model, _ = models.load_model(cfg.model, tokenizer, CPU, seed=0)
+    model = models.add_lora(model, cfg.lora, cfg.model)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a non-zero adapter, so that folding it in changes the weights
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return cfg, tokenizer, model
+
+
+def _batch(cfg, tokenizer):
+    tokenizer.padding_side = "right"
+    dataset, _ = train.tokenize(RECORDS, tokenizer, cfg.data, cfg.model, 96)
+    return train.collator(tokenizer)(dataset.to_list())
+
+
+def test_answer_only_loss_equals_the_models_masked_loss(setup):
+    cfg, tokenizer, model = setup
+    batch = _batch(cfg, tokenizer)
+    assert (batch["labels"] == IGNORE_INDEX).any() and batch["attention_mask"].eq(0).any()  # prompts and padding
+    model.eval()
+    with torch.no_grad():
+        reference = model(**batch).loss  # full-vocabulary logits at every position, mean over answer tokens
+        loss_sum, n = train.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert int(n) == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert abs((loss_sum / n).item() - reference.item()) < 1e-5
+
+
+def test_answer_only_gradients_equal_the_models(setup):
+    cfg, tokenizer, model = setup
+    batch = _batch(cfg, tokenizer)
+    model.eval()  # no dropout: both passes see the same function
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+    model(**batch).loss.backward()
+    reference = [p.grad.clone() for p in lora]
+    model.zero_grad()
+    loss_sum, n = train.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    (loss_sum / n).backward()
+    for p, g in zip(lora, reference):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+    model.zero_grad()
+
+
+def test_batched_merged_generation_equals_one_at_a_time(setup, monkeypatch):
+    cfg, tokenizer, model = setup
+    eval_cfg = OmegaConf.merge(cfg.eval, {"max_new_tokens": 12, "batch_size": 8})
+    fast, _, fast_n = evaluate.generate(model, tokenizer, RECORDS, cfg.data, cfg.model, eval_cfg, CPU)
+    # the plain path: no folded weights, one question per generate call
+    monkeypatch.setattr(evaluate, "inference_weights", lambda m, hw: contextlib.nullcontext(m))
+    one = OmegaConf.merge(eval_cfg, {"batch_size": 1})
+    slow, _, slow_n = evaluate.generate(model, tokenizer, RECORDS, cfg.data, cfg.model, one, CPU)
+    assert fast == slow and fast_n == slow_n
+    assert any(fast)  # the comparison means something: there are generated words
+
+
+def test_inference_weights_leave_the_model_bit_identical(setup):
+    cfg, tokenizer, model = setup
+    before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+    batch = _batch(cfg, tokenizer)
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(**batch).logits
+        with evaluate.inference_weights(model, CPU):
+            merged = model(**batch).logits
+            assert any(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
+        after = model(**batch).logits
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
+    assert torch.equal(after, unmerged)
+    for name, param in model.named_parameters():  # the same objects, the same bits
+        obj, value = before[name]
+        assert param is obj and torch.equal(param, value)
+    assert not any(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
+
+
+def test_perplexity_is_independent_of_batching(setup):
+    cfg, tokenizer, model = setup
+    ppl = [evaluate.perplexity(model, tokenizer, RECORDS, cfg.data, cfg.model, 96, CPU, bs) for bs in (1, 4)]
+    assert ppl[0] == pytest.approx(ppl[1], rel=1e-5)
