@@ -16,16 +16,19 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def _required_extras(group: str, option: str) -> list[str]:
-    """Overrides some options need to validate (a path for the generic local loader)."""
+def _required_extras(group: str, option: str, tmp_path) -> list[str]:
+    """Overrides some options need to validate: a path for the generic local loader, the stage-1 run
+    directory that curation stage 2 continues from."""
     if group == "data" and option == "local":
         return [f"data.path={MEDQUAD_JSONL}"]
+    if group == "experiment" and option == "curation_stage2":
+        return [f"train.init_adapter={tmp_path}"]
     return []
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in _options(g)])
-def test_every_config_composes_and_validates(compose, group, option):
-    cfg = compose([f"{group}={option}", *_required_extras(group, option)])
+def test_every_config_composes_and_validates(compose, group, option, tmp_path):
+    cfg = compose([f"{group}={option}", *_required_extras(group, option, tmp_path)])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     validate(cfg)
 
