@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from medsweep import metrics
 from medsweep.hardware import Hardware
 from medsweep.prompts import prompt_ids
 from medsweep.train import answer_loss_sum, collator, tokenize
@@ -130,20 +129,30 @@ def _generate_batches(model, tokenizer, prompts, order, stop, sampling, eval_cfg
             n_tokens[i] = len(tokens) + (1 if ends else 0)
 
 
+PERPLEXITY_TOKENS = 8192  # padded tokens per teacher-forced batch (the LM head runs in chunks: bounded memory)
+
+
 def perplexity(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, model_cfg: Any, max_seq_length: int,
                hw: Hardware, batch_size: int) -> float:
-    """exp(mean token NLL) of the reference answers given their prompts (teacher forcing), in length-sorted
-    batches (little padding) with the LM head only on the answer positions."""
+    """exp(mean token NLL) of the reference answers given their prompts (teacher forcing). Length-sorted
+    batches of at most `batch_size` rows and PERPLEXITY_TOKENS padded tokens (little padding), the LM head
+    only on the answer positions, the adapter folded into the weights."""
     dataset, _ = tokenize(records, tokenizer, data_cfg, model_cfg, max_seq_length)
     rows = sorted(dataset.to_list(), key=lambda r: r["length"], reverse=True)
+    batches, start = [], 0
+    while start < len(rows):
+        longest = rows[start]["length"]
+        size = max(1, min(batch_size, PERPLEXITY_TOKENS // max(1, longest)))
+        batches.append(rows[start:start + size])
+        start += size
     collate = collator(tokenizer)
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     try:
         with inference_weights(model, hw), torch.inference_mode():
-            for start in range(0, len(rows), batch_size):
-                batch = {k: v.to(hw.device) for k, v in collate(rows[start:start + batch_size]).items()}
+            for rows_ in batches:
+                batch = {k: v.to(hw.device) for k, v in collate(rows_).items()}
                 with autocast(hw):
                     loss_sum, n = answer_loss_sum(model, batch["input_ids"], batch["attention_mask"],
                                                   batch["labels"])
@@ -156,6 +165,8 @@ def perplexity(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, m
 def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: Any, hw: Hardware
              ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Corpus metrics and one prediction row per record (question, reference, generated, scores)."""
+    from medsweep import metrics  # here, not at the top: its scorers (nltk, absl) are a second of job start-up
+
     answers, seconds, n_tokens = generate(model, tokenizer, records, cfg.data, cfg.model, cfg.eval, hw)
     references = [r["answer"] for r in records]
     corpus, per_example = metrics.score_corpus(answers, references)

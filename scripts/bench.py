@@ -235,15 +235,17 @@ class Steps:
         self.collate, self.grad_accum = collate, grad_accum
         self.batches: list[tuple[int, int, float]] = []  # (real, padded, sum over sequences of len*(len+1)/2)
         self.ends: list[float] = []
-        self.begin = None
+        self.cpu_ends: list[float] = []  # process CPU time (all threads): less sensitive to other jobs' load
+        self.begin = self.cpu_begin = None
         outer = self
 
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
-                outer.begin = time.perf_counter()
+                outer.begin, outer.cpu_begin = time.perf_counter(), time.process_time()
 
             def on_step_end(self, args, state, control, **kwargs):
                 outer.ends.append(time.perf_counter())
+                outer.cpu_ends.append(time.process_time())
 
         self.callback = _Callback()
 
@@ -256,6 +258,7 @@ class Steps:
 
     def summary(self) -> dict[str, Any]:
         times = [b - a for a, b in zip([self.begin, *self.ends[:-1]], self.ends)]
+        cpu = [b - a for a, b in zip([self.cpu_begin, *self.cpu_ends[:-1]], self.cpu_ends)]
         per_step = [self.batches[i * self.grad_accum:(i + 1) * self.grad_accum] for i in range(len(times))]
         real = [sum(b[0] for b in s) for s in per_step]
         padded = [sum(b[1] for b in s) for s in per_step]
@@ -268,6 +271,7 @@ class Steps:
             "real_tokens": real, "padded_tokens": padded,
             "real_fraction": sum(real) / max(1, sum(padded)),
             "real_tokens_per_s": sum(real[steady]) / t if t else None,
+            "cpu_s_per_step": cpu, "cpu_s_per_1k_real_tokens": 1000 * sum(cpu[steady]) / max(1, sum(real[steady])),
             "padded_tokens_per_s": sum(padded[steady]) / t if t else None,
             "mean_context": context,
         }
@@ -349,39 +353,72 @@ def eval_naive(model, tokenizer, records, cfg, max_new_tokens: int) -> dict[str,
     from medsweep.prompts import prompt_ids
 
     model.eval()
-    answers, seconds = [], []
+    answers, seconds, cpu = [], [], []
     with PeakRSS() as mem, torch.no_grad():
         for r in records:
             ids = torch.tensor([prompt_ids(tokenizer, r, cfg.data.instruction, cfg.model.prompt_format,
                                            cfg.model.system_prompt)])
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=tokenizer.pad_token_id)
             seconds.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
     corpus, _ = metrics.score_corpus(answers, [r["answer"] for r in records])
-    return {"answers": answers, "seconds": seconds, "wall_s": sum(seconds), "peak_rss_mb": mem.peak_mb,
-            "quality": {k: corpus[k] for k in ("f1", "rougeL", "bleu") if k in corpus}}
+    return {"answers": answers, "seconds": seconds, "wall_s": sum(seconds), "cpu_s": sum(cpu),
+            "peak_rss_mb": mem.peak_mb, "quality": {k: corpus[k] for k in ("f1", "rougeL", "bleu") if k in corpus}}
 
 
 def eval_medsweep(model, tokenizer, records, cfg, hw) -> dict[str, Any]:
     """medsweep.evaluate.evaluate as run.py calls it (generation, metrics, and perplexity by default)."""
     from medsweep import evaluate
 
-    with PeakRSS() as mem:
-        t0 = time.perf_counter()
-        result, rows = evaluate.evaluate(model, tokenizer, records, cfg, hw)
-        wall = time.perf_counter() - t0
+    cpu = [0.0]
+    generate = model.generate
+
+    def timed_generate(*args, **kwargs):  # CPU time of the generation calls (instrumentation only)
+        c0 = time.process_time()
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            cpu[0] += time.process_time() - c0
+
+    model.generate = timed_generate
+    try:
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            result, rows = evaluate.evaluate(model, tokenizer, records, cfg, hw)
+            wall = time.perf_counter() - t0
+    finally:
+        del model.generate
     seconds = [r["seconds"] for r in rows]
-    return {"answers": [r["generated"] for r in rows], "seconds": seconds, "wall_s": sum(seconds),
+    return {"answers": [r["generated"] for r in rows], "seconds": seconds, "wall_s": sum(seconds), "cpu_s": cpu[0],
             "evaluate_wall_s": wall, "peak_rss_mb": mem.peak_mb, "perplexity": result.get("perplexity"),
             "quality": {k: result[k] for k in ("f1", "rougeL", "bleu") if k in result}}
+
+
+def answer_check(model, tokenizer, records, cfg, hw, fast_answers: list[str]) -> dict[str, Any]:
+    """The plain path on the same model: one question per generate call, adapter not folded in."""
+    from omegaconf import OmegaConf
+
+    from medsweep import evaluate
+
+    one = OmegaConf.merge(cfg.eval, {"batch_size": 1})
+    real = evaluate.inference_weights
+    evaluate.inference_weights = lambda m, hw: contextlib.nullcontext(m)
+    try:
+        slow, _, _ = evaluate.generate(model, tokenizer, records, cfg.data, cfg.model, one, hw)
+    finally:
+        evaluate.inference_weights = real
+    same = [a == b for a, b in zip(fast_answers, slow)]
+    return {"identical": sum(same), "n": len(same), "one_at_a_time": slow}
 
 
 def eval_summary(e: dict[str, Any]) -> dict[str, Any]:
     s = sorted(e["seconds"])
     q = (lambda p: statistics.quantiles(s, n=100, method="inclusive")[p - 1]) if len(s) > 1 else (lambda p: s[0])
-    return {"answers_per_s": len(s) / e["wall_s"], "p50_s": q(50), "p95_s": q(95)}
+    return {"answers_per_s": len(s) / e["wall_s"], "p50_s": q(50), "p95_s": q(95),
+            "cpu_s_per_answer": e["cpu_s"] / len(s) if e.get("cpu_s") else None}
 
 
 # ---------------------------------------------------------------------------------------------- start-up
@@ -389,9 +426,8 @@ def eval_summary(e: dict[str, Any]) -> dict[str, Any]:
 STARTUP_WRAPPER = r"""
 import sys, time
 print("BENCH interpreter", time.time(), flush=True)
-import medsweep.run
+from medsweep import models, run, train  # what the job imports anyway (earlier than the CLI would)
 print("BENCH imports", time.time(), flush=True)
-from medsweep import models, train
 _load = models.load_model
 def load_model(*a, **k):
     out = _load(*a, **k)
@@ -412,7 +448,8 @@ def on_step_end(self, *a, **k):
 train.StepTimer.on_train_begin, train.StepTimer.on_step_begin = on_train_begin, on_step_begin
 train.StepTimer.on_step_end = on_step_end
 sys.argv = ["medsweep", *sys.argv[1:]]
-medsweep.run.main()
+from medsweep.cli import main
+main()
 """
 
 
@@ -469,21 +506,31 @@ def table(res: dict[str, Any]) -> str:
         ("train: real / padded tokens", f(nt["real_fraction"], "{:.0%}"), f(mt["real_fraction"], "{:.0%}"), ""),
         ("train: step time median (s)", f(nt["step_s_median"]), f(mt["step_s_median"]),
          f(ratio(nt["step_s_median"], mt["step_s_median"]), "{:.2f}×")),
+        ("train: CPU-s per 1k real tokens (load-robust)", f(nt["cpu_s_per_1k_real_tokens"]),
+         f(mt["cpu_s_per_1k_real_tokens"]),
+         f(ratio(nt["cpu_s_per_1k_real_tokens"], mt["cpu_s_per_1k_real_tokens"]), "{:.2f}×")),
         ("train: first step (s)", f(nt["first_step_s"]), f(mt["first_step_s"]), ""),
-        ("train: peak RSS (MB)", f(nt["peak_rss_mb"], "{:.0f}"), f(mt["peak_rss_mb"], "{:.0f}"), ""),
+        ("train: peak RSS (MB)", f(nt["peak_rss_mb"], "{:.0f}"), f(mt["peak_rss_mb"], "{:.0f}"),
+         "RSS sampled every 10 ms during the phase"),
         ("train: loss first → last", f"{nt['loss'][0]:.3f} → {nt['loss'][-1]:.3f}",
          f"{mt['loss'][0]:.3f} → {mt['loss'][-1]:.3f}", "naive: whole sequence"),
+        ("train: fast path vs fp32 loss curve", "", "same run (fp32 is the default here)"
+         if "loss_curve_max_abs_diff" not in res else f"max |Δloss| {res['loss_curve_max_abs_diff']:.4f}", ""),
         ("train: FLOPs / real token (M)", f(nt["flops"]["per_token"] / 1e6, "{:.0f}"),
          f(mt["flops"]["per_token"] / 1e6, "{:.0f}"), ""),
         ("train: MFU vs measured peak", f(nt["mfu"], "{:.1%}"), f(mt["mfu"], "{:.1%}"),
          f"peak {res['peak_used']['gflops_best']:.0f} GFLOP/s {res['peak_used']['dtype']}"),
         ("eval: answers/s (generation)", f(ne["answers_per_s"]), f(me["answers_per_s"]),
          f(ratio(me["answers_per_s"], ne["answers_per_s"]), "{:.2f}×")),
+        ("eval: CPU-s per answer (load-robust)", f(ne.get("cpu_s_per_answer")), f(me.get("cpu_s_per_answer")),
+         f(ratio(ne.get("cpu_s_per_answer"), me.get("cpu_s_per_answer")), "{:.2f}×")),
         ("eval: s/answer p50", f(ne["p50_s"]), f(me["p50_s"]), "medsweep: batch time / batch size"),
         ("eval: s/answer p95", f(ne["p95_s"]), f(me["p95_s"]), ""),
         ("eval: evaluate() wall incl. perplexity (s)", "–", f(me.get("evaluate_wall_s")), ""),
         ("eval: F1 / ROUGE-L", f"{ne['quality'].get('f1', 0):.3f} / {ne['quality'].get('rougeL', 0):.3f}",
          f"{me['quality'].get('f1', 0):.3f} / {me['quality'].get('rougeL', 0):.3f}", "same questions"),
+        *([("eval: answers identical to one-at-a-time", "", f"{me['answer_check']['identical']}/"
+             f"{me['answer_check']['n']}", "greedy, same model")] if me.get("answer_check") else []),
         ("model load: first / cached (s)", "", f"{f(res['load'].get('cold_s'))} / {f(res['load']['cached_s'])}",
          "first = empty cache (GGUF dequantized)"),
         ("start-up: process → first step begins (s)", "", f(st.get("first_step_begin_median")),
@@ -506,6 +553,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--startup-runs", type=int, default=2, help="`python -m medsweep` start-up timings (2; 0: skip)")
     p.add_argument("--no-cold-load", action="store_true", help="skip the empty-cache model load")
     p.add_argument("--skip-naive-eval", action="store_true", help="skip the slow one-at-a-time generation")
+    p.add_argument("--answer-check", action="store_true",
+                   help="also generate one question at a time, adapter unmerged, with medsweep's trained model: "
+                        "how many greedy answers the fast path reproduces exactly")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override for medsweep (repeat)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default results/bench/<timestamp>.json)")
     args = p.parse_args(argv)
@@ -569,9 +619,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"  {ms['summary']['step_s_median']:.2f} s/step, {ms['summary']['real_tokens_per_s']:.1f} real tok/s")
         log(f"medsweep evaluation: {len(eval_records)} questions")
         me = eval_medsweep(ms["model"], ms["tokenizer"], eval_records, cfg, hw)
+        if args.answer_check:
+            log("answer check: the same model, one question at a time, adapter unmerged")
+            me["answer_check"] = answer_check(ms["model"], ms["tokenizer"], eval_records, cfg, hw, me["answers"])
+            log(f"  {me['answer_check']['identical']}/{len(eval_records)} identical answers")
         ms_train = ms.pop("summary")
         del ms
         gc.collect()
+        reference = None
+        if hw.precision != "fp32":  # the loss curve of the fast path against the same recipe in fp32
+            log(f"medsweep training in fp32 (reference loss curve for {hw.precision})")
+            ref_cfg = compose(args.model, args.data, args.steps, args.seq, args.batch,
+                              [*args.override, "profile.precision=fp32"])
+            ref = train_medsweep(records, ref_cfg, hardware.resolve(ref_cfg.profile), workdir)
+            reference = ref.pop("summary")
+            del ref
+            gc.collect()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -584,6 +647,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["naive"] = {"train": naive_train, "eval": {**ne, **eval_summary(ne)} if ne["answers"] else
                     {"answers_per_s": None, "p50_s": None, "p95_s": None, "quality": {}}}
     res["medsweep"] = {"train": ms_train, "eval": {**me, **eval_summary(me)}}
+    if reference:
+        res["medsweep_fp32_reference"] = {"train": reference}
+        pairs = list(zip(ms_train["loss"], reference["loss"]))
+        res["loss_curve_max_abs_diff"] = max(abs(a - b) for a, b in pairs) if pairs else None
 
     res["startup"] = {"runs": []}
     for i in range(args.startup_runs):

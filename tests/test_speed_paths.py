@@ -6,6 +6,7 @@ leaves the model bit-identical; the bf16 storage of frozen weights changes no nu
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from omegaconf import OmegaConf
 from medsweep import evaluate, models, train
 from medsweep.hardware import Hardware
 from medsweep.prompts import IGNORE_INDEX
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 CPU = Hardware(device="cpu", precision="fp32", threads=2)
 RECORDS = [
@@ -32,7 +35,7 @@ RECORDS = [
 def setup():
     from hydra import compose, initialize_config_dir
 
-    from medsweep.run import CONF_DIR  # noqa: F401  registers schemas and resolvers
+    from medsweep.run import config_schema  # noqa: F401  registers schemas and resolvers
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["model=tiny_random", "data=sample"])
@@ -115,3 +118,51 @@ def test_perplexity_is_independent_of_batching(setup):
     cfg, tokenizer, model = setup
     ppl = [evaluate.perplexity(model, tokenizer, RECORDS, cfg.data, cfg.model, 96, CPU, bs) for bs in (1, 4)]
     assert ppl[0] == pytest.approx(ppl[1], rel=1e-5)
+
+
+def test_bf16_storage_of_frozen_linears_changes_no_number():
+    """Under CPU bf16 autocast, storing the frozen Linear weights in bf16 (no per-step casts) gives the same
+    loss and LoRA gradients as fp32 storage: autocast rounds the weights exactly so."""
+    from hydra import compose, initialize_config_dir
+
+    from medsweep.run import config_schema  # noqa: F401
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny_random", "lora.dropout=0.0"])
+    tokenizer = models.load_tokenizer(cfg.model)
+    batch = _batch(cfg, tokenizer)
+    results = []
+    for convert in (False, True):
+        model, _ = models.load_model(cfg.model, tokenizer, CPU, seed=0)
+        model = models.add_lora(model, cfg.lora, cfg.model)
+        if convert:
+            assert train.store_frozen_linears_in_bf16(model) == 2 * 7  # 2 layers x q k v o gate up down
+            assert model.get_input_embeddings().weight.dtype == torch.float32  # tied head: stays fp32
+            assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_sum, n = train.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        (loss_sum / n).backward()
+        results.append((loss_sum.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("prompt_format, max_len", [("chat", 512), ("chat", 60), ("alpaca", 128)])
+def test_batched_tokenize_equals_tokenize_example(setup, prompt_format, max_len):
+    """train.tokenize encodes in two batched calls; it must give exactly prompts.tokenize_example's examples."""
+    from medsweep import data
+    from medsweep.prompts import tokenize_example
+
+    cfg, tokenizer, _ = setup
+    records = data.load_records(cfg.data)[0][:60] + RECORDS
+    model_cfg = OmegaConf.merge(cfg.model, {"prompt_format": prompt_format})
+    dataset, stats = train.tokenize(records, tokenizer, cfg.data, model_cfg, max_len)
+    expected = [tokenize_example(tokenizer, r, cfg.data.instruction, prompt_format, max_len, model_cfg.system_prompt)
+                for r in records]
+    kept = [e for e in expected if e is not None]
+    assert dataset.to_list() == [{k: e[k] for k in ("input_ids", "attention_mask", "labels", "length")} for e in kept]
+    assert stats["dropped_prompt_too_long"] == len(expected) - len(kept)
+    assert stats["answers_truncated"] == sum(e["truncated"] for e in kept)
+    if max_len == 60:
+        assert stats["dropped_prompt_too_long"] > 0 or stats["answers_truncated"] > 0
