@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -75,6 +76,17 @@ def apply_threads(hw: Hardware) -> None:
     torch.set_num_threads(hw.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(hw.threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): the start-up overhead of a job when
+    read at its first training step."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time after boot
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def peak_memory_mb(device: str) -> float:

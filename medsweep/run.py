@@ -126,6 +126,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
         "train_loss_first": history[0]["loss"] if history else None,
         "train_loss_last": history[-1]["loss"] if history else None,
         "first_step_s": (timer.first_step_end - timer.train_begin) if timer.first_step_end else None,
+        "startup_s": timer.startup_s,  # process start -> first training step begins (imports, data, model)
         "trainable_params": rec["model"]["trainable_params"],
         "total_params": rec["model"]["total_params"],
         "resumed_from": resume_from,

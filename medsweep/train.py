@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from medsweep.hardware import Hardware  # first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
+from medsweep.hardware import Hardware, process_age_s  # first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
 from medsweep.prompts import IGNORE_INDEX, _adds_bos, render
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -88,12 +88,17 @@ def answer_loss_sum(model, input_ids, attention_mask, labels):
 class AnswerOnlyTrainer(Trainer):
     """Trainer whose loss runs the LM head only where labels are (the answer tokens): the vocabulary
     projection and log-softmax over every prompt position are skipped. The loss is the same token-mean
-    cross-entropy as the model's own, normalised by the answer tokens of the whole accumulated batch."""
+    cross-entropy as the model's own, normalised by the answer tokens of the whole accumulated batch, and
+    computed under the run's autocast (bf16 / fp16) like the Trainer's own forward."""
 
     loss_is_scaled_for_ga = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, n_tokens = answer_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        # Mixed precision: accelerate applies autocast by wrapping the top-level model.forward, which
+        # answer_loss_sum does not call (it runs the decoder and the head itself), so enter it here;
+        # without this a bf16 run silently computes in fp32.
+        with self.accelerator.autocast():
+            loss, n_tokens = answer_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         if num_items_in_batch is None:
             num_items_in_batch = n_tokens * self.args.gradient_accumulation_steps
         loss = loss / num_items_in_batch
@@ -114,13 +119,19 @@ class EpochEval(TrainerCallback):
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of the first step and of the whole loop (start-up overhead and throughput)."""
+    """Wall time of the first step and of the whole loop (start-up overhead and throughput). `startup_s`:
+    seconds from process start to the beginning of the first step (Linux; None elsewhere)."""
 
     def __init__(self):
-        self.train_begin = self.first_step_end = None
+        self.train_begin = self.first_step_begin = self.first_step_end = self.startup_s = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.train_begin = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step_begin is None:
+            self.first_step_begin = time.perf_counter()
+            self.startup_s = process_age_s()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.first_step_end is None:

@@ -6,6 +6,7 @@ leaves the model bit-identical; the bf16 storage of frozen weights changes no nu
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,46 @@ def test_batched_tokenize_equals_tokenize_example(setup, prompt_format, max_len)
     assert stats["answers_truncated"] == sum(e["truncated"] for e in kept)
     if max_len == 60:
         assert stats["dropped_prompt_too_long"] > 0 or stats["answers_truncated"] > 0
+
+
+def test_bf16_inference_weights_are_temporary(setup):
+    """With native-bf16 precision the folded copies (and the plain Linears, the tied LM head included) are bf16
+    inside the block; on exit the fp32 parameters, and the head/embedding tie, are back."""
+    cfg, tokenizer, model = setup
+    bf16 = Hardware(device="cpu", precision="bf16", threads=2)
+    before = {n: p for n, p in model.named_parameters()}
+    lm = model.get_base_model()
+    with evaluate.inference_weights(model, bf16):
+        assert lm.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
+        assert lm.lm_head.weight.dtype == torch.bfloat16
+        assert lm.model.embed_tokens.weight.dtype == torch.float32
+    assert all(p is before[n] for n, p in model.named_parameters())
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+
+
+def test_bf16_cpu_training_step_runs_through_the_trainer(tmp_path):
+    """profile precision bf16 on the CPU: build_trainer stores the frozen Linears in bf16 and the Trainer's
+    autocast makes the step run (emulated on CPUs without native bf16: the tiny model keeps it quick)."""
+    from hydra import compose, initialize_config_dir
+
+    from medsweep.run import config_schema  # noqa: F401
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", "train.max_steps=2", "train.logging_steps=1"])
+    bf16 = Hardware(device="cpu", precision="bf16", threads=2)
+    tokenizer = models.load_tokenizer(cfg.model)
+    model, _ = models.load_model(cfg.model, tokenizer, bf16, seed=0)
+    model = models.add_lora(model, cfg.lora, cfg.model)
+    tokenizer.padding_side = "right"
+    dataset, _ = train.tokenize(RECORDS * 2, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
+    args = train.training_args(cfg.train, cfg.profile, bf16, tmp_path / "checkpoints")
+    trainer = train.build_trainer(model, tokenizer, dataset, args, [])
+    down = model.get_base_model().model.layers[0].mlp.down_proj
+    assert down.base_layer.weight.dtype == torch.bfloat16
+    dtypes = []  # the answer-only loss must run under the Trainer's autocast (it bypasses model.forward)
+    hook = down.lora_A["default"].register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    trainer.train()
+    hook.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    losses = [h["loss"] for h in train.loss_history(trainer)]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
