@@ -93,7 +93,11 @@ def preflight(args: list[str]) -> None:
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
     fixed, sweeps = _expand(overrides)
     _check_group_names(fixed + [value for values in sweeps for value in values])
-    variants = [fixed] + [fixed + [value] for values in sweeps for value in values]
+    # Every value of every sweep, each with the first value of the other sweeps (a sweep may supply a key
+    # that the fixed overrides require, e.g. data=local with data.path=a.jsonl,b.jsonl).
+    firsts = [values[0] for values in sweeps]
+    variants = [fixed + firsts] + [fixed + firsts[:i] + [value] + firsts[i + 1:]
+                                   for i, values in enumerate(sweeps) for value in values[1:]]
     for variant in variants:
         cfg = _compose(variant)
         config.validate(cfg)

@@ -49,3 +49,16 @@ def test_sweep_with_a_refused_job_submits_nothing(tmp_path):
     assert proc.returncode == 2
     assert "refused before submission, nothing submitted" in proc.stderr and "llama3_8b" in proc.stderr
     assert not list(tmp_path.rglob(".submitit"))
+
+
+def test_a_sweep_may_supply_a_key_the_fixed_overrides_require(tmp_path):
+    """data=local needs data.path; here the sweep over data.path supplies it, and each value is checked."""
+    good = tmp_path / "a.jsonl"
+    good.write_text('{"question": "q?", "answer": "a."}\n')
+    proc = run_medsweep("experiment=smoke", "data=local", f"data.path={good},{tmp_path / 'b.jsonl'}",
+                        f"output_root={tmp_path / 'out'}", "--plan", multirun=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 jobs: 2 to run" in proc.stdout and "b.jsonl" in proc.stdout
+    bad = run_medsweep("experiment=smoke", "data=local", "data.path=a.jsonl,b.jsonl", "lora.r=4,0",
+                       f"output_root={tmp_path / 'out'}", "--plan", multirun=True, timeout=300)
+    assert bad.returncode == 2 and "lora.r=0" in bad.stderr
