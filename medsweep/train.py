@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from medsweep.hardware import Hardware, process_age_s  # first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
+from medsweep.kernels import fast_lora_dropout, linear_cross_entropy
 from medsweep.prompts import IGNORE_INDEX, _adds_bos, render
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -65,24 +65,16 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-HEAD_CHUNK = 2048  # answer positions per LM-head chunk when no gradient is needed (evaluation)
-
-
 def answer_loss_sum(model, input_ids, attention_mask, labels):
     """(sum of token cross-entropies over answer positions, number of answer tokens), running the LM head
-    only on those positions. Works for a PEFT-wrapped or plain causal LM (Llama, Mistral, Gemma, GPT-2).
-    Without autograd (evaluation) the head runs in chunks, so the logits never exceed HEAD_CHUNK x vocab."""
+    only on those positions, in row chunks with the gradient to the hidden states computed on the way
+    (kernels.linear_cross_entropy: the tokens x vocabulary logits are never kept). Works for a PEFT-wrapped
+    or plain causal LM (Llama, Mistral, Gemma, GPT-2)."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    hidden, targets = hidden[:, :-1][mask], targets[mask]
-    head = lm.get_output_embeddings()
-    if torch.is_grad_enabled() or len(targets) <= HEAD_CHUNK:
-        return F.cross_entropy(head(hidden).float(), targets, reduction="sum"), mask.sum()
-    loss = sum(F.cross_entropy(head(hidden[i:i + HEAD_CHUNK]).float(), targets[i:i + HEAD_CHUNK], reduction="sum")
-               for i in range(0, len(targets), HEAD_CHUNK))
-    return loss, mask.sum()
+    return linear_cross_entropy(hidden[:, :-1][mask], lm.get_output_embeddings(), targets[mask]), mask.sum()
 
 
 class AnswerOnlyTrainer(Trainer):
@@ -203,6 +195,8 @@ def store_frozen_linears_in_bf16(model) -> int:
 def build_trainer(model, tokenizer, train_ds, args: TrainingArguments, callbacks: list[TrainerCallback]) -> Trainer:
     if args.bf16 and args.use_cpu:  # CPU bf16 autocast: no per-step casts of the frozen weights
         log.info("bf16 on the CPU: %d frozen Linear layers stored in bf16", store_frozen_linears_in_bf16(model))
+    if args.use_cpu:
+        log.info("LoRA dropout: %d layers draw their masks with numpy's SFC64", fast_lora_dropout(model))
     return AnswerOnlyTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collator(tokenizer),
                              processing_class=tokenizer, callbacks=callbacks)
 
