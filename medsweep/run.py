@@ -6,6 +6,7 @@ add LoRA -> train (resuming from the last checkpoint) -> save adapter -> evaluat
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -115,6 +116,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
         log.info("resuming from %s", resume_from)
     log.info("training: %d examples, %d trainable parameters, %s on %s, %d threads",
              len(train_ds), rec["model"]["trainable_params"], hw.precision, hw.device, hw.threads)
+    gc.freeze()  # the ~10^6 long-lived objects of the imports and the model: no full gc pass rescans them
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     history = train.loss_history(trainer)

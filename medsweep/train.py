@@ -3,9 +3,12 @@ batches, logits and loss only on answer positions, checkpoints in the run direct
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -61,8 +64,25 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch_fast"):
-        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        with _tokenizers_parallelism():
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+@contextlib.contextmanager
+def _tokenizers_parallelism():
+    """Let the Rust tokenizer use every core for this one batched call (2.4x faster on 2 cores), then set
+    TOKENIZERS_PARALLELISM back (hardware.apply_threads sets it false): processes forked later (DataLoader
+    workers) see it false and never touch the parent's thread pool."""
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
 def answer_loss_sum(model, input_ids, attention_mask, labels):
@@ -84,6 +104,14 @@ class AnswerOnlyTrainer(Trainer):
     computed under the run's autocast (bf16 / fp16) like the Trainer's own forward."""
 
     loss_is_scaled_for_ga = True
+
+    def _get_train_sampler(self, train_dataset=None):
+        """The length-grouped sampler with its lengths as a plain list: datasets 4 hands over a lazy column,
+        read element by element (0.4 s per epoch for 2,000 examples) when the sampler sorts its megabatches."""
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(getattr(sampler, "lengths", None), Sequence) and not isinstance(sampler.lengths, list):
+            sampler.lengths = list(sampler.lengths)
+        return sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Mixed precision: accelerate applies autocast by wrapping the top-level model.forward, which
