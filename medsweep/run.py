@@ -106,7 +106,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     callbacks = [timer, CheckpointOnSignal()]
     epoch_eval = None
     if cfg.eval.every_epoch:
-        epoch_eval = train.EpochEval(lambda m: evaluate(m, tokenizer, eval_records, cfg, hw)[0])
+        epoch_eval = train.EpochEval(lambda m: evaluate(m, tokenizer, eval_records, cfg, hw))
         callbacks.append(epoch_eval)
     if (tracker_cb := tracker.callback(epoch_eval.results if epoch_eval else None)) is not None:
         callbacks.append(tracker_cb)  # after epoch_eval: logs each epoch result as it lands
@@ -137,8 +137,13 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     model.save_pretrained(run_dir / "adapter")
     tokenizer.save_pretrained(run_dir / "adapter")
 
-    log.info("evaluating the fine-tuned model on %d held-out questions", len(eval_records))
-    rec["metrics"], rows = evaluate(model, tokenizer, eval_records, cfg, hw)
+    final = epoch_eval.final(trainer.state.global_step) if epoch_eval else None
+    if final:
+        log.info("final evaluation: the last epoch's (same weights), not generated again")
+        rec["metrics"], rows = final
+    else:
+        log.info("evaluating the fine-tuned model on %d held-out questions", len(eval_records))
+        rec["metrics"], rows = evaluate(model, tokenizer, eval_records, cfg, hw)
     rec["per_example"] = {k: [r["scores"][k] for r in rows] for k in ("exact_match", "f1", "bleu", "rougeL")}
     rec["train"]["peak_memory_mb"] = hardware.peak_memory_mb(hw.device)
     if epoch_eval:

@@ -126,16 +126,22 @@ class AnswerOnlyTrainer(Trainer):
 
 
 class EpochEval(TrainerCallback):
-    """Runs `evaluate(model)` after every epoch and keeps the results (eval.every_epoch=true)."""
+    """Runs `evaluate(model) -> (metrics, rows)` after every epoch and keeps the metrics
+    (eval.every_epoch=true); `final(step)` hands back the evaluation of the last epoch when training ended
+    there, so the entrypoint does not generate the same answers twice."""
 
-    def __init__(self, evaluate: Callable[[Any], dict[str, float]]):
-        self.evaluate, self.results = evaluate, []
+    def __init__(self, evaluate: Callable[[Any], tuple[dict[str, Any], list[dict[str, Any]]]]):
+        self.evaluate, self.results, self.last = evaluate, [], None
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         model.eval()
-        self.results.append({"epoch": round(state.epoch or 0, 3), "step": state.global_step,
-                             "metrics": self.evaluate(model)})
+        metrics, rows = self.evaluate(model)
+        self.results.append({"epoch": round(state.epoch or 0, 3), "step": state.global_step, "metrics": metrics})
+        self.last = (state.global_step, metrics, rows)
         model.train()
+
+    def final(self, step: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        return self.last[1:] if self.last and self.last[0] == step else None
 
 
 class StepTimer(TrainerCallback):

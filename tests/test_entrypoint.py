@@ -62,3 +62,20 @@ def test_rerun_of_a_complete_config_is_skipped(smoke_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "already complete" in proc.stdout + proc.stderr
     assert (run_dir / "metrics.json").read_bytes() == before
+
+
+def test_every_epoch_evaluation_reuses_the_last_epoch(tmp_path):
+    """eval.every_epoch: one result per epoch; the final metrics are the last epoch's (same weights), and the
+    answers are generated once per epoch, not once more at the end."""
+    need_shared_data()
+    proc = run_medsweep("experiment=smoke", "data=local", f"data.path={MEDQUAD_JSONL}", f"output_root={tmp_path}",
+                        "train.max_steps=-1", "train.epochs=2", "train.train_size=8", "eval.every_epoch=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["epoch"] for e in rec["epochs"]] == [1.0, 2.0]
+    assert rec["epochs"][-1]["step"] == rec["train"]["steps"] == 4
+    assert rec["epochs"][-1]["metrics"] == rec["metrics"]
+    log = (run_dir / "medsweep.log").read_text()
+    assert "evaluating the fine-tuned model" not in log and "the last epoch's" in log
+    assert len((run_dir / "predictions.jsonl").read_text().splitlines()) == 8
