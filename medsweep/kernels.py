@@ -109,13 +109,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (grad * grad_output.to(grad.dtype) if grad is not None else None), None, None
 
 
+def plain_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """The library computation: full logits from the head, summed fp32 cross-entropy."""
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
 def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
     """Sum over rows of cross_entropy(head(hidden), targets), the gradient flowing to `hidden` only. Falls
     back to the plain computation when the head is not a frozen bias-free Linear (a trained or adapted
     head), so it is always exact."""
     weight = getattr(head, "weight", None)
     if type(head) is not torch.nn.Linear or head.bias is not None or weight is None or weight.requires_grad:
-        return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+        return plain_cross_entropy(hidden, head, targets)
     if torch.is_autocast_enabled(hidden.device.type):  # the head runs in the autocast dtype, as head(hidden) would
         dtype = torch.get_autocast_dtype(hidden.device.type)
         with torch.autocast(hidden.device.type, enabled=False):

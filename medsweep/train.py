@@ -7,8 +7,8 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -131,17 +131,18 @@ class EpochEval(TrainerCallback):
     there, so the entrypoint does not generate the same answers twice."""
 
     def __init__(self, evaluate: Callable[[Any], tuple[dict[str, Any], list[dict[str, Any]]]]):
-        self.evaluate, self.results, self.last = evaluate, [], None
+        self.evaluate, self.results, self.last_rows = evaluate, [], None
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         model.eval()
         metrics, rows = self.evaluate(model)
         self.results.append({"epoch": round(state.epoch or 0, 3), "step": state.global_step, "metrics": metrics})
-        self.last = (state.global_step, metrics, rows)
+        self.last_rows = rows
         model.train()
 
     def final(self, step: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        return self.last[1:] if self.last and self.last[0] == step else None
+        last = self.results[-1] if self.results else None
+        return (last["metrics"], self.last_rows) if last and last["step"] == step else None
 
 
 class StepTimer(TrainerCallback):
