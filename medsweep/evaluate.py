@@ -70,6 +70,19 @@ def inference_weights(model, hw: Hardware):
                 module.merged_adapters = merged
 
 
+@contextlib.contextmanager
+def inference(model, hw: Hardware):
+    """Eval mode, torch.inference_mode and the folded LoRA weights (`inference_weights`) for the block; the
+    model's train/eval mode is restored on exit."""
+    was_training = model.training
+    model.eval()
+    try:
+        with inference_weights(model, hw), torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
+
+
 def autocast(hw: Hardware):
     """bf16/fp16 autocast on the run's device, or nothing for fp32."""
     if hw.precision == "fp32":
@@ -100,16 +113,13 @@ def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, mod
     stop = _stop_ids(tokenizer, model)
     sampling = {"do_sample": True, "temperature": eval_cfg.temperature, "top_p": eval_cfg.top_p} \
         if eval_cfg.decoding == "sample" else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    was_training = model.training
     tokenizer.padding_side = "left"
-    model.eval()
     try:
-        with inference_weights(model, hw), torch.inference_mode():
+        with inference(model, hw):
             _generate_batches(model, tokenizer, prompts, order, stop, sampling, eval_cfg, hw, answers, seconds,
                               n_tokens)
     finally:
         tokenizer.padding_side = "right"
-        model.train(was_training)
     return answers, seconds, n_tokens
 
 
@@ -150,18 +160,12 @@ def perplexity(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, m
         start += size
     collate = collator(tokenizer)
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with inference_weights(model, hw), torch.inference_mode():
-            for rows_ in batches:
-                batch = {k: v.to(hw.device) for k, v in collate(rows_).items()}
-                with autocast(hw):
-                    loss_sum, n = answer_loss_sum(model, batch["input_ids"], batch["attention_mask"],
-                                                  batch["labels"])
-                total, count = total + loss_sum.item(), count + int(n)
-    finally:
-        model.train(was_training)
+    with inference(model, hw):
+        for rows_ in batches:
+            batch = {k: v.to(hw.device) for k, v in collate(rows_).items()}
+            with autocast(hw):
+                loss_sum, n = answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            total, count = total + loss_sum.item(), count + int(n)
     return math.exp(total / count) if count else float("nan")
 
 
