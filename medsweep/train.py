@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from medsweep.hardware import Hardware, process_age_s  # first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
-from medsweep.kernels import fast_lora_dropout, linear_cross_entropy
+from medsweep.kernels import fast_lora, linear_cross_entropy
 from medsweep.prompts import IGNORE_INDEX, _adds_bos, render
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -91,10 +91,20 @@ def answer_loss_sum(model, input_ids, attention_mask, labels):
     (kernels.linear_cross_entropy: the tokens x vocabulary logits are never kept). Works for a PEFT-wrapped
     or plain causal LM (Llama, Mistral, Gemma, GPT-2)."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if right_padded(attention_mask):  # causal attention alone keeps every real token off the padding after it
+        attention_mask = None
     hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     return linear_cross_entropy(hidden[:, :-1][mask], lm.get_output_embeddings(), targets[mask]), mask.sum()
+
+
+def right_padded(attention_mask: torch.Tensor | None) -> bool:
+    """True when every row is real tokens followed only by padding. Then the causal mask alone gives the real
+    positions exactly the attention they get with the padding mask (they never see a later position), the
+    padded positions carry no label, and SDPA can run its causal kernel (half the attention work, grouped-query
+    heads without copies) instead of a dense masked one."""
+    return attention_mask is not None and bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
 class AnswerOnlyTrainer(Trainer):
@@ -231,7 +241,7 @@ def build_trainer(model, tokenizer, train_ds, args: TrainingArguments, callbacks
     if args.bf16 and args.use_cpu:  # CPU bf16 autocast: no per-step casts of the frozen weights
         log.info("bf16 on the CPU: %d frozen Linear layers stored in bf16", store_frozen_linears_in_bf16(model))
     if args.use_cpu:
-        log.info("LoRA dropout: %d layers draw their masks with numpy's SFC64", fast_lora_dropout(model))
+        log.info("LoRA on the CPU: %d dropouts draw their masks with numpy's SFC64, %d layers fused", *fast_lora(model))
     return AnswerOnlyTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collator(tokenizer),
                              processing_class=tokenizer, callbacks=callbacks)
 

@@ -320,13 +320,13 @@ def library_kernels():
     """medsweep's training path with the plain library computations in place of medsweep.kernels."""
     from medsweep import kernels, train
 
-    saved = train.linear_cross_entropy, train.fast_lora_dropout
+    saved = train.linear_cross_entropy, train.fast_lora
     train.linear_cross_entropy = kernels.plain_cross_entropy
-    train.fast_lora_dropout = lambda model: 0
+    train.fast_lora = lambda model: (0, 0)
     try:
         yield
     finally:
-        train.linear_cross_entropy, train.fast_lora_dropout = saved
+        train.linear_cross_entropy, train.fast_lora = saved
 
 
 def train_medsweep(records, cfg, hw, workdir: Path) -> dict[str, Any]:

@@ -83,14 +83,86 @@ def test_fast_dropout_follows_torch_seed_and_backpropagates_the_mask():
     assert torch.equal(x.grad, (a.detach() != 0).float() * 2)
 
 
-def test_fast_lora_dropout_replaces_only_active_dropouts(tiny_lora_model):
+def test_fast_lora_replaces_active_dropouts_and_fuses_every_lora_linear(tiny_lora_model):
     model, dropout = tiny_lora_model
-    n = kernels.fast_lora_dropout(model)
+    replaced, fused = kernels.fast_lora(model)
     drops = [m for m in model.modules() if isinstance(m, kernels.FastDropout)]
+    lora_linears = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert fused == len(lora_linears) == 2 and all(type(m).__name__ == "FusedLoraLinear" for m in lora_linears)
     if dropout > 0:
-        assert n == len(drops) > 0 and all(d.p == dropout for d in drops)
+        assert replaced == len(drops) > 0 and all(d.p == dropout for d in drops)
     else:
-        assert n == 0 and not drops
+        assert replaced == 0 and not drops
+    assert kernels.fast_lora(model) == (0, 0)  # idempotent
+
+
+def _llama_lora(dropout: float, seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=100)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=dropout,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # a non-zero adapter, so that the LoRA path shows in the loss
+                param.normal_(0, 0.1)
+    return model
+
+
+def _loss_and_lora_grads(model, ids, seed):
+    torch.manual_seed(seed)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fused_lora_equals_peft_forward_and_backward(dropout):
+    """The fused LoRA layer gives peft's loss and gradients, dropout masks included (FastDropout in peft's
+    forward draws the same masks in the same order), in training and in eval mode."""
+    peft_model, fused_model = _llama_lora(dropout), _llama_lora(dropout)
+    kernels.fast_lora(peft_model)
+    for module in peft_model.modules():  # back to peft's own forward, FastDropout kept
+        if type(module).__name__ == "FusedLoraLinear":
+            module.__class__ = type(module).__mro__[1]
+    assert kernels.fast_lora(fused_model)[1] == 14
+    ids = torch.randint(0, 100, (3, 17))
+    for train_mode in (True, False):
+        peft_model.train(train_mode)
+        fused_model.train(train_mode)
+        loss_p, grads_p = _loss_and_lora_grads(peft_model, ids, seed=5)
+        loss_f, grads_f = _loss_and_lora_grads(fused_model, ids, seed=5)
+        torch.testing.assert_close(loss_f, loss_p, rtol=1e-6, atol=1e-6)
+        assert grads_f.keys() == grads_p.keys() and len(grads_f) == 2 * 14  # A and B of 14 layers
+        for name in grads_p:
+            torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=1e-7)
+        peft_model.zero_grad()
+        fused_model.zero_grad()
+    if dropout:  # dropout is really on: another seed gives another loss
+        fused_model.train()
+        assert not torch.equal(_loss_and_lora_grads(fused_model, ids, seed=6)[0], loss_f)
+
+
+def test_fused_lora_falls_back_to_peft_where_it_does_not_apply():
+    model = _llama_lora(0.1)
+    kernels.fast_lora(model)
+    layer = next(m for m in model.modules() if type(m).__name__ == "FusedLoraLinear")
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        expected = layer.base_layer(x) + layer.lora_B["default"](layer.lora_A["default"](x)) * layer.scaling["default"]
+        layer.eval()
+        torch.testing.assert_close(layer(x), expected)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: peft's forward, in bf16
+            assert layer(x).dtype == torch.bfloat16
+        layer.merge()  # merged: the base layer alone
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        layer.unmerge()
+        with model.disable_adapter():
+            torch.testing.assert_close(layer(x), layer.base_layer(x))
 
 
 @pytest.fixture(params=[0.0, 0.1])

@@ -210,3 +210,11 @@ def test_bf16_cpu_training_step_runs_through_the_trainer(tmp_path):
     assert dtypes and set(dtypes) == {torch.bfloat16}
     losses = [h["loss"] for h in train.loss_history(trainer)]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
+def test_right_padded_masks_are_dropped_only_when_causal_attention_suffices():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    holes = torch.tensor([[1, 0, 1, 0]])
+    assert train.right_padded(right) and not train.right_padded(left) and not train.right_padded(holes)
+    assert not train.right_padded(None)
