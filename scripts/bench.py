@@ -23,7 +23,10 @@ both recipes: model FLOPs, whatever the implementation spends):
     N_lora  LoRA A and B: forward, activation gradient and weight gradient
     c̄       mean attended context per real token (causal: (len+1)/2), L layers, d_attn = heads x head dim;
             QK^T and AV, forward (4·L·d_attn·c̄) and backward (twice that)
-The first step of each recipe is a warm-up and excluded from the throughput (it is reported on its own).
+Both recipes train one epoch over the same random training pairs (steps x batch of them, seed 0), so they
+process exactly the same examples and real tokens; each orders them its own way. Before its timed steps each
+recipe runs one untimed forward + backward on its longest batch (first allocations, lazy initialisation);
+every optimizer step is then timed.
 Prints a Markdown table and writes everything (loss curves, per-step times, answers) as JSON under results/bench/.
 """
 
@@ -263,7 +266,7 @@ class Steps:
         real = [sum(b[0] for b in s) for s in per_step]
         padded = [sum(b[1] for b in s) for s in per_step]
         context = sum(b[2] for s in per_step for b in s) / max(1, sum(real))
-        steady = slice(1, None) if len(times) > 1 else slice(None)
+        steady = slice(None)  # every step: the warm-up pass ran before the timing (warm_up)
         t = sum(times[steady])
         return {
             "steps": len(times), "step_s": times, "first_step_s": times[0] if times else None,
@@ -275,6 +278,28 @@ class Steps:
             "padded_tokens_per_s": sum(padded[steady]) / t if t else None,
             "mean_context": context,
         }
+
+
+def warm_up(trainer, collate, examples: list[dict[str, Any]]) -> float:
+    """One forward + backward through the trainer's own loss on the longest batch, before the timed steps (first
+    allocations: ~6 GB of pages faulted in on SmolLM2; lazy initialisation); then the gradients are dropped and
+    the seed the Trainer set is set again, so the timed run draws what it would have drawn without it."""
+    import torch
+    from transformers import set_seed
+
+    t0 = time.perf_counter()
+    batch = collate(examples)
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, batch).backward()
+    trainer.model.zero_grad(set_to_none=True)
+    set_seed(trainer.args.seed)
+    torch.set_grad_enabled(True)
+    return time.perf_counter() - t0
+
+
+def longest(rows: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+    """The `batch` examples with the most real tokens."""
+    return sorted(rows, key=lambda r: -sum(r["attention_mask"]))[:batch]
 
 
 def train_naive(records, cfg, hw, seq: int, batch: int, steps: int, workdir: Path) -> dict[str, Any]:
@@ -306,10 +331,11 @@ def train_naive(records, cfg, hw, seq: int, batch: int, steps: int, workdir: Pat
         )
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=steps_cb,
                           callbacks=[steps_cb.callback])
+        warm_s = warm_up(trainer, steps_cb.collate, longest(dataset.to_list(), batch))
         trainer.train()
     torch.set_grad_enabled(True)
     out = steps_cb.summary()
-    out.update(load_s=load_s, tokenize_s=tokenize_s, peak_rss_mb=mem.peak_mb, precision="fp32",
+    out.update(load_s=load_s, tokenize_s=tokenize_s, warm_up_s=warm_s, peak_rss_mb=mem.peak_mb, precision="fp32",
                loss=[h["loss"] for h in trainer.state.log_history if "loss" in h],
                flops=flops_per_token(model, out["mean_context"]), threads=torch.get_num_threads())
     return {"summary": out, "model": model, "tokenizer": tokenizer}
@@ -348,9 +374,10 @@ def train_medsweep(records, cfg, hw, workdir: Path) -> dict[str, Any]:
         steps_cb = Steps(trainer.data_collator, cfg.train.grad_accum)
         trainer.data_collator = steps_cb
         trainer.add_callback(steps_cb.callback)
+        warm_s = warm_up(trainer, steps_cb.collate, longest(dataset.to_list(), cfg.train.batch_size))
         trainer.train()
     out = steps_cb.summary()
-    out.update(load_s=load_s, tokenize_s=tokenize_s, peak_rss_mb=mem.peak_mb, precision=hw.precision,
+    out.update(load_s=load_s, tokenize_s=tokenize_s, warm_up_s=warm_s, peak_rss_mb=mem.peak_mb, precision=hw.precision,
                loss=[h["loss"] for h in train.loss_history(trainer)], tokenized=stats,
                flops=flops_per_token(model, out["mean_context"]), threads=torch.get_num_threads())
     return {"summary": out, "model": model, "tokenizer": tokenizer}
@@ -565,7 +592,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2_135m", help="smollm2_135m (default) | tiny_random (quick)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MedQuAD JSONL (default ../shared/data/...)")
-    p.add_argument("--steps", type=int, default=6, help="optimizer steps per recipe, the first a warm-up (6)")
+    p.add_argument("--steps", type=int, default=8, help="optimizer steps per recipe = one epoch over steps x batch pairs (8)")
     p.add_argument("--eval-questions", type=int, default=16, help="held-out questions generated (16)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (medsweep default: 64)")
     p.add_argument("--seq", type=int, default=None, help="max_seq_length (medsweep default: 512)")
@@ -606,8 +633,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"  {d}: {v['gflops_best']:.1f} GFLOP/s best, {v['gflops_median']:.1f} median ({v['n']}²)")
 
     splits = data.build(cfg.data, eval_size=cfg.train.eval_split, train_size=cfg.train.train_size)
-    records, eval_records = splits.train, splits.eval[: args.eval_questions]
-    res["data"] = {"path": str(args.data), "train_pairs": len(records), "eval_questions": len(eval_records)}
+    # Both recipes train one epoch over the same random pairs (steps x batch of them): the same examples, the
+    # same real tokens; each orders them its own way (naive: random; medsweep: length-grouped).
+    import random
+
+    records = random.Random(0).sample(splits.train, min(len(splits.train), args.steps * batch * cfg.train.grad_accum))
+    eval_records = splits.eval[: args.eval_questions]
+    res["data"] = {"path": str(args.data), "train_pairs": len(records), "train_pairs_available": len(splits.train),
+                   "eval_questions": len(eval_records)}
 
     res["load"] = {}
     if not args.no_cold_load:
@@ -693,7 +726,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\n{mach['cpu']}, {mach['usable_cores']} cores, {mach['torch_threads']} torch threads, "
           f"ISA {'/'.join(mach['isa'])}, native bf16: {mach['native_bf16']}, torch {mach['torch']}, "
           f"load average {mach['loadavg_start']:.1f} → {mach['loadavg_end']:.1f}")
-    print(f"{args.model}, MedQuAD, seq {seq}, batch {batch}, {args.steps} steps (first = warm-up), "
+    print(f"{args.model}, MedQuAD, seq {seq}, batch {batch}, {args.steps} steps over the same {len(records)} pairs, "
           f"{len(eval_records)} eval questions × {max_new} new tokens\n")
     print(res["table"])
     print(f"\nwrote {out}")

@@ -21,7 +21,8 @@ def test_bench_quick_run(tmp_path):
     res = json.loads(out.read_text())
     naive, fast, ref = res["naive"]["train"], res["medsweep"]["train"], res["medsweep_reference"]["train"]
     assert len(naive["loss"]) == len(fast["loss"]) == len(ref["loss"]) == 3
-    assert fast["real_fraction"] == 1.0 > naive["real_fraction"]
+    assert fast["real_fraction"] > naive["real_fraction"]  # the same pairs: padding to 512 vs length-grouped
+    assert sum(fast["real_tokens"]) == pytest.approx(sum(naive["real_tokens"]), rel=0.01)  # the same examples
     assert res["loss_curve_max_abs_diff"] < 0.05  # same batches and seed; only the dropout draws differ
     assert res["medsweep"]["eval"]["answers_per_s"] > 0 and res["naive"]["eval"]["answers_per_s"] > 0
     assert "train: real tokens/s" in proc.stdout and "eval: answers/s" in proc.stdout
