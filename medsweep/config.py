@@ -27,7 +27,7 @@ class ModelConfig:
     revision: Optional[str] = None  # hub revision (branch, tag or commit) to pin
     tokenizer: Optional[str] = None  # tokenizer source when it differs from the weights ("embedded" for random)
     random_config: dict[str, Any] = field(default_factory=dict)  # config kwargs of a random model (source=random)
-    cache_dir: str = "~/.cache/medsweep"  # where the dequantized embedded model is cached as safetensors
+    cache_dir: str = "~/.cache/medsweep"  # medsweep's cache: the dequantized embedded model, tokenized training sets
     context_length: int = 2048  # longest sequence the model supports; train.max_seq_length must not exceed it
     prompt_format: str = "chat"  # chat: chat_template or the tokenizer's | alpaca: ### Instruction/Input/Response
     system_prompt: bool = True  # whether the chat template accepts a system turn (Gemma 1.1 does not)
@@ -100,6 +100,7 @@ class TrainConfig:
     eval_split: int = 20  # held-out pairs (never trained on); generation runs on eval.num_examples of them
     train_size: Optional[int] = None  # use at most this many training pairs (null: all the rest)
     group_by_length: bool = True  # length-grouped batches: less padding per batch
+    cache_tokenized: bool = True  # keep the tokenized training set under model.cache_dir/tokenized for later jobs
     logging_steps: int = 5  # log loss / lr / grad norm every N steps
     save_steps: int = 50  # checkpoint every N steps (resume after preemption)
     save_total_limit: int = 2  # keep this many checkpoints

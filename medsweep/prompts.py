@@ -46,6 +46,37 @@ def render(tokenizer, record: dict[str, Any], instruction: str, prompt_format: s
     return prompt, (answer + (tokenizer.eos_token or "")) if with_answer else ""
 
 
+_SLOTS = ("\u27e6medsweep:user\u27e7", "\u27e6medsweep:answer\u27e7")  # stand-ins no text contains
+_CHECKED = 4  # records rendered both ways before the filled template is trusted for the rest
+
+
+def render_many(tokenizer, records: list[dict[str, Any]], instruction: str, prompt_format: str,
+                system_prompt: bool = True) -> list[tuple[str, str]]:
+    """`render` for many records, ~50x faster: the chat template (Jinja, ~0.25 ms a call, twice per record) is
+    rendered once with stand-ins for the question and the answer, which are then filled in per record. Used
+    only when the template treats the content as opaque text: the first records are rendered both ways and
+    must agree, or every record goes through `render`."""
+    one = [render(tokenizer, r, instruction, prompt_format, system_prompt) for r in records[:_CHECKED]]
+    skeleton = _skeleton(tokenizer, instruction, prompt_format, system_prompt)
+    if skeleton is None or any(_fill(skeleton, r) != pair for r, pair in zip(records, one)):
+        return one + [render(tokenizer, r, instruction, prompt_format, system_prompt) for r in records[_CHECKED:]]
+    return one + [_fill(skeleton, r) for r in records[_CHECKED:]]
+
+
+def _skeleton(tokenizer, instruction: str, prompt_format: str, system_prompt: bool) -> tuple[str, str] | None:
+    user, answer = _SLOTS
+    prompt, completion = render(tokenizer, {"question": user, "answer": answer}, instruction, prompt_format,
+                                system_prompt)
+    if prompt.count(user) != 1 or completion.count(answer) != 1 or user in completion or answer in prompt:
+        return None
+    return prompt, completion
+
+
+def _fill(skeleton: tuple[str, str], record: dict[str, Any]) -> tuple[str, str]:
+    prompt, completion = skeleton
+    return prompt.replace(_SLOTS[0], user_input(record)), completion.replace(_SLOTS[1], record["answer"].strip())
+
+
 def tokenize_example(tokenizer, record: dict[str, Any], instruction: str, prompt_format: str, max_seq_length: int,
                      system_prompt: bool = True) -> dict[str, Any] | None:
     """input_ids / attention_mask / labels with the prompt masked; None if the prompt alone does not fit.

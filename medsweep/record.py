@@ -29,6 +29,7 @@ NON_IDENTITY_KEYS = {
     "plan",
     "site",
     "model.cache_dir",
+    "train.cache_tokenized",
     "profile.time_limit_min",
     "profile.partition",
     "profile.memory_gb",

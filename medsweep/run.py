@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from medsweep import config as config_schema
-from medsweep import data, hardware, models, record, tracking, train
+from medsweep import cache, data, hardware, models, record, tracking, train
 from medsweep.errors import ConfigError, MedsweepError
 from medsweep.evaluate import evaluate
 from medsweep.preempt import CheckpointOnSignal
@@ -94,8 +94,9 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     model = models.add_lora(model, cfg.lora, cfg.model, init_adapter=cfg.train.init_adapter)
     rec["model"]["trainable_params"] = models.trainable_params(model)
     tokenizer.padding_side = "right"
-    train_ds, rec["data"]["tokenized"] = train.tokenize(splits.train, tokenizer, cfg.data, cfg.model,
-                                                        cfg.train.max_seq_length)
+    train_ds, rec["data"]["tokenized"] = cache.tokenize_cached(
+        splits.train, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length,
+        cfg.model.cache_dir if cfg.train.cache_tokenized else None)
     if len(train_ds) == 0:
         raise MedsweepError(f"no training example fits train.max_seq_length={cfg.train.max_seq_length}: every "
                             f"prompt is longer; raise it")

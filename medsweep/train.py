@@ -15,7 +15,7 @@ import torch
 
 from medsweep.hardware import Hardware, process_age_s  # first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
 from medsweep.kernels import fast_lora, linear_cross_entropy
-from medsweep.prompts import IGNORE_INDEX, _adds_bos, render
+from medsweep.prompts import IGNORE_INDEX, _adds_bos, render_many
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -30,7 +30,7 @@ def tokenize(records: list[dict[str, Any]], tokenizer, data_cfg: Any, model_cfg:
     from datasets import Dataset
 
     instruction, prompt_format, system_prompt = data_cfg.instruction, model_cfg.prompt_format, model_cfg.system_prompt
-    texts = [render(tokenizer, rec, instruction, prompt_format, system_prompt) for rec in records]
+    texts = render_many(tokenizer, records, instruction, prompt_format, system_prompt)
     prompts_ids = _encode(tokenizer, [prompt for prompt, _ in texts])
     answers_ids = _encode(tokenizer, [completion for _, completion in texts])
     columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "length": []}
