@@ -48,8 +48,10 @@ def test_every_input_of_the_result_is_in_the_key(smol_tokenizer):
         cache.key(edited, smol_tokenizer, DATA, MODEL, 64),
         cache.key(RECORDS[:-1], smol_tokenizer, DATA, MODEL, 64),
         cache.key(RECORDS, smol_tokenizer, OmegaConf.create({"instruction": "Answer briefly."}), MODEL, 64),
-        cache.key(RECORDS, smol_tokenizer, DATA, OmegaConf.create({"prompt_format": "alpaca", "system_prompt": True}), 64),
-        cache.key(RECORDS, smol_tokenizer, DATA, OmegaConf.create({"prompt_format": "chat", "system_prompt": False}), 64),
+        cache.key(RECORDS, smol_tokenizer, DATA, OmegaConf.create({"prompt_format": "alpaca", "system_prompt": True}),
+                  64),
+        cache.key(RECORDS, smol_tokenizer, DATA, OmegaConf.create({"prompt_format": "chat", "system_prompt": False}),
+                  64),
         cache.key(RECORDS, other_template, DATA, MODEL, 64),
     ]
     assert base not in variants and len(set(variants)) == len(variants)
