@@ -23,10 +23,11 @@ both recipes: model FLOPs, whatever the implementation spends):
     N_lora  LoRA A and B: forward, activation gradient and weight gradient
     c̄       mean attended context per real token (causal: (len+1)/2), L layers, d_attn = heads x head dim;
             QK^T and AV, forward (4·L·d_attn·c̄) and backward (twice that)
-Both recipes train one epoch over the same random training pairs (steps x batch of them, seed 0), so they
-process exactly the same examples and real tokens; each orders them its own way. Before its timed steps each
-recipe runs one untimed forward + backward on its longest batch (first allocations, lazy initialisation);
-every optimizer step is then timed.
+Both recipes train on the same examples: `steps` batches of a whole epoch as medsweep's length-grouped sampler
+makes them, drawn at random positions of the epoch (epoch_batches); medsweep trains on exactly those batches,
+the naive recipe on the same examples in random batches, so both process the same real tokens. Before its
+timed steps each recipe runs one untimed forward + backward on its longest batch (first allocations, lazy
+initialisation); every optimizer step is then timed.
 Prints a Markdown table and writes everything (loss curves, per-step times, answers) as JSON under results/bench/.
 """
 
@@ -280,6 +281,35 @@ class Steps:
         }
 
 
+def epoch_batches(records: list[dict[str, Any]], cfg, steps: int) -> list[dict[str, Any]]:
+    """`steps` of the batches medsweep's length-grouped sampler makes for a whole epoch over `records` (the
+    transformers sampler with the run's seed), drawn at random positions of the epoch (seed 0), concatenated in
+    batch order: what both recipes train on. A real epoch groups lengths over megabatches of 50 batches; timing
+    its first batches only (always the longest) or a small random subset (little to group) would misrepresent
+    it."""
+    import random
+
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from medsweep import models
+    from medsweep.prompts import tokenize_example
+
+    tokenizer = models.load_tokenizer(cfg.model)
+    per_batch = cfg.train.batch_size * cfg.train.grad_accum
+    kept, lengths = [], []
+    for rec in records:  # which records survive tokenization, and their lengths (what train.tokenize keeps)
+        example = tokenize_example(tokenizer, rec, cfg.data.instruction, cfg.model.prompt_format,
+                                   cfg.train.max_seq_length, cfg.model.system_prompt)
+        if example is not None:
+            kept.append(rec)
+            lengths.append(example["length"])
+    order = get_length_grouped_indices(lengths, per_batch, generator=torch.Generator().manual_seed(cfg.train.seed))
+    batches = [order[i:i + per_batch] for i in range(0, len(order) - per_batch + 1, per_batch)]
+    chosen = random.Random(0).sample(range(len(batches)), min(steps, len(batches)))
+    return [kept[i] for b in chosen for i in batches[b]]
+
+
 def warm_up(trainer, collate, examples: list[dict[str, Any]]) -> float:
     """One forward + backward through the trainer's own loss on the longest batch, before the timed steps (first
     allocations: ~6 GB of pages faulted in on SmolLM2; lazy initialisation); then the gradients are dropped and
@@ -369,6 +399,7 @@ def train_medsweep(records, cfg, hw, workdir: Path) -> dict[str, Any]:
         dataset, stats = train.tokenize(records, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
         tokenize_s = time.perf_counter() - t0
         args = train.training_args(cfg.train, cfg.profile, hw, workdir / "medsweep")
+        args.train_sampling_strategy = "sequential"  # `records` already are medsweep's batches (epoch_batches)
         timer = train.StepTimer()
         trainer = train.build_trainer(model, tokenizer, dataset, args, [timer])
         steps_cb = Steps(trainer.data_collator, cfg.train.grad_accum)
@@ -597,7 +628,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="smollm2_135m", help="smollm2_135m (default) | tiny_random (quick)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MedQuAD JSONL (default ../shared/data/...)")
     p.add_argument("--steps", type=int, default=8,
-                   help="optimizer steps per recipe = one epoch over steps x batch pairs (8)")
+                   help="optimizer steps per recipe, on the same steps x batch pairs (8)")
     p.add_argument("--eval-questions", type=int, default=16, help="held-out questions generated (16)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (medsweep default: 64)")
     p.add_argument("--seq", type=int, default=None, help="max_seq_length (medsweep default: 512)")
@@ -640,11 +671,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"  {d}: {v['gflops_best']:.1f} GFLOP/s best, {v['gflops_median']:.1f} median ({v['n']}²)")
 
     splits = data.build(cfg.data, eval_size=cfg.train.eval_split, train_size=cfg.train.train_size)
-    # Both recipes train one epoch over the same random pairs (steps x batch of them): the same examples, the
-    # same real tokens; each orders them its own way (naive: random; medsweep: length-grouped).
-    import random
-
-    records = random.Random(0).sample(splits.train, min(len(splits.train), args.steps * batch * cfg.train.grad_accum))
+    records = epoch_batches(splits.train, cfg, args.steps)
     eval_records = splits.eval[: args.eval_questions]
     res["data"] = {"path": str(args.data), "train_pairs": len(records), "train_pairs_available": len(splits.train),
                    "eval_questions": len(eval_records)}
