@@ -141,15 +141,12 @@ def _lora_linear_class():
                      and not self.merged and name not in getattr(self, "lora_variant", {})
                      and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
                      and type(a) is torch.nn.Linear and type(b) is torch.nn.Linear and a.bias is None and b.bias is None
-                     and x.dtype == a.weight.dtype == b.weight.dtype == torch.float32
+                     and x.dtype == a.weight.dtype == b.weight.dtype == self.base_layer.weight.dtype == torch.float32
                      and isinstance(dropout, (FastDropout, torch.nn.Identity)))
             if not plain:
                 return super().forward(x, *args, **kwargs)
-            base_out = self.base_layer(x)
-            if base_out.dtype != torch.float32:
-                return super().forward(x, *args, **kwargs)
             p = dropout.p if isinstance(dropout, FastDropout) and dropout.active else 0.0
-            return _LoraDelta.apply(base_out, x, a.weight, b.weight, float(self.scaling[name]), p)
+            return _LoraDelta.apply(self.base_layer(x), x, a.weight, b.weight, float(self.scaling[name]), p)
 
     return FusedLoraLinear
 
