@@ -267,24 +267,23 @@ class Steps:
         real = [sum(b[0] for b in s) for s in per_step]
         padded = [sum(b[1] for b in s) for s in per_step]
         context = sum(b[2] for s in per_step for b in s) / max(1, sum(real))
-        steady = slice(None)  # every step: the warm-up pass ran before the timing (warm_up)
-        t = sum(times[steady])
+        t = sum(times)  # every step: the warm-up pass ran before the timing (warm_up)
         return {
             "steps": len(times), "step_s": times, "first_step_s": times[0] if times else None,
-            "step_s_median": statistics.median(times[steady]) if times else None,
+            "step_s_median": statistics.median(times) if times else None,
             "real_tokens": real, "padded_tokens": padded,
             "real_fraction": sum(real) / max(1, sum(padded)),
-            "real_tokens_per_s": sum(real[steady]) / t if t else None,
-            "cpu_s_per_step": cpu, "cpu_s_per_1k_real_tokens": 1000 * sum(cpu[steady]) / max(1, sum(real[steady])),
-            "padded_tokens_per_s": sum(padded[steady]) / t if t else None,
+            "real_tokens_per_s": sum(real) / t if t else None,
+            "cpu_s_per_step": cpu, "cpu_s_per_1k_real_tokens": 1000 * sum(cpu) / max(1, sum(real)),
+            "padded_tokens_per_s": sum(padded) / t if t else None,
             "mean_context": context,
         }
 
 
 def epoch_batches(records: list[dict[str, Any]], cfg, steps: int) -> list[dict[str, Any]]:
-    """`steps` of the batches medsweep's length-grouped sampler makes for a whole epoch over `records` (the
-    transformers sampler with the run's seed), drawn at random positions of the epoch (seed 0), concatenated in
-    batch order: what both recipes train on. A real epoch groups lengths over megabatches of 50 batches; timing
+    """`steps` of the batches medsweep's length-grouped sampler makes for a whole epoch over `records` (its
+    transformers grouping function, seeded with the run's seed), drawn at random positions of the epoch (seed 0),
+    concatenated batch after batch: what both recipes train on. A real epoch groups lengths over megabatches of 50 batches; timing
     its first batches only (always the longest) or a small random subset (little to group) would misrepresent
     it."""
     import random
