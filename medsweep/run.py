@@ -15,15 +15,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+# torch, transformers, peft and datasets create ~10^6 objects on import, all of them kept for the whole job; the
+# collector's passes over them during the imports cost ~1 s of each job's start-up (measured: 7.0 -> 6.1 s).
+_collecting = gc.isenabled()
+gc.disable()
 
-from medsweep import config as config_schema
-from medsweep import cache, data, hardware, models, record, tracking, train
-from medsweep.errors import ConfigError, MedsweepError
-from medsweep.evaluate import evaluate
-from medsweep.preempt import CheckpointOnSignal
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from medsweep import config as config_schema  # noqa: E402
+from medsweep import cache, data, hardware, models, record, tracking, train  # noqa: E402
+from medsweep.errors import ConfigError, MedsweepError  # noqa: E402
+from medsweep.evaluate import evaluate  # noqa: E402
+from medsweep.preempt import CheckpointOnSignal  # noqa: E402
+
+gc.freeze()  # what the imports created is never garbage: later collections need not rescan it
+if _collecting:
+    gc.enable()
 
 log = logging.getLogger("medsweep")
 
