@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from medsweep.hardware import Hardware, process_age_s  # first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
+from medsweep.attention import use_block_causal
 from medsweep.kernels import fast_lora, linear_cross_entropy
 from medsweep.prompts import IGNORE_INDEX, _adds_bos, render_many
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
@@ -242,6 +243,8 @@ def build_trainer(model, tokenizer, train_ds, args: TrainingArguments, callbacks
         log.info("bf16 on the CPU: %d frozen Linear layers stored in bf16", store_frozen_linears_in_bf16(model))
     if args.use_cpu:
         log.info("LoRA on the CPU: %d dropouts draw their masks with numpy's SFC64, %d layers fused", *fast_lora(model))
+        if use_block_causal(model):
+            log.info("causal attention on the CPU: block-causal matmuls (medsweep.attention) where SDPA would run")
     return AnswerOnlyTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collator(tokenizer),
                              processing_class=tokenizer, callbacks=callbacks)
 
