@@ -96,11 +96,26 @@ def _percentile(values: list[float], q: int) -> float:
     return quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def _stop_ids(tokenizer, model) -> list[int]:
+def stop_ids(tokenizer, model) -> list[int]:
+    """The tokenizer's eos and every eos of the model's generation config (e.g. an end-of-turn token)."""
     ids = {tokenizer.eos_token_id}
     eos = getattr(model.generation_config, "eos_token_id", None)
     ids.update(eos if isinstance(eos, list) else [eos])
     return sorted(i for i in ids if i is not None)
+
+
+def decoding(sample: bool, temperature: float | None = None, top_p: float | None = None) -> dict[str, Any]:
+    """generate() keyword arguments: sampling at `temperature` / `top_p`, or greedy (with the sampling settings a
+    model's generation_config may carry unset, so that they neither apply nor warn)."""
+    if sample:
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def until_stop(tokens: list[int], stop: list[int]) -> tuple[list[int], bool]:
+    """The generated tokens before the first stop token, and whether there was one."""
+    end = next((k for k, t in enumerate(tokens) if t in stop), None)
+    return (tokens, False) if end is None else (tokens[:end], True)
 
 
 def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, model_cfg: Any, eval_cfg: Any,
@@ -110,9 +125,8 @@ def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, mod
                for r in records]
     order = sorted(range(len(records)), key=lambda i: len(prompts[i]), reverse=True)  # similar lengths per batch
     answers, seconds, n_tokens = [""] * len(records), [0.0] * len(records), [0] * len(records)
-    stop = _stop_ids(tokenizer, model)
-    sampling = {"do_sample": True, "temperature": eval_cfg.temperature, "top_p": eval_cfg.top_p} \
-        if eval_cfg.decoding == "sample" else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    stop = stop_ids(tokenizer, model)
+    sampling = decoding(eval_cfg.decoding == "sample", eval_cfg.temperature, eval_cfg.top_p)
     tokenizer.padding_side = "left"
     try:
         with inference(model, hw):
@@ -134,12 +148,10 @@ def _generate_batches(model, tokenizer, prompts, order, stop, sampling, eval_cfg
         elapsed = time.perf_counter() - t0
         new = out[:, batch["input_ids"].shape[1]:]
         for row, i in enumerate(idx):
-            tokens = new[row].tolist()
-            ends = [k for k, t in enumerate(tokens) if t in stop]
-            tokens = tokens[: ends[0]] if ends else tokens
+            tokens, ended = until_stop(new[row].tolist(), stop)
             answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
             seconds[i] = elapsed / len(idx)
-            n_tokens[i] = len(tokens) + (1 if ends else 0)
+            n_tokens[i] = len(tokens) + int(ended)
 
 
 PERPLEXITY_TOKENS = 8192  # padded tokens per teacher-forced batch (the LM head runs in chunks: bounded memory)

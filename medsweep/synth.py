@@ -220,15 +220,13 @@ class LocalGenerator:
     def chat(self, conversations: list[Messages], max_new_tokens: int) -> list[str]:
         import torch
 
-        from medsweep.evaluate import _stop_ids, autocast
+        from medsweep.evaluate import autocast, decoding, stop_ids, until_stop
 
         prompts = [self._ids(m) for m in conversations]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         out = [""] * len(prompts)
-        stop = _stop_ids(self.tokenizer, self.model)
-        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-                    if self.temperature > 0 else greedy)
+        stop = stop_ids(self.tokenizer, self.model)
+        sampling = decoding(self.temperature > 0, self.temperature, self.top_p)
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         self.model.eval()
@@ -243,9 +241,7 @@ class LocalGenerator:
                                               repetition_penalty=self.repetition_penalty, **sampling)
                 new = gen[:, batch["input_ids"].shape[1]:]
                 for row, i in enumerate(idx):
-                    tokens = new[row].tolist()
-                    ends = [k for k, t in enumerate(tokens) if t in stop]
-                    out[i] = self.tokenizer.decode(tokens[: ends[0]] if ends else tokens, skip_special_tokens=True)
+                    out[i] = self.tokenizer.decode(until_stop(new[row].tolist(), stop)[0], skip_special_tokens=True)
         finally:
             self.tokenizer.padding_side = side
         return out
