@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from medsweep.hardware import Hardware, process_age_s  # first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
+# hardware first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
+from medsweep.hardware import Hardware, process_age_s
 from medsweep.attention import use_block_causal
 from medsweep.kernels import fast_lora, linear_cross_entropy
 from medsweep.prompts import IGNORE_INDEX, _adds_bos, render_many

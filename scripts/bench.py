@@ -283,9 +283,9 @@ class Steps:
 def epoch_batches(records: list[dict[str, Any]], cfg, steps: int) -> list[dict[str, Any]]:
     """`steps` of the batches medsweep's length-grouped sampler makes for a whole epoch over `records` (its
     transformers grouping function, seeded with the run's seed), drawn at random positions of the epoch (seed 0),
-    concatenated batch after batch: what both recipes train on. A real epoch groups lengths over megabatches of 50 batches; timing
-    its first batches only (always the longest) or a small random subset (little to group) would misrepresent
-    it."""
+    concatenated batch after batch: what both recipes train on. A real epoch groups lengths over megabatches of
+    50 batches; timing its first batches only (always the longest) or a small random subset (little to group)
+    would misrepresent it."""
     import random
 
     import torch
