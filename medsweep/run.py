@@ -19,20 +19,20 @@ from typing import Any
 # collector's passes over them during the imports cost ~1 s of each job's start-up (measured: 7.0 -> 6.1 s).
 _collecting = gc.isenabled()
 gc.disable()
+try:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from medsweep import config as config_schema  # noqa: E402
-from medsweep import cache, data, hardware, models, record, tracking, train  # noqa: E402
-from medsweep.errors import ConfigError, MedsweepError  # noqa: E402
-from medsweep.evaluate import evaluate  # noqa: E402
-from medsweep.preempt import CheckpointOnSignal  # noqa: E402
-
-gc.freeze()  # what the imports created is never garbage: later collections need not rescan it
-if _collecting:
-    gc.enable()
+    from medsweep import config as config_schema
+    from medsweep import cache, data, hardware, models, record, tracking, train
+    from medsweep.errors import ConfigError, MedsweepError
+    from medsweep.evaluate import evaluate
+    from medsweep.preempt import CheckpointOnSignal
+finally:
+    gc.freeze()  # what the imports created is never garbage: later collections need not rescan it
+    if _collecting:
+        gc.enable()
 
 log = logging.getLogger("medsweep")
 
