@@ -26,6 +26,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from medsweep.kernels import cpu_fp32
+
 NAME = "medsweep_block_causal"
 BLOCK = 64  # queries per block: 8 blocks at 512 tokens (measured at 4 x 512: 128 is ~10% slower, 256 slower still)
 BUDGET_BYTES = 2 << 30  # probabilities kept for the backward pass, all layers together
@@ -62,8 +64,7 @@ def _applies(module, query, key, value, attention_mask, dropout, is_causal, kwar
     batch, heads, length, _ = query.shape
     kv_heads = key.shape[1]
     return (attention_mask is None and not dropout and is_causal is not False and getattr(module, "is_causal", True)
-            and query.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-            and query.dtype == key.dtype == value.dtype == torch.float32
+            and cpu_fp32(query, key, value)
             and torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
             and length > 1 and key.shape[2] == length and value.shape[2] == length and heads % kv_heads == 0
             and all(k in _NEUTRAL or (k in _UNSET and not v) or (k == "sliding_window" and (v is None or v >= length))

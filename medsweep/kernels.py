@@ -30,6 +30,12 @@ import torch.nn.functional as F
 ROW_CHUNK = 1024  # rows of logits alive at once (1024 x 49k fp32: 200 MB)
 
 
+def cpu_fp32(*tensors: torch.Tensor) -> bool:
+    """Whether these tensors are fp32 on the CPU outside autocast: where medsweep's CPU kernels apply."""
+    return (not torch.is_autocast_enabled("cpu")
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+
+
 def dropout_bits(shape: torch.Size) -> torch.Tensor:
     """One uniform int16 per element: the raw 64-bit output of numpy's SFC64, seeded by one draw of torch's
     generator (so a run, and a resumed run, draws the same masks), read as four int16 per draw."""
@@ -139,9 +145,8 @@ def _lora_linear_class():
                              for modules in (self.lora_A, self.lora_B, self.lora_dropout))
             plain = (not args and not kwargs and a is not None and b is not None and not self.disable_adapters
                      and not self.merged and name not in getattr(self, "lora_variant", {})
-                     and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
                      and type(a) is torch.nn.Linear and type(b) is torch.nn.Linear and a.bias is None and b.bias is None
-                     and x.dtype == a.weight.dtype == b.weight.dtype == self.base_layer.weight.dtype == torch.float32
+                     and cpu_fp32(x, a.weight, b.weight, self.base_layer.weight)
                      and isinstance(dropout, (FastDropout, torch.nn.Identity)))
             if not plain:
                 return super().forward(x, *args, **kwargs)
