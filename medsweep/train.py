@@ -96,9 +96,15 @@ def answer_loss_sum(model, input_ids, attention_mask, labels):
     if right_padded(attention_mask):  # causal attention alone keeps every real token off the padding after it
         attention_mask = None
     hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
+    # A model split across GPUs (device_map=auto): calling the inner decoder skips the hook that would bring its
+    # output back, so the hidden states sit on the last GPU while labels and a tied head sit on the first. Each op
+    # runs where its operands are: the mask on the hidden states' GPU, the selected rows on the head's.
+    head = lm.get_output_embeddings()
+    head_device = next(head.parameters()).device
+    targets = labels[:, 1:].to(hidden.device)
     mask = targets != IGNORE_INDEX
-    return linear_cross_entropy(hidden[:, :-1][mask], lm.get_output_embeddings(), targets[mask]), mask.sum()
+    rows, answer_targets = hidden[:, :-1][mask].to(head_device), targets[mask].to(head_device)
+    return linear_cross_entropy(rows, head, answer_targets).to(labels.device), mask.sum().to(labels.device)
 
 
 def right_padded(attention_mask: torch.Tensor | None) -> bool:
