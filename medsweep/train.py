@@ -4,7 +4,9 @@ batches, logits and loss only on answer positions, checkpoints in the run direct
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -16,6 +18,7 @@ import torch
 # hardware first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
 from medsweep.hardware import Hardware, process_age_s
 from medsweep.attention import use_block_causal
+from medsweep.errors import TrainingDiverged
 from medsweep.kernels import fast_lora, linear_cross_entropy
 from medsweep.prompts import IGNORE_INDEX, _adds_bos, render_many
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
@@ -135,12 +138,67 @@ class AnswerOnlyTrainer(Trainer):
         # Mixed precision: accelerate applies autocast by wrapping the top-level model.forward, which
         # answer_loss_sum does not call (it runs the decoder and the head itself), so enter it here;
         # without this a bf16 run silently computes in fp32.
+        batch = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         with self.accelerator.autocast():
-            loss, n_tokens = answer_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+            if model is self.model:
+                loss, n_tokens = answer_loss_sum(model, *batch)
+            else:  # DDP all-reduces the gradients only of a forward that ran through its wrapper
+                with _forward_as(self.model, answer_loss_sum):
+                    loss, n_tokens = model(*batch)
         if num_items_in_batch is None:
             num_items_in_batch = n_tokens * self.args.gradient_accumulation_steps
         loss = loss / num_items_in_batch
+        if self.accelerator.num_processes > 1:
+            # num_items_in_batch counts the answer tokens of every process (average_tokens_across_devices) and
+            # DDP averages the gradients over the processes: scaled back, the gradient is the single-process one
+            loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss
+
+
+@contextlib.contextmanager
+def _forward_as(module: torch.nn.Module, function: Callable[..., Any]):
+    """Within the block, `module(...)` runs `function(module, ...)`: the DDP wrapper calls its module, so the
+    answer-only loss goes through DDP's forward (which arms the gradient all-reduce) without full logits."""
+    previous = module.__dict__.get("forward")  # accelerate may have wrapped forward on the instance
+    module.forward = functools.partial(function, module)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
+
+
+class DivergenceCheck(TrainerCallback):
+    """Fails the run when training has diverged, instead of letting it end as `complete`: a non-finite loss at
+    a logging step (the Trainer's NaN filter is off, so one bad step shows), or fp16's GradScaler skipping
+    every optimizer step (overflow at every scale: nothing is learned)."""
+
+    MAX_SKIPPED_IN_A_ROW = 50  # the scale halves per skip: 2^16 -> 2^-34, far below any useful scale
+
+    def __init__(self):
+        self.skipped_in_a_row = self.skipped = self.steps = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingDiverged(f"training diverged: loss {loss} at step {state.global_step} "
+                                   f"(lower train.lr or use bf16 / fp32)")
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        skipped = bool(getattr(optimizer, "step_was_skipped", False))
+        self.steps += 1
+        self.skipped += skipped
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        if self.skipped_in_a_row >= self.MAX_SKIPPED_IN_A_ROW:
+            raise TrainingDiverged(f"training diverged: fp16 GradScaler skipped {self.skipped_in_a_row} optimizer "
+                                   f"steps in a row (gradients overflow at every scale) at step {state.global_step}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.steps and self.skipped == self.steps:
+            raise TrainingDiverged(f"training diverged: fp16 GradScaler skipped all {self.steps} optimizer steps "
+                                   f"(gradients overflow at every scale); nothing was learned")
 
 
 class EpochEval(TrainerCallback):
@@ -186,7 +244,6 @@ class StepTimer(TrainerCallback):
 def training_args(train_cfg: Any, profile_cfg: Any, hw: Hardware, checkpoint_dir: Path) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=train_cfg.batch_size,
         gradient_accumulation_steps=train_cfg.grad_accum,
         num_train_epochs=train_cfg.epochs,
         max_steps=train_cfg.max_steps,
@@ -202,6 +259,7 @@ def training_args(train_cfg: Any, profile_cfg: Any, hw: Hardware, checkpoint_dir
         use_cpu=hw.device == "cpu",
         logging_steps=train_cfg.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must show in the logs (DivergenceCheck), not be filtered out
         save_strategy="steps",
         save_steps=train_cfg.save_steps,
         save_total_limit=train_cfg.save_total_limit,
@@ -211,7 +269,23 @@ def training_args(train_cfg: Any, profile_cfg: Any, hw: Hardware, checkpoint_dir
         dataloader_num_workers=profile_cfg.dataloader_workers,
         report_to="none",
         disable_tqdm=True,
+        per_device_train_batch_size=train_cfg.batch_size,  # the global batch (split across processes)
+        **(_data_parallel_args(train_cfg, profile_cfg, hw) if hw.world_size > 1 else {}),
     )
+
+
+def _data_parallel_args(train_cfg: Any, profile_cfg: Any, hw: Hardware) -> dict[str, Any]:
+    """train.batch_size is the global batch: the sampler draws the same batches as a single process would and
+    accelerate splits each one across the processes, so a data-parallel run sees the same examples in the same
+    steps (and, without dropout, ends with the same adapter within float rounding)."""
+    return {
+        "accelerator_config": {"split_batches": True},
+        "average_tokens_across_devices": True,
+        "ddp_backend": "nccl" if hw.device == "cuda" else "gloo",
+        "ddp_find_unused_parameters": False,
+        # rank 0 evaluates the base model (and each epoch) while the others wait in a collective
+        "ddp_timeout": max(1800, 60 * profile_cfg.time_limit_min),
+    }
 
 
 def collator(tokenizer) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:

@@ -143,3 +143,64 @@ def _stdout_of(job: dict) -> str:
     """The SLURM job's stdout (submitit writes <sweep>/.submitit/<id>/<id>_0_log.out)."""
     logs = list((Path(job["run_dir"]).parent / ".submitit").glob(f"{job['job_id']}*/*_log.out"))
     return "".join(p.read_text(errors="replace") for p in logs)
+
+
+DATA_PARALLEL = ["profile.processes=2", "profile.cpus=2", "profile.memory_gb=6", "lora.dropout=0"]
+
+
+def _single_process_reference(tmp_path: Path, *overrides: str) -> Path:
+    """The same configuration trained by one process (a plain run: the same global batches)."""
+    ref = run_medsweep("experiment=smoke", "profile.cpus=2", "lora.dropout=0", *overrides,
+                       f"output_root={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    (ref_dir,) = (tmp_path / "ref" / "runs").iterdir()
+    return ref_dir
+
+
+def _max_diff(a_dir: Path, b_dir: Path) -> float:
+    a = load_file(a_dir / "adapter" / "adapter_model.safetensors")
+    b = load_file(b_dir / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_data_parallel_job_runs_two_tasks_on_one_node(tmp_path):
+    proc = run_medsweep(*JOB, *DATA_PARALLEL, f"output_root={tmp_path}", multirun=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (job,) = jobs_of(tmp_path / "sweeps" / "sweep")
+    run_dir = Path(job["run_dir"])
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["status"] == "complete" and rec["hardware"]["world_size"] == 2
+    assert rec["env"]["slurm"]["SLURM_JOB_ID"]
+    tasks = subprocess.run(["sacct", "-n", "-P", "-j", job["job_id"], "-o", "JobID,NTasks,State"],
+                           capture_output=True, text=True, timeout=30, check=True).stdout
+    assert any(line.split("|")[1] == "2" and line.split("|")[2] == "COMPLETED" for line in tasks.splitlines()), tasks
+    assert [p.parent for p in (tmp_path / "sweeps").rglob("metrics.json")] == [run_dir]
+    assert _max_diff(run_dir, _single_process_reference(tmp_path)) <= 1e-5
+
+
+def test_preempted_data_parallel_job_resumes_to_the_same_adapter(tmp_path):
+    long_run = ["train.max_steps=40", "train.save_steps=10000", "train.logging_steps=5", "eval.num_examples=4"]
+    out = tmp_path / "slurm"
+    sweep = subprocess.Popen([sys.executable, "-m", "medsweep", "-m", *JOB, *DATA_PARALLEL, *long_run,
+                              f"output_root={out}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline, job = time.time() + 600, None
+    while time.time() < deadline:
+        jobs_file = out / "sweeps" / "sweep" / "sweep_jobs.json"
+        if job is None and jobs_file.is_file():
+            (job,) = json.loads(jobs_file.read_text())
+        if job and "'loss'" in _stdout_of(job):
+            break
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True, timeout=30)
+    stdout, stderr = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    run_dir = Path(job["run_dir"])
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["status"] == "complete" and rec["hardware"]["world_size"] == 2
+    assert int(rec["env"]["slurm"].get("SLURM_RESTART_COUNT", 0)) >= 1, "the job was never requeued"
+    assert rec["train"]["resumed_from"], "the requeued job did not resume from its checkpoint"
+    ckpt = Path(rec["train"]["resumed_from"])
+    assert {p.name for p in ckpt.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert _max_diff(run_dir, _single_process_reference(tmp_path, *long_run)) <= 1e-5
