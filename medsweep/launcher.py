@@ -193,7 +193,10 @@ class SweepLauncherMixin:
                 if executor_kind == "local" and gpus:
                     handles = []
                     for k, job_args in enumerate(args):
-                        executor.update_parameters(visible_gpus=visible[k * gpus:(k + 1) * gpus])
+                        ids = ",".join(str(i) for i in visible[k * gpus:(k + 1) * gpus])
+                        # AutoExecutor passes no visible_gpus to the local executor; its setup lines run in the
+                        # job's shell after submitit set CUDA_VISIBLE_DEVICES, so this export wins
+                        executor.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={ids}"])
                         handles.append(executor.submit(self, *job_args))
                 else:
                     handles = executor.map_array(self, *zip(*args))
