@@ -49,10 +49,10 @@ class PlannedJob:
     error: str = ""
 
 
-def resources(cfg: Any, executor: str) -> dict[str, Any]:
-    """submitit parameters of one job, from its profile and the site settings."""
+def resources(cfg: Any, executor: str, processes: int = 1) -> dict[str, Any]:
+    """submitit parameters of one job, from its profile and the site settings; `processes` (the fit estimate's
+    world size): data parallel runs one task per GPU (or per CPU process), on one node."""
     p, site = cfg.profile, cfg.site
-    _, processes = fit.parallel(cfg)  # data parallel: one task per GPU (or per CPU process), on one node
     res: dict[str, Any] = {"timeout_min": p.time_limit_min, "cpus_per_task": max(1, p.cpus // processes),
                            "mem_gb": p.memory_gb, "nodes": 1, "tasks_per_node": processes}
     if executor == "local":
@@ -92,7 +92,7 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
         estimate = fit.estimate(cfg)
         job.need_gib, job.have_gib, job.gpu_hours = estimate.need_gib, estimate.have_gib, estimate.gpu_hours
         job.mode, job.processes = estimate.mode, estimate.world_size
-        job.resources = resources(cfg, executor)
+        job.resources = resources(cfg, executor, estimate.world_size)
         done = record.read_record(run_dir)
         if done and done.get("status") == "complete":
             job.status, job.reason = "complete", "record complete: skipped"

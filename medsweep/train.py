@@ -270,11 +270,11 @@ def training_args(train_cfg: Any, profile_cfg: Any, hw: Hardware, checkpoint_dir
         report_to="none",
         disable_tqdm=True,
         per_device_train_batch_size=train_cfg.batch_size,  # the global batch (split across processes)
-        **(_data_parallel_args(train_cfg, profile_cfg, hw) if hw.world_size > 1 else {}),
+        **(_data_parallel_args(profile_cfg, hw) if hw.world_size > 1 else {}),
     )
 
 
-def _data_parallel_args(train_cfg: Any, profile_cfg: Any, hw: Hardware) -> dict[str, Any]:
+def _data_parallel_args(profile_cfg: Any, hw: Hardware) -> dict[str, Any]:
     """train.batch_size is the global batch: the sampler draws the same batches as a single process would and
     accelerate splits each one across the processes, so a data-parallel run sees the same examples in the same
     steps (and, without dropout, ends with the same adapter within float rounding)."""

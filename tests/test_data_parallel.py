@@ -66,14 +66,10 @@ def test_training_args_split_the_global_batch_across_processes():
     from medsweep.hardware import Hardware
     from omegaconf import OmegaConf
 
-    train_cfg = OmegaConf.create({"batch_size": 8, "grad_accum": 1, "epochs": 1, "max_steps": 2, "lr": 1e-3,
-                                  "lr_scheduler": "linear", "warmup_steps": 0, "weight_decay": 0.0,
-                                  "max_grad_norm": 1.0, "seed": 0, "logging_steps": 1, "save_steps": 10,
-                                  "save_total_limit": 1, "group_by_length": True})
     profile = OmegaConf.create({"dataloader_workers": 0, "time_limit_min": 240})
     hw = Hardware(device="cpu", precision="fp32", threads=1, mode="data_parallel", world_size=2)
     # TrainingArguments would join the process group here; only the keyword arguments are checked
-    kwargs = train._data_parallel_args(train_cfg, profile, hw)
+    kwargs = train._data_parallel_args(profile, hw)
     assert kwargs["accelerator_config"] == {"split_batches": True}
     assert kwargs["ddp_backend"] == "gloo" and kwargs["average_tokens_across_devices"] is True
     assert kwargs["ddp_timeout"] == 240 * 60  # rank 0's evaluations may take longer than torch's default

@@ -107,8 +107,25 @@ def test_preemption_signal_checkpoint_requeue_resume(tmp_path):
     middle of training: the job checkpoints at the step boundary, is requeued, resumes from the checkpoint
     and ends with exactly the adapter of an uninterrupted run."""
     long_run = ["train.max_steps=60", "train.save_steps=10000", "train.logging_steps=10", "eval.num_examples=4"]
-    out = tmp_path / "slurm"
-    sweep = subprocess.Popen([sys.executable, "-m", "medsweep", "-m", *JOB, *long_run, f"output_root={out}"],
+    job, run_dir, rec = _signal_mid_training([*JOB, *long_run], tmp_path / "slurm")
+    assert rec["status"] == "complete"
+    assert int(rec["env"]["slurm"].get("SLURM_RESTART_COUNT", 0)) >= 1, "the job was never requeued"
+    assert rec["train"]["resumed_from"], "the requeued job did not resume from its checkpoint"
+    assert "checkpoint saved at step" in _stdout_of(job)
+
+    reference = run_medsweep("experiment=smoke", "profile.cpus=1", *long_run, f"output_root={tmp_path / 'ref'}")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    (ref_dir,) = (tmp_path / "ref" / "runs").iterdir()
+    assert ref_dir.name == run_dir.name  # same configuration, same run id
+    a = load_file(ref_dir / "adapter" / "adapter_model.safetensors")
+    b = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a), "requeued job's adapter differs from the uninterrupted run's"
+
+
+def _signal_mid_training(overrides: list[str], out: Path) -> tuple[dict, Path, dict]:
+    """A one-job SLURM sweep that gets SLURM's warning signal (submitit's SIGUSR2) once it is training; returns the
+    job, its run directory and its final record after the sweep has ended successfully."""
+    sweep = subprocess.Popen([sys.executable, "-m", "medsweep", "-m", *overrides, f"output_root={out}"],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     job = None
@@ -124,19 +141,7 @@ def test_preemption_signal_checkpoint_requeue_resume(tmp_path):
     stdout, stderr = sweep.communicate(timeout=900)
     assert sweep.returncode == 0, stdout[-2000:] + stderr[-3000:]
     run_dir = Path(job["run_dir"])
-    rec = json.loads((run_dir / "metrics.json").read_text())
-    assert rec["status"] == "complete"
-    assert int(rec["env"]["slurm"].get("SLURM_RESTART_COUNT", 0)) >= 1, "the job was never requeued"
-    assert rec["train"]["resumed_from"], "the requeued job did not resume from its checkpoint"
-    assert "checkpoint saved at step" in _stdout_of(job)
-
-    reference = run_medsweep("experiment=smoke", "profile.cpus=1", *long_run, f"output_root={tmp_path / 'ref'}")
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    (ref_dir,) = (tmp_path / "ref" / "runs").iterdir()
-    assert ref_dir.name == run_dir.name  # same configuration, same run id
-    a = load_file(ref_dir / "adapter" / "adapter_model.safetensors")
-    b = load_file(run_dir / "adapter" / "adapter_model.safetensors")
-    assert all((a[k] == b[k]).all() for k in a), "requeued job's adapter differs from the uninterrupted run's"
+    return job, run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
 def _stdout_of(job: dict) -> str:
@@ -181,23 +186,7 @@ def test_data_parallel_job_runs_two_tasks_on_one_node(tmp_path):
 
 def test_preempted_data_parallel_job_resumes_to_the_same_adapter(tmp_path):
     long_run = ["train.max_steps=40", "train.save_steps=10000", "train.logging_steps=5", "eval.num_examples=4"]
-    out = tmp_path / "slurm"
-    sweep = subprocess.Popen([sys.executable, "-m", "medsweep", "-m", *JOB, *DATA_PARALLEL, *long_run,
-                              f"output_root={out}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    deadline, job = time.time() + 600, None
-    while time.time() < deadline:
-        jobs_file = out / "sweeps" / "sweep" / "sweep_jobs.json"
-        if job is None and jobs_file.is_file():
-            (job,) = json.loads(jobs_file.read_text())
-        if job and "'loss'" in _stdout_of(job):
-            break
-        time.sleep(1)
-    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True, timeout=30)
-    stdout, stderr = sweep.communicate(timeout=900)
-    assert sweep.returncode == 0, stdout[-2000:] + stderr[-3000:]
-    run_dir = Path(job["run_dir"])
-    rec = json.loads((run_dir / "metrics.json").read_text())
+    job, run_dir, rec = _signal_mid_training([*JOB, *DATA_PARALLEL, *long_run], tmp_path / "slurm")
     assert rec["status"] == "complete" and rec["hardware"]["world_size"] == 2
     assert int(rec["env"]["slurm"].get("SLURM_RESTART_COUNT", 0)) >= 1, "the job was never requeued"
     assert rec["train"]["resumed_from"], "the requeued job did not resume from its checkpoint"
