@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 # index instead (also on an existing venv). Empty: the pinned torch from PyPI / the local wheel, as before.
 TORCH_INDEX ?=
 
-.PHONY: install demo test test-fast gpu-check clean FORCE
+.PHONY: install demo test test-fast mutate gpu-check clean FORCE
 
 $(STAMP): pyproject.toml $(if $(TORCH_INDEX),FORCE)
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: install
 
 test-fast: install
 	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+# Mutation testing of the outer modules (README "Tests"); not part of `make test`: it runs the tests thousands of times.
+# ARGS: module names (report fit ...) and --show to print the surviving mutants.
+mutate: install
+	$(BIN)/python scripts/mutate.py $(ARGS)
 
 # The GPU path on a GPU machine, with the torch already installed there (never the CPU wheel `install` pins):
 # README "Checking the GPU path". ARGS: e.g. --only env,train --out DIR.

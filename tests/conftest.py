@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,45 @@ CONF_DIR = ROOT / "conf"
 def need_shared_data() -> None:
     if not MEDQUAD_JSONL.is_file():
         pytest.skip(f"real data not found at {SHARED_DATA} (the project's ../shared/data)")
+
+
+_LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Any attempt of the code under test to resolve or reach a non-local host is refused and listed: "offline
+    fails fast" is then a fact to assert (`no_network == []`), not a wall-clock guess. Loopback and Unix sockets
+    stay open (W&B talks to its own local service)."""
+    attempts: list = []
+    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def local(sock, address) -> bool:
+        return sock.family == getattr(socket, "AF_UNIX", None) or (isinstance(address, tuple)
+                                                                    and address[0] in _LOCAL_HOSTS)
+
+    def connect(sock, address):
+        if local(sock, address):
+            return real_connect(sock, address)
+        attempts.append(address)
+        raise OSError(f"tests/conftest.py no_network: connection to {address} refused")
+
+    def connect_ex(sock, address):
+        if local(sock, address):
+            return real_connect_ex(sock, address)
+        attempts.append(address)
+        return 111
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host in _LOCAL_HOSTS:
+            return real_getaddrinfo(host, *args, **kwargs)
+        attempts.append(host)
+        raise socket.gaierror(f"tests/conftest.py no_network: lookup of {host} refused")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return attempts
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """End to end: the real entrypoint (subprocess, as a user runs it) on tiny_random and real MedQuAD pairs."""
 
 import json
+import re
 
 import pytest
 
@@ -79,3 +80,20 @@ def test_every_epoch_evaluation_reuses_the_last_epoch(tmp_path):
     log = (run_dir / "medsweep.log").read_text()
     assert "evaluating the fine-tuned model" not in log and "the last epoch's" in log
     assert len((run_dir / "predictions.jsonl").read_text().splitlines()) == 8
+
+
+def test_single_run_plan_says_what_would_happen_and_writes_no_run(smoke_run, tmp_path):
+    """`plan=true` without -m: one line per run (would run / complete, fits or REFUSED, GPU-hours), nothing run."""
+    run_dir, overrides, _ = smoke_run
+    done = run_medsweep(*overrides, "plan=true")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(rf"^{re.escape(run_dir.name)}: complete \(would be skipped\); fits: tiny_random .* on local_cpu "
+                     r"\(CPU\): needs [\d.]+ GiB .*; estimated 0\.00 GPU-hours$", done.stdout, re.M), done.stdout
+
+    fresh = run_medsweep(f"output_root={tmp_path}", "model=llama3_8b", "profile=1cpu_1v100", "plan=true")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    line = next(line for line in fresh.stdout.splitlines() if line.startswith("llama3_8b_"))
+    # 8B parameters in fp16 are 15 GiB of weights alone, more than a 16 GB V100 leaves usable
+    assert ": would run; REFUSED: llama3_8b (8.03B, fp16) on 1cpu_1v100 (1 GPU)" in line
+    assert float(re.search(r"estimated ([\d.]+) GPU-hours$", line).group(1)) > 0.05  # a full epoch of 8B
+    assert not list((tmp_path / "runs").glob("*")), "plan=true left a run directory"

@@ -9,7 +9,7 @@ import pytest
 
 from medsweep import data, record
 from medsweep.errors import DataError
-from tests.conftest import MEDQUAD_JSONL, ROOT, SHARED_DATA, need_shared_data, run_medsweep
+from tests.conftest import MEDQUAD_JSONL, ROOT, need_shared_data, run_medsweep
 
 
 def _fails_cleanly(tmp_path, *overrides, key: str, multirun: bool = False):
@@ -144,20 +144,32 @@ def test_atomic_write_never_leaves_a_half_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
 
 
-def test_killed_writer_process_leaves_old_or_new_record(tmp_path):
-    """SIGKILL a process that rewrites metrics.json in a loop: the file always parses."""
+# The writer child SIGKILLs itself at one exact point of atomic_write_text, so every point is hit on every run.
+_KILL_AT = {
+    # half of the new text reached the disk
+    "mid-write": "_open = os.fdopen\nclass Half:\n    def __init__(s, fh): s.fh = fh\n"
+                 "    def __enter__(s): return s\n    def __exit__(s, *a): s.fh.close()\n"
+                 "    def write(s, text):\n        s.fh.write(text[:len(text) // 2]); s.fh.flush(); os.kill(os.getpid(), 9)\n"
+                 "os.fdopen = lambda *a, **k: Half(_open(*a, **k))\n",
+    # the new text is complete and synced, not yet renamed over the record
+    "before-rename": "def replace(*a):\n    os.kill(os.getpid(), 9)\nos.replace = replace\n",
+    # renamed: the new record is in place
+    "after-rename": "_r = os.replace\ndef replace(*a):\n    _r(*a); os.kill(os.getpid(), 9)\nos.replace = replace\n",
+}
+
+
+@pytest.mark.parametrize("moment, expected", [("mid-write", 0), ("before-rename", 0), ("after-rename", 1)])
+def test_killed_writer_process_leaves_old_or_new_record(tmp_path, moment, expected):
+    """SIGKILL inside the writer at each moment: the record is the old one or the new one, whole, never a mix."""
     target = tmp_path / "metrics.json"
     record.atomic_write_json(target, {"status": "running", "n": 0, "pad": "x" * 200_000})
-    code = ("import sys; from pathlib import Path; from medsweep import record\n"
-            "for n in range(100000): record.atomic_write_json(Path(sys.argv[1]), {'status': 'running', 'n': n, "
-            "'pad': 'x' * 200000})\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=ROOT)
-    import time
-
-    time.sleep(2.0)
-    proc.kill()
-    proc.wait()
-    assert json.loads(target.read_text())["status"] == "running"
+    code = ("import os, sys\nfrom pathlib import Path\nfrom medsweep import record\n" + _KILL_AT[moment]
+            + "record.atomic_write_json(Path(sys.argv[1]), {'status': 'running', 'n': 1, 'pad': 'y' * 200000})\n"
+            + "print('not killed')\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # the writer ran and died at that point, not before
+    rec = json.loads(target.read_text())
+    assert rec["n"] == expected and set(rec["pad"]) == {"xy"[expected]}
 
 
 def test_attempt_reruns_a_complete_config_into_a_new_directory(compose):
@@ -177,7 +189,13 @@ SECRETS = {"WANDB_API_KEY": "wandb-secret-4f9a8b7c", "HF_TOKEN": "hf_secret_9d8c
 def test_secrets_never_written(tmp_path, embedded_dir):
     proc = run_medsweep("experiment=smoke", "+data.options.auth_token=override-secret-55aa", f"output_root={tmp_path}",
                         env=SECRETS)
-    # the sample loader takes no options: the run fails after writing its record; either way nothing may leak
+    assert proc.returncode == 0, proc.stderr[-2000:]  # a crash before any write would leak nothing either
+    [run_dir] = (tmp_path / "runs").iterdir()
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["status"] == "complete"
+    # the key stays visible, its value does not, in the record and in Hydra's own files
+    assert "+data.options.auth_token=***" in json.dumps(rec)
+    assert "+data.options.auth_token=***" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     text = proc.stdout + proc.stderr
     for path in tmp_path.rglob("*"):
         if path.is_file():

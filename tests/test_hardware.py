@@ -120,3 +120,54 @@ def test_peak_memory_on_cpu_is_rss():
     mem = hardware.peak_memory(Hardware("cpu", "fp32", 1))
     assert set(mem) == {"peak_memory_mb"} and mem["peak_memory_mb"] > 10
     assert hardware.peak_memory_mb("cpu") >= mem["peak_memory_mb"]
+
+
+@pytest.mark.parametrize("device, precision, has_bf16, expected", [
+    ("auto", "auto", False, ("cpu", "fp32")),  # no CUDA: the CPU; bf16 would be emulated there, so fp32
+    ("auto", "auto", True, ("cpu", "bf16")),  # AVX512-BF16 / AMX: native bf16 on the CPU
+    ("cpu", "auto", False, ("cpu", "fp32")),
+    ("cpu", "bf16", False, ("cpu", "bf16")),  # asked for explicitly: granted (emulated, the user's choice)
+    ("cpu", "fp32", True, ("cpu", "fp32")),
+])
+def test_resolve_without_cuda(monkeypatch, device, precision, has_bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: has_bf16)
+    hw = hardware.resolve(profile(device=device, precision=precision))
+    assert (hw.device, hw.precision) == expected and hw.gpus == []
+
+
+def test_resolve_errors_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^profile.device=cuda is invalid: no CUDA GPU is visible on this machine "
+                                          r"\(profile test\); use profile=local_cpu"):
+        hardware.resolve(profile(device="cuda"))
+    with pytest.raises(ConfigError, match=r"^profile.precision=fp16 is invalid on the CPU: allowed fp32, bf16, auto"):
+        hardware.resolve(profile(device="cpu", precision="fp16"))
+
+
+@pytest.mark.parametrize("device, precision, gpu, expected", [
+    ("auto", "auto", "a100", ("cuda", "bf16", torch.bfloat16)),  # CUDA visible: auto picks it
+    ("cuda", "fp16", "a100", ("cuda", "fp16", torch.float16)),
+    ("cuda", "fp32", "v100", ("cuda", "fp32", torch.float32)),
+    ("cpu", "auto", "a100", ("cpu", "fp32", torch.float32)),  # a CPU profile on a GPU node stays on the CPU
+])
+def test_resolve_with_cuda(fake_cuda, monkeypatch, device, precision, gpu, expected):
+    fake_cuda([gpu], CU126)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    hw = hardware.resolve(profile(device=device, precision=precision))
+    assert (hw.device, hw.precision, hw.weight_dtype) == expected
+
+
+def test_resolve_checks_the_build_before_anything_else(fake_cuda):
+    fake_cuda(["v100"], NO_VOLTA)
+    with pytest.raises(ConfigError, match=r"GPU 0 \(Tesla V100-SXM2-16GB, sm_70\) cannot run this torch build"):
+        hardware.resolve(profile(precision="fp16"))
+    fake_cuda(["a100"], NO_VOLTA)  # the GPU a data-parallel rank owns must exist
+    with pytest.raises(ConfigError, match=r"GPU 1 is invalid: this process sees 1 GPU\(s\)"):
+        hardware.resolve(profile(), mode="data_parallel", world_size=2, rank=1, local_rank=1)
+
+
+def test_cpu_weights_stay_fp32_whatever_the_precision():
+    # bf16 on the CPU runs through autocast; the weights themselves stay fp32 there
+    assert Hardware("cpu", "bf16", 2).weight_dtype == torch.float32
+    assert Hardware("cuda", "bf16", 2).weight_dtype == torch.bfloat16

@@ -4,6 +4,7 @@ same adapter weights and metrics as an uninterrupted run of the same seed."""
 
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -52,6 +53,7 @@ def test_signal_checkpoint_then_resume_is_bit_identical(compose, tmp_path, monke
     assert (tmp_path / "b" / "checkpoints" / "checkpoint-3").is_dir()  # saved on the signal, not by save_steps
 
     monkeypatch.setattr(train.StepTimer, "on_step_end", original)
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
     resumed = run.train_eval(cfg, tmp_path / "b")  # the requeued job: same directory, same config
     assert resumed["status"] == "complete"
     assert resumed["train"]["resumed_from"].endswith("checkpoint-3")
@@ -62,6 +64,14 @@ def test_signal_checkpoint_then_resume_is_bit_identical(compose, tmp_path, monke
     assert all((a[k] == b[k]).all() for k in a), "resumed adapter differs from the uninterrupted one"
     for key in ("exact_match", "f1", "bleu", "rougeL", "perplexity"):
         assert resumed["metrics"][key] == uninterrupted["metrics"][key]
+
+    # resume=false: the same interrupted directory trains again from step 0, ignoring checkpoint-3
+    restarted = run.train_eval(compose(["experiment=smoke", "train.max_steps=6", "train.save_steps=100",
+                                        "eval.num_examples=4", "resume=false"]), tmp_path / "c")
+    assert restarted["status"] == "complete" and restarted["train"]["resumed_from"] is None
+    assert restarted["train"]["steps"] == 6 and len(restarted["train"]["log_history"]) == 6
+    c = load_file(tmp_path / "c" / "adapter" / "adapter_model.safetensors")
+    assert all((a[k] == c[k]).all() for k in a), "a fresh start of the same seed differs from the first run"
 
 
 def test_complete_record_is_never_overwritten(compose, tmp_path, embedded_dir):

@@ -5,7 +5,6 @@ W&B 0.31 writes no files/config.yaml or files/wandb-summary.json for an offline 
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -85,13 +84,12 @@ def test_logger_none_is_a_no_op(compose, tmp_path):
     assert not (tmp_path / "run" / "wandb").exists()
 
 
-def test_offline_run_is_redacted_and_complete(compose, wandb_env, monkeypatch):
+def test_offline_run_is_redacted_and_complete(compose, wandb_env, monkeypatch, no_network):
     run_dir = wandb_env / "runs" / "job-a"
     monkeypatch.setattr(sys, "argv", ["medsweep", "lora.r=4", f"logger.api_key={CFG_KEY}", f"y={WANDB_KEY}"])
-    t0 = time.perf_counter()
     tracker = tracking.start(_cfg(compose), run_dir, ["lora.r=4", f"+some_token={CFG_TOKEN}"])
     assert isinstance(tracker, tracking.WandbTracker) and tracker.run.id == tracking.run_id(run_dir)
-    assert time.perf_counter() - t0 < 30
+    assert no_network == []  # offline mode reaches for no host
 
     class State:
         global_step = 2
@@ -150,14 +148,13 @@ def test_resumed_job_continues_its_run(compose, wandb_env):
     assert sorted(r["exit_code"] for r in runs) == [0, 1]
 
 
-def test_init_failure_is_one_clear_error(compose, wandb_env, monkeypatch):
+def test_init_failure_is_one_clear_error(compose, wandb_env, monkeypatch, no_network):
     monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("NETRC", str(wandb_env / "no-netrc"))
-    t0 = time.perf_counter()
     with pytest.raises(MedsweepError, match=r"logger=wandb: wandb.init failed .*logger.mode=offline"):
         tracking.start(_cfg(compose, "logger.mode=online"), wandb_env / "runs" / "job-o", [])
-    assert time.perf_counter() - t0 < 30
+    assert no_network == []  # refused for want of a key before any connection, so it cannot hang on one
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -165,12 +164,44 @@ def test_configured_tokens_must_exist(compose, embedded_dir):
         models.configure_tokenizer(AutoTokenizer.from_pretrained(embedded_dir), m)
 
 
+def _forced_answer(cfg, tokenizer, model, script: list[int]) -> tuple[str, int, int]:
+    """Generate through evaluate.generate with the LM head forced to emit `script` (its last id repeated after):
+    the answer, its counted tokens and how many forward passes generation made."""
+    from medsweep import evaluate
+
+    steps = iter(range(10_000))
+
+    def force(module, args, logits):
+        token = script[min(next(steps), len(script) - 1)]
+        forced = torch.full_like(logits, -1e4)
+        forced[..., token] = 1e4
+        return forced
+
+    handle = model.lm_head.register_forward_hook(force)
+    try:
+        answers, _, n_tokens = evaluate.generate(model, tokenizer, [{"question": "What is it?", "answer": "x"}],
+                                                 cfg.data, cfg.model, cfg.eval, CPU)
+    finally:
+        handle.remove()
+    return answers[0], n_tokens[0], next(steps)
+
+
 def test_end_of_turn_stops_generation(compose, embedded_dir):
-    m = compose(["model=tiny_random"]).model
-    m.end_of_turn = "<|im_start|>"  # any token of the vocabulary that is not eos
-    tokenizer = models.load_tokenizer(m)
-    model, _ = models.load_model(m, tokenizer, CPU, seed=0)
+    cfg = compose(["model=tiny_random", "eval.max_new_tokens=12", "eval.batch_size=1"])
+    cfg.model.end_of_turn = "<|im_start|>"  # any token of the vocabulary that is not eos
+    tokenizer = models.load_tokenizer(cfg.model)
+    model, _ = models.load_model(cfg.model, tokenizer, CPU, seed=0)
     assert set(model.generation_config.eos_token_id) == {tokenizer.eos_token_id, tokenizer.bos_token_id}
+    turn_end = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    word = tokenizer.convert_tokens_to_ids("yes")
+    # the model says "yes yes" then closes its turn: generation stops there, the marker is not in the answer
+    # (the forward-pass count shows generation itself stopped, not only the decoding of its output)
+    assert _forced_answer(cfg, tokenizer, model, [word, word, turn_end]) == ("yesyes", 3, 3)
+
+    cfg.model.end_of_turn = None  # without it, the same model runs on to max_new_tokens
+    plain, _ = models.load_model(cfg.model, tokenizer, CPU, seed=0)
+    answer, n_tokens, forwards = _forced_answer(cfg, tokenizer, plain, [word, word, turn_end])
+    assert n_tokens == forwards == 12 and answer.startswith("yesyes")
 
 
 # --------------------------------------------------------------------------- QLoRA guards
@@ -222,14 +253,13 @@ def test_pubmedqa_config_asks_for_a_decision_and_pins_the_labelled_set(compose):
     assert "yes, no or maybe" in d.instruction
 
 
-def test_hub_dataset_offline_fails_fast_with_a_hint(compose):
+def test_hub_dataset_offline_fails_fast_with_a_hint(compose, no_network):
     cfg = compose(["data=medchat"])
-    start = time.perf_counter()
     with pytest.raises(DataError) as err:
         data.build(cfg.data, eval_size=cfg.train.eval_split)
     message = str(err.value)
     assert "\n" not in message and "'ngram/medchat-qa'" in message and "data.path" in message
-    assert time.perf_counter() - start < 20  # offline: no network timeout
+    assert no_network == []  # offline: not one lookup or connection, so no network timeout to wait for
 
 
 def _no_leak(splits: data.Splits) -> None:

@@ -1,0 +1,146 @@
+"""Mutation testing of medsweep's outer modules with mutmut: does a green suite mean the features work?
+
+    make mutate                                   # all outer modules, their own tests
+    .venv/bin/python scripts/mutate.py report fit # some modules
+    .venv/bin/python scripts/mutate.py fit --show # print the diff of every unexplained survivor
+
+mutmut copies the code into `<workdir>/mutants/`, changes one operator, constant or call at a time, and runs the
+tests that cover the changed function. A mutant the tests do not notice "survives". Survivors that cannot change
+behaviour (equivalent mutants) are named, with the reason, in tests/equivalent_mutants.txt; every other survivor
+is a test to write. The score per module is killed / (mutants - named equivalents).
+
+The work happens in a scratch copy (default results/mutation/), so the checkout and its `mutants/` stay clean and
+two runs over different modules can go on side by side with different --workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENTS = ROOT / "tests" / "equivalent_mutants"
+COPIED = ("medsweep", "conf", "hydra_plugins", "scripts", "tests", "pyproject.toml")
+
+# Which tests may kill the mutants of each module; mutmut narrows them further to the tests that call each function.
+# Tests that need the live SLURM or a Label Studio server are left out (mutmut runs thousands of short test runs).
+TESTS: dict[str, list[str]] = {
+    "report": ["tests/test_report.py"],
+    "synth": ["tests/test_synth.py"],
+    "sweep": ["tests/test_sweep.py", "tests/test_launcher.py"],
+    "launcher": ["tests/test_launcher.py", "tests/test_sweep.py", "tests/test_launcher_local_gpus.py"],
+    "fit": ["tests/test_fit.py", "tests/test_sweep.py"],
+    "record": ["tests/test_run_ids.py", "tests/test_errors.py", "tests/test_record.py"],
+    "labelstudio": ["tests/test_labelstudio.py"],
+    "export": ["tests/test_export.py"],
+}
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed", None: "not checked"}
+
+
+def equivalents() -> dict[str, str]:
+    """tests/equivalent_mutants/<module>.txt: `<mutant name>  # why it cannot change behaviour`, one per line."""
+    named: dict[str, str] = {}
+    for path in sorted(EQUIVALENTS.glob("*.txt")):
+        for line in path.read_text().splitlines():
+            name, _, why = line.partition("#")
+            if name.strip():
+                named[name.strip()] = why.strip()
+    return named
+
+
+def prepare(workdir: Path, modules: list[str], fresh: bool) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        shutil.rmtree(workdir / "mutants", ignore_errors=True)
+    for name in COPIED:
+        src, dst = ROOT / name, workdir / name
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dst)
+    tests = sorted({t for m in modules for t in TESTS.get(m, []) if (ROOT / t).exists()})
+    settings = {
+        "source_paths": ["medsweep/"],
+        "only_mutate": [f"medsweep/{m}.py" for m in modules],
+        "also_copy": ["conf/", "hydra_plugins/", "scripts/"],
+        "pytest_add_cli_args_test_selection": tests,
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-m", "not slurm and not labelstudio"],
+    }
+    pyproject = (workdir / "pyproject.toml").read_text().split("\n[tool.mutmut]")[0]
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    (workdir / "pyproject.toml").write_text(pyproject.rstrip() + "\n" + "\n".join(lines) + "\n")
+
+
+def results(workdir: Path, modules: list[str]) -> dict[str, dict[str, str]]:
+    """mutant name -> status, per module, from mutmut's .meta files."""
+    out: dict[str, dict[str, str]] = {}
+    for module in modules:
+        meta = workdir / "mutants" / "medsweep" / f"{module}.py.meta"
+        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        out[module] = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", default=list(TESTS), help="modules of medsweep/ (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "mutation")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--keep", action="store_true", help="reuse the previous run's verdicts where mutmut can")
+    parser.add_argument("--report-only", action="store_true", help="summarise the last run without running")
+    parser.add_argument("--show", action="store_true", help="print the diff of every unexplained survivor")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if not (ROOT / "medsweep" / f"{m}.py").exists()]
+    if unknown:
+        print(f"error: no module medsweep/{unknown[0]}.py", file=sys.stderr)
+        return 2
+    mutmut = Path(sys.executable).with_name("mutmut")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    if not args.report_only:
+        prepare(args.workdir, args.modules, fresh=not args.keep)
+        done = subprocess.run([str(mutmut), "run", "--max-children", str(args.max_children)], cwd=args.workdir,
+                              env=env, stdout=subprocess.DEVNULL)
+        if done.returncode:
+            print(f"error: mutmut exited {done.returncode} (run it in {args.workdir} to see why)", file=sys.stderr)
+            return done.returncode
+
+    named = equivalents()
+    unexplained: list[str] = []
+    print(f"{'module':<12} {'mutants':>7} {'killed':>7} {'equiv.':>7} {'survived':>8} {'no tests':>8} "
+          f"{'timeout':>7} {'score':>6}")
+    for module, statuses in results(args.workdir, args.modules).items():
+        counts = Counter(statuses.values())
+        survivors = [n for n, s in statuses.items() if s in ("survived", "no tests")]
+        equiv = [n for n in survivors if n in named]
+        unexplained += [n for n in survivors if n not in named]
+        scored = len(statuses) - len(equiv)
+        score = f"{100 * counts['killed'] / scored:.0f}%" if scored else "-"
+        print(f"{module:<12} {len(statuses):>7} {counts['killed']:>7} {len(equiv):>7} "
+              f"{counts['survived'] - sum(statuses[n] == 'survived' for n in equiv):>8} "
+              f"{counts['no tests'] - sum(statuses[n] == 'no tests' for n in equiv):>8} {counts['timeout']:>7} "
+              f"{score:>6}")
+    stale = [n for n in named if n.split(".")[1] in args.modules
+             and all(n not in s for s in results(args.workdir, args.modules).values())]
+    if stale:
+        print(f"\n{len(stale)} named equivalent(s) no longer exist (code changed): {', '.join(stale[:5])} ...")
+    if unexplained:
+        print(f"\n{len(unexplained)} unexplained survivor(s):")
+        for name in unexplained:
+            print(f"  {name}")
+            if args.show:
+                shown = subprocess.run([str(mutmut), "show", name], cwd=args.workdir, env=env,
+                                       capture_output=True, text=True)
+                print("    " + shown.stdout.strip().replace("\n", "\n    "))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
