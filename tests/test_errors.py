@@ -40,8 +40,24 @@ def _fails_cleanly(tmp_path, *overrides, key: str, multirun: bool = False):
     ("eval.num_examples=50", "eval.num_examples=50"),
     ("model.load_in_4bit=true", "model.load_in_4bit"),
 ])
-def test_config_errors_are_one_line_exit_2_no_run_dir(tmp_path, override, key):
-    _fails_cleanly(tmp_path, override, key=key)
+def test_config_errors_are_one_line_exit_2_no_run_dir(tmp_path, monkeypatch, capsys, override, key):
+    """The console script's own main(), in-process (the pre-flight needs no subprocess; one subprocess case below
+    proves the installed entrypoint)."""
+    from medsweep import cli, run
+
+    monkeypatch.setattr(sys, "argv", ["medsweep", override, f"output_root={tmp_path}"])
+    monkeypatch.setattr(run, "hydra_main", lambda: pytest.fail("the pre-flight let the value through"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 2
+    assert len(lines) == 1 and lines[0].startswith("medsweep: error: ") and key in lines[0], lines
+    assert not any(tmp_path.rglob("*")), "a run directory was left behind"
+
+
+def test_config_error_through_the_console_script(tmp_path):
+    _fails_cleanly(tmp_path, "lora.dropout=1", key="lora.dropout=1.0")
 
 
 def test_sweep_value_errors_are_caught_before_submission(tmp_path):
