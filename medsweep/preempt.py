@@ -6,12 +6,19 @@ the Trainer saves a full checkpoint (adapter, optimizer, scheduler, RNG, data po
 is submitit's handler called. A resumed job restarts from that checkpoint and ends with the same adapter
 as an uninterrupted run. Outside training (evaluation) the signal goes straight to submitit. Under data
 parallelism every rank checkpoints at the same step; submitit's handler requeues from rank 0 only.
+
+Outside a scheduler, Ctrl-C (SIGINT) and SIGTERM take the same path with `stop_on_signals`: the step finishes, a
+checkpoint is saved, and the run stops with `Interrupted` (record `interrupted`, exit 130 / 143, one line saying
+that the same command resumes). A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from transformers import TrainerCallback
@@ -20,6 +27,42 @@ from medsweep import distributed
 
 log = logging.getLogger(__name__)
 SIGNAL = signal.SIGUSR2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM outside a scheduler. A BaseException, like KeyboardInterrupt: no `except Exception` on the
+    way up may swallow it. `step` is where training stopped after its checkpoint (None: before or after training)."""
+
+    def __init__(self, signum: int, step: int | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step = signum, step
+        self.exit_code = 128 + signum  # what a shell reports for a process killed by that signal
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT / SIGTERM raise Interrupted in the main thread while inside; the previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_interrupted) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def callbacks() -> list[CheckpointOnSignal]:
+    """The Trainer callbacks that turn this process's stop signals into a checkpoint at the next step boundary:
+    SLURM's warning (under submitit), and Ctrl-C / SIGTERM where stop_on_signals is in force."""
+    stops = [CheckpointOnSignal(s) for s in STOP_SIGNALS if signal.getsignal(s) is _raise_interrupted]
+    return [CheckpointOnSignal(), *stops]
 
 
 class CheckpointOnSignal(TrainerCallback):
@@ -34,7 +77,10 @@ class CheckpointOnSignal(TrainerCallback):
             signal.signal(self.signum, self._hold)
 
     def _hold(self, signum, frame):
-        log.warning("signal %s: checkpointing at the end of this step, then requeueing", signal.Signals(signum).name)
+        if self.pending and self.previous is _raise_interrupted:
+            raise Interrupted(signum)  # asked twice: stop now
+        then = "stopping (again to stop at once)" if self.previous is _raise_interrupted else "requeueing"
+        log.warning("signal %s: checkpointing at the end of this step, then %s", signal.Signals(signum).name, then)
         self.pending = (signum, frame)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -48,8 +94,12 @@ class CheckpointOnSignal(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if self.pending:
-            log.warning("checkpoint saved at step %d; handing over to the job scheduler", state.global_step)
-            self._release()
+            log.warning("checkpoint saved at step %d", state.global_step)
+            try:
+                self._release()
+            except Interrupted as exc:
+                exc.step = state.global_step
+                raise
 
     def on_train_end(self, args, state, control, **kwargs):
         self._release()

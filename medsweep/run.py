@@ -6,6 +6,7 @@ add LoRA -> train (resuming from the last checkpoint) -> save adapter -> evaluat
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -25,10 +26,10 @@ try:
     from omegaconf import DictConfig, OmegaConf
 
     from medsweep import config as config_schema
-    from medsweep import cache, data, distributed, hardware, models, record, tracking, train
+    from medsweep import cache, data, distributed, hardware, models, preempt, record, tracking, train
     from medsweep.errors import ConfigError, MedsweepError
     from medsweep.evaluate import evaluate
-    from medsweep.preempt import CheckpointOnSignal
+    from medsweep.runlock import RunInUse, RunLock
 finally:
     gc.freeze()  # what the imports created is never garbage: later collections need not rescan it
     if _collecting:
@@ -47,6 +48,13 @@ def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     predictions, W&B) and evaluates; the other ranks train their share of each batch and return a record
     that says which rank they were."""
     world = distributed.detect()
+    if not world.is_main:
+        return _run(cfg, run_dir, world)
+    with RunLock(run_dir):  # one writer per run directory (runlock.py)
+        return _run(cfg, run_dir, world)
+
+
+def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, Any]:
     if world.is_main:
         record.scrub_yaml_files([run_dir / ".hydra" / n for n in ("config.yaml", "overrides.yaml", "hydra.yaml")])
     config_schema.validate(cfg)
@@ -155,7 +163,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     checkpoint_dir = run_dir / "checkpoints"
     args = train.training_args(cfg.train, cfg.profile, hw, checkpoint_dir)
     timer = train.StepTimer()
-    callbacks = [timer, train.DivergenceCheck(), CheckpointOnSignal()]
+    callbacks = [timer, train.DivergenceCheck(), *preempt.callbacks()]
     epoch_eval = None
     if cfg.eval.every_epoch and main:
         epoch_eval = train.EpochEval(lambda m: evaluate(m, tokenizer, eval_records, cfg, hw))
@@ -163,7 +171,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     if (tracker_cb := tracker.callback(epoch_eval.results if epoch_eval else None)) is not None:
         callbacks.append(tracker_cb)  # after epoch_eval: logs each epoch result as it lands
     trainer = train.build_trainer(model, tokenizer, train_ds, args, callbacks)
-    resume_from = train.last_checkpoint(checkpoint_dir) if cfg.resume else None
+    resume_from = train.last_checkpoint(checkpoint_dir, tidy=main) if cfg.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)
     log.info("training: %d examples, %d trainable parameters, %s on %s (%s, %d process(es)), %d threads",
@@ -236,7 +244,7 @@ def summary_table(rec: dict[str, Any]) -> str:
 def _remove_if_fresh(run_dir: Path, config_error: bool = False) -> None:
     """Remove a run directory that holds nothing but what this failed start wrote: Hydra's files, and for a
     config error found during the run (e.g. a LoRA target the model lacks) its failed record."""
-    fresh = {".hydra", "medsweep.log"} | ({"config.yaml", "metrics.json", "wandb"} if config_error else set())
+    fresh = {".hydra", "medsweep.log", ".lock"} | ({"config.yaml", "metrics.json", "wandb"} if config_error else set())
     rec = record.read_record(run_dir)
     if rec and rec.get("status") != "failed":
         return
@@ -264,14 +272,23 @@ def hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     for noisy in ("transformers", "datasets", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    under_scheduler = bool(os.environ.get("SUBMITIT_EXECUTOR"))  # submitit owns the signals there (preempt.py)
     try:
         if cfg.plan:
             plan_single(cfg, run_dir)
             _remove_if_fresh(run_dir)
             return
-        rec = train_eval(cfg, run_dir)
+        with contextlib.nullcontext() if under_scheduler else preempt.stop_on_signals():
+            rec = train_eval(cfg, run_dir)
+    except preempt.Interrupted as exc:
+        last = train.last_checkpoint(run_dir / "checkpoints", tidy=False)
+        where = f"at step {exc.step}, checkpoint saved" if exc.step is not None else "before the next checkpoint"
+        resume = f"resumes from {Path(last).name}" if last else "starts it again"
+        print(f"medsweep: interrupted by {exc} {where}; the same command {resume} ({run_dir})", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except MedsweepError as exc:
-        _remove_if_fresh(run_dir, config_error=isinstance(exc, ConfigError))
+        if not isinstance(exc, RunInUse):  # the directory is another live run's
+            _remove_if_fresh(run_dir, config_error=isinstance(exc, ConfigError))
         print(f"medsweep: error: {exc}", file=sys.stderr)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("SUBMITIT_EXECUTOR"):
             raise  # under submitit the launcher reports the message and SLURM marks the job FAILED

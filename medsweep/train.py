@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +25,6 @@ from medsweep.errors import TrainingDiverged
 from medsweep.kernels import fast_lora, linear_cross_entropy
 from medsweep.prompts import IGNORE_INDEX, _adds_bos, render_many
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
@@ -330,8 +332,30 @@ def build_trainer(model, tokenizer, train_ds, args: TrainingArguments, callbacks
                              processing_class=tokenizer, callbacks=callbacks)
 
 
-def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+def _complete(checkpoint: Path, step: int) -> bool:
+    """The Trainer writes a checkpoint's weights, optimizer, scheduler and RNG states first and trainer_state.json
+    last: a checkpoint whose state file parses and names its own step was written to the end. A job killed while
+    writing (kill -9, OOM killer, node loss) leaves one that does not."""
+    try:
+        return json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step") == step
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def last_checkpoint(checkpoint_dir: Path, tidy: bool = False) -> str | None:
+    """The newest complete checkpoint-N, or None. `tidy` (the writing rank): incomplete newer ones are removed, so
+    that neither the resumed Trainer nor its checkpoint rotation ever picks one up."""
+    if not checkpoint_dir.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in checkpoint_dir.iterdir()
+                   if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir())
+    for step, path in reversed(found):
+        if _complete(path, step):
+            return str(path)
+        if tidy:
+            log.warning("%s is incomplete (the job was stopped while writing it): removed", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def loss_history(trainer: Trainer) -> list[dict[str, Any]]:
