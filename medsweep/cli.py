@@ -85,12 +85,35 @@ def _one_line(exc: BaseException) -> str:
     return ": ".join(parts)
 
 
+def _refuse_secrets(overrides: list[str]) -> None:
+    """A secret on the command line would be saved in clear text by Hydra (.hydra/overrides.yaml, its error line)
+    and by submitit (every job's pickles and logs): refuse it before anything is written, without echoing it.
+    Secrets come from the environment (HF_TOKEN, WANDB_API_KEY, OPENAI_API_KEY), or as `${oc.env:NAME}`."""
+    from medsweep import record
+
+    env_secrets = record.secret_values(overrides=False)
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or value in ("", "null") or value.startswith("${oc.env:"):
+            continue
+        if record.is_secret_key(key.rsplit(".", 1)[-1]):
+            raise ConfigError(f"{key}=... is refused: secrets are not taken on the command line (Hydra and submitit "
+                              f"would save them in files); export it and pass {key}='${{oc.env:NAME}}', or let "
+                              f"medsweep read HF_TOKEN / WANDB_API_KEY / OPENAI_API_KEY from the environment")
+        named = next((name for name, secret in env_secrets if secret in value), None)
+        if named:
+            raise ConfigError(f"{key}=... is refused: its value holds the value of ${named}; secrets are not taken "
+                              f"on the command line")
+
+
 def preflight(args: list[str]) -> None:
     """Compose and validate every value of every override (one composition per sweep value, not per
     combination); for a single run, also the fit of the model on the profile."""
     from medsweep import config, fit
 
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    _refuse_secrets(overrides)
     fixed, sweeps = _expand(overrides)
     _check_group_names(fixed + [value for values in sweeps for value in values])
     # Every value of every sweep, each with the first value of the other sweeps (a sweep may supply a key

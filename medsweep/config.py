@@ -7,12 +7,16 @@ the config is composed; `validate()` checks the ranges and the cross-field rules
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from medsweep.errors import ConfigError
 
@@ -201,8 +205,95 @@ def _one_of(key: str, value: Any, allowed: list[Any]) -> None:
     _require(value in allowed, key, value, "allowed: " + ", ".join(map(str, allowed)))
 
 
+SEED_MAX = 2**32 - 1  # numpy's limit (transformers' set_seed seeds numpy too); torch takes up to 2**64 - 1
+# A value Hydra writes into a path (the sweep directory) must stay a single plain directory name.
+_PLAIN_NAME = r"[A-Za-z0-9][A-Za-z0-9._=+,-]{0,99}"
+
+
+def _resolve_all(cfg: DictConfig) -> None:
+    """Every interpolation resolves (a missing key or env variable fails here, not after the model loaded)."""
+    try:
+        for key in cfg:
+            if key != "hydra":  # Hydra's own node (present at launch) resolves at run time
+                node = cfg[key]
+                if isinstance(node, DictConfig):
+                    OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "a value"
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"{key} is invalid: {reason}") from None
+
+
+def _loader_options(loader: str) -> set[str] | None:
+    """The data.options a loader reads (None: it takes any)."""
+    if loader in ("sample", "local"):
+        return set()  # read as a plain table: no options
+    if loader == "mix":
+        return {"parts", "seed"}
+    from medsweep import loaders
+
+    func = loaders.LOADERS.get(loader)
+    if func is None:
+        return None  # an unknown loader is reported by its own check
+    params = inspect.signature(func).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY} - {"hub", "hub_config", "hub_split"}
+
+
+def unread_keys(cfg: DictConfig) -> list[str]:
+    """Keys in the composed config that no code reads: added with `+`, misspelt in a YAML file, or a loader option
+    the chosen loader does not take. Free-form mappings (model.random_config, site.additional_parameters) are
+    passed through to libraries and not checked."""
+    found: list[str] = []
+
+    def walk(node: Any, schema: type, prefix: str) -> None:
+        hints = typing.get_type_hints(schema)
+        names = {f.name for f in dataclasses.fields(schema)}
+        for key in node:
+            dotted = f"{prefix}{key}"
+            if dotted == "hydra":
+                continue
+            if key not in names:
+                found.append(dotted)
+            elif dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
+                walk(node[key], hints[key], dotted + ".")
+
+    walk(cfg, RunConfig, "")
+    options = _loader_options(str(cfg.data.loader))
+    if options is not None and cfg.data.options:
+        found += [f"data.options.{k}" for k in cfg.data.options if k not in options]
+    return found
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """What the schema's types cannot say: every interpolation resolves, no key is unread, values stay inside what
+    the libraries accept (seeds, scheduler names), names that become paths stay plain."""
+    _resolve_all(cfg)
+    unread = unread_keys(cfg)
+    if unread:
+        raise ConfigError(f"{unread[0]} is invalid: nothing reads it (misspelt, or an option "
+                          f"{'of another loader' if unread[0].startswith('data.options.') else 'medsweep lacks'}); "
+                          f"remove it" + (f" ({len(unread) - 1} more: {', '.join(unread[1:4])})" if unread[1:] else ""))
+    import re
+
+    from transformers import SchedulerType
+
+    schedulers = [s.value for s in SchedulerType]
+    _one_of("train.lr_scheduler", cfg.train.lr_scheduler, schedulers)
+    for key, value in (("train.seed", cfg.train.seed), ("data.split_seed", cfg.data.split_seed)):
+        _require(0 <= value <= SEED_MAX, key, value, f"must be in [0, {SEED_MAX}] (what numpy and torch accept)")
+    _require(re.fullmatch(_PLAIN_NAME, str(cfg.sweep_name)) is not None, "sweep_name", cfg.sweep_name,
+             "must be a plain directory name (letters, digits, . _ = + , -; at most 100 characters)")
+    m = cfg.model
+    _require(cfg.lora.r <= m.hidden_size, "lora.r", cfg.lora.r,
+             f"must not exceed the width of the layers it adapts ({m.name}: hidden_size {m.hidden_size})")
+
+
 def validate(cfg: Any) -> None:
     """Range and cross-field checks on a composed config; raises ConfigError naming the key."""
+    if isinstance(cfg, DictConfig):
+        check_inputs(cfg)
     m, lo, d, t, e, p = cfg.model, cfg.lora, cfg.data, cfg.train, cfg.eval, cfg.profile
     _one_of("model.source", m.source, ["hub", "embedded", "random"])
     _one_of("model.family", m.family, ["llama", "mistral", "gemma", "gpt2"])

@@ -108,9 +108,19 @@ def is_secret_key(key: Any) -> bool:
 _OVERRIDE_SECRETS: set[str] = set()  # values given on the command line for secret-looking keys
 
 
+def secret_values(overrides: bool = True) -> list[tuple[str, str]]:
+    """(name, value) of every secret this process knows: the well-known tokens, any environment variable whose
+    name looks secret (MY_SERVICE_TOKEN), and values given for secret-looking keys in overrides."""
+    found = [(k, v) for k in SECRET_ENV if len(v := os.environ.get(k, "")) >= 4]
+    found += [(k, v) for k, v in os.environ.items() if k not in SECRET_ENV and is_secret_key(k) and len(v) >= 8]
+    if overrides:
+        found += [("override", v) for v in sorted(_OVERRIDE_SECRETS)]
+    return found
+
+
 def redact(obj: Any) -> Any:
     """Replace the values of secret-looking keys, and any secret env or override value that appears in text."""
-    secrets = [v for k in SECRET_ENV if len(v := os.environ.get(k, "")) >= 4] + sorted(_OVERRIDE_SECRETS)
+    secrets = [v for _, v in secret_values()]
     if isinstance(obj, dict):
         return {
             k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v))

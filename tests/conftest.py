@@ -27,6 +27,22 @@ def need_shared_data() -> None:
         pytest.skip(f"real data not found at {SHARED_DATA} (the project's ../shared/data)")
 
 
+# Secrets set in the environment of runs under test: none of these values may reach a file or the console.
+SECRET_ENV = {"WANDB_API_KEY": "wandb-secret-4f9a8b7c", "HF_TOKEN": "hf_secret_9d8c7b6a",
+              "OPENAI_API_KEY": "sk-secret-1a2b3c4d", "MY_SERVICE_TOKEN": "svc-secret-77aa88bb"}
+
+
+def assert_no_secret(root: Path, console: str, secrets=tuple(SECRET_ENV.values())) -> int:
+    """No secret in any file under root (records, configs, Hydra's and submitit's files, pickles, logs, W&B) nor
+    on the console; returns how many files were read, so a caller can check there was something to search."""
+    files = [p for p in root.rglob("*") if p.is_file()]
+    for secret in secrets:
+        assert secret not in console, f"secret {secret} printed"
+        for path in files:
+            assert secret.encode() not in path.read_bytes(), f"secret {secret} written to {path}"
+    return len(files)
+
+
 _LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from medsweep import data, record
 from medsweep.errors import DataError
-from tests.conftest import MEDQUAD_JSONL, ROOT, need_shared_data, run_medsweep
+from tests.conftest import MEDQUAD_JSONL, ROOT, SECRET_ENV, assert_no_secret, need_shared_data, run_medsweep
 
 
 def _fails_cleanly(tmp_path, *overrides, key: str, multirun: bool = False):
@@ -198,26 +198,44 @@ def test_attempt_reruns_a_complete_config_into_a_new_directory(compose):
 
 # ---- secrets ----------------------------------------------------------------------------------------
 
-SECRETS = {"WANDB_API_KEY": "wandb-secret-4f9a8b7c", "HF_TOKEN": "hf_secret_9d8c7b6a",
-           "OPENAI_API_KEY": "sk-secret-1a2b3c4d"}
+def test_a_secret_on_the_command_line_is_refused_unechoed(tmp_path, monkeypatch, capsys):
+    from medsweep import cli, run
+
+    for override, env in (("+data.options.api_key=override-secret-55aa", {}),
+                          ("data.instruction=say hf_secret_9d8c7b6a", {"HF_TOKEN": "hf_secret_9d8c7b6a"})):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(sys, "argv", ["medsweep", "experiment=smoke", override, f"output_root={tmp_path}"])
+        monkeypatch.setattr(run, "hydra_main", lambda: pytest.fail("a secret got past the pre-flight"))
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        err = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and len(err.splitlines()) == 1 and "is refused" in err, err
+        assert "override-secret-55aa" not in err and "hf_secret_9d8c7b6a" not in err
+        assert not any(tmp_path.rglob("*"))
 
 
-def test_secrets_never_written(tmp_path, embedded_dir):
-    proc = run_medsweep("experiment=smoke", "+data.options.auth_token=override-secret-55aa", f"output_root={tmp_path}",
-                        env=SECRETS)
-    assert proc.returncode == 0, proc.stderr[-2000:]  # a crash before any write would leak nothing either
-    [run_dir] = (tmp_path / "runs").iterdir()
-    rec = json.loads((run_dir / "metrics.json").read_text())
-    assert rec["status"] == "complete"
-    # the key stays visible, its value does not, in the record and in Hydra's own files
-    assert "+data.options.auth_token=***" in json.dumps(rec)
-    assert "+data.options.auth_token=***" in (run_dir / ".hydra" / "overrides.yaml").read_text()
-    text = proc.stdout + proc.stderr
-    for path in tmp_path.rglob("*"):
-        if path.is_file():
-            text += path.read_text(errors="ignore")
-    for secret in [*SECRETS.values(), "override-secret-55aa"]:
-        assert secret not in text, f"secret {secret} leaked"
+def test_env_secrets_never_written_by_a_run_or_a_crash(tmp_path, embedded_dir):
+    ok = run_medsweep("experiment=smoke", "eval.num_examples=2", f"output_root={tmp_path}", env=SECRET_ENV)
+    assert ok.returncode == 0, ok.stderr[-2000:]  # a crash before any write would leak nothing either
+    # fails after its start (record written): no prompt fits 16 tokens
+    crash = run_medsweep("experiment=smoke", "eval.num_examples=2", "train.max_seq_length=16",
+                         f"output_root={tmp_path / 'out'}", env=SECRET_ENV)
+    assert crash.returncode != 0 and "train.max_seq_length=16" in crash.stderr, crash.stderr[-2000:]
+    failed = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*/metrics.json")]
+    assert [r["status"] for r in failed] == ["failed"]
+    searched = assert_no_secret(tmp_path, ok.stdout + ok.stderr + crash.stdout + crash.stderr)
+    assert searched > 10  # records, configs, Hydra's files, predictions, adapter
+
+
+def test_env_secrets_never_written_by_a_local_sweep_with_a_failed_job(tmp_path, embedded_dir):
+    need_shared_data()
+    proc = run_medsweep("experiment=smoke", "eval.num_examples=2", "train.max_steps=2", "data=local",
+                        f"data.path={MEDQUAD_JSONL},{tmp_path / 'missing.jsonl'}", f"output_root={tmp_path}",
+                        multirun=True, env=SECRET_ENV)
+    assert proc.returncode != 0 and "1 of 2 job(s) failed" in proc.stderr, proc.stderr[-2000:]
+    assert list(tmp_path.rglob("*_submitted.pkl")) and list(tmp_path.rglob("*_log.err"))  # submitit's own files
+    assert_no_secret(tmp_path, proc.stdout + proc.stderr)
 
 
 def test_trust_remote_code_off_and_safetensors_only(compose):

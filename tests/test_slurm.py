@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import MEDQUAD_JSONL, ROOT, need_shared_data, run_medsweep
+from tests.conftest import MEDQUAD_JSONL, ROOT, SECRET_ENV, assert_no_secret, need_shared_data, run_medsweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -76,8 +76,11 @@ def test_failed_job_is_failed_everywhere_and_others_finish(tmp_path):
     need_shared_data()
     bad = tmp_path / "missing.jsonl"
     proc = run_medsweep(*JOB, "data=local", f"data.path={MEDQUAD_JSONL},{bad}", f"output_root={tmp_path}",
-                        "sweep_name=fail", multirun=True)
+                        "sweep_name=fail", multirun=True, env=SECRET_ENV)
     assert proc.returncode != 0
+    # no secret of the environment in submitit's pickles and logs, the records, Hydra's files, the console
+    assert list(tmp_path.rglob("*_submitted.pkl")) and list(tmp_path.rglob("*_log.err"))
+    assert_no_secret(tmp_path, proc.stdout + proc.stderr)
     assert "1 of 2 job(s) failed" in proc.stderr and "missing.jsonl" in proc.stderr
     jobs = {next(o for o in j["overrides"] if o.startswith("data.path=")).split("/")[-1]: j
             for j in jobs_of(tmp_path / "sweeps" / "fail")}
