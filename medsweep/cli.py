@@ -107,6 +107,23 @@ def _refuse_secrets(overrides: list[str]) -> None:
                               f"on the command line")
 
 
+def _check_output_root(root: Path) -> None:
+    """The output root (or its nearest existing parent) is a directory this user can create files in; probed with
+    a temporary directory that is removed at once, since os.access says yes to root on a read-only mount."""
+    import tempfile
+
+    existing = root.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a directory")
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"output_root={str(root)!r} is invalid: cannot write in {existing} ({reason})") from None
+
+
 def preflight(args: list[str]) -> None:
     """Compose and validate every value of every override (one composition per sweep value, not per
     combination); for a single run, also the fit of the model on the profile."""
@@ -121,8 +138,10 @@ def preflight(args: list[str]) -> None:
     firsts = [values[0] for values in sweeps]
     variants = [fixed + firsts] + [fixed + firsts[:i] + [value] + firsts[i + 1:]
                                    for i, values in enumerate(sweeps) for value in values[1:]]
-    for variant in variants:
+    for n, variant in enumerate(variants):
         cfg = _compose(variant)
+        if n == 0:
+            _check_output_root(Path(str(cfg.output_root)))
         config.validate(cfg)
         if not sweeps and not cfg.plan:
             estimate = fit.estimate(cfg)

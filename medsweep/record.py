@@ -76,7 +76,17 @@ def run_id(root: DictConfig) -> str:
         f"{m['name']}_{cfg['data']['name']}_r{lo['r']}_a{lo['alpha']}_d{lo['dropout']}"
         f"_L{t['max_seq_length']}_s{t['seed']}_{cfg['profile']['name']}"
     )
-    return f"{readable}-{digest}"
+    return f"{safe_name(readable)}-{digest}"
+
+
+NAME_MAX = 120  # of the readable part; the hash after it keeps names that share a long prefix apart
+
+
+def safe_name(text: str) -> str:
+    """One directory name that stays where it is put: anything but letters, digits and . _ = + , - becomes _,
+    no leading dot (so never `..`), at most NAME_MAX characters (file systems stop at 255 bytes)."""
+    name = re.sub(r"[^A-Za-z0-9._=+,-]", "_", text).lstrip(".") or "_"
+    return name[:NAME_MAX]
 
 
 def register_resolvers() -> None:
@@ -170,6 +180,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the record is as readable as the rest of the run
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -178,6 +189,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask would change it for every thread meanwhile)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

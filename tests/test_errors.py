@@ -39,6 +39,19 @@ def _fails_cleanly(tmp_path, *overrides, key: str, multirun: bool = False):
     ("train.batch_size=0", "train.batch_size=0"),
     ("eval.num_examples=50", "eval.num_examples=50"),
     ("model.load_in_4bit=true", "model.load_in_4bit"),
+    # values the schema's types allow but the libraries or the code would reject after the model loaded
+    ("train.lr_scheduler=cosine_annealing", "train.lr_scheduler='cosine_annealing'"),
+    ("train.seed=-1", "train.seed=-1"),
+    ("train.seed=4294967296", "train.seed=4294967296"),
+    ("data.split_seed=-3", "data.split_seed=-3"),
+    ("lora.r=100000", "lora.r=100000"),
+    ("train.lr=${nope}", "train.lr is invalid: Interpolation key 'nope' not found"),
+    ("data.instruction=${oc.env:MEDSWEEP_UNSET_VARIABLE}", "MEDSWEEP_UNSET_VARIABLE"),
+    ("sweep_name=../elsewhere", "sweep_name='../elsewhere'"),
+    # keys nothing reads
+    ("+lora.rank=8", "lora.rank is invalid: nothing reads it"),
+    ("+foo=1", "foo is invalid: nothing reads it"),
+    ("+data.options.split=test", "data.options.split is invalid: nothing reads it"),  # the sample data has none
 ])
 def test_config_errors_are_one_line_exit_2_no_run_dir(tmp_path, monkeypatch, capsys, override, key):
     """The console script's own main(), in-process (the pre-flight needs no subprocess; one subprocess case below
@@ -54,6 +67,44 @@ def test_config_errors_are_one_line_exit_2_no_run_dir(tmp_path, monkeypatch, cap
     assert exited.value.code == 2
     assert len(lines) == 1 and lines[0].startswith("medsweep: error: ") and key in lines[0], lines
     assert not any(tmp_path.rglob("*")), "a run directory was left behind"
+
+
+@pytest.mark.parametrize("root, reason", [("/proc/medsweep-results", "cannot write in /proc"),
+                                          ("/etc/hostname/results", "/etc/hostname is not a directory")])
+def test_unwritable_output_root_is_one_line(monkeypatch, capsys, root, reason):
+    from medsweep import cli, run
+
+    monkeypatch.setattr(sys, "argv", ["medsweep", f"output_root={root}"])
+    monkeypatch.setattr(run, "hydra_main", lambda: pytest.fail("the pre-flight let the value through"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and err == f"medsweep: error: output_root='{root}' is invalid: " + \
+        err.split("is invalid: ", 1)[1] and reason in err and "\n" not in err
+
+
+def test_run_names_stay_one_bounded_directory_name(compose):
+    from medsweep.record import NAME_MAX, run_id
+
+    for overrides in (["data.name=../../etc"], ["model.name=a/b/c"], ["data.name=" + "x" * 400],
+                      ["data.name=.hidden"]):
+        name = run_id(compose(["experiment=smoke", *overrides], return_hydra_config=True))
+        readable, digest = name.rsplit("-", 1)
+        assert "/" not in name and not name.startswith(".") and len(readable) <= NAME_MAX and len(digest) == 8, name
+    plain = run_id(compose(["experiment=smoke"], return_hydra_config=True))
+    assert plain.startswith("tiny_random_sample_r8_a16_d0.05_L128_s0_local_cpu-")  # ordinary names unchanged
+
+
+def test_records_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        record.atomic_write_json(tmp_path / "metrics.json", {"status": "running"})
+        assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644  # colleagues can read the record
+        os.umask(0o077)
+        record.atomic_write_json(tmp_path / "private.json", {"status": "running"})
+        assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_config_error_through_the_console_script(tmp_path):
