@@ -67,7 +67,7 @@ def resources(cfg: Any, executor: str, processes: int = 1) -> dict[str, Any]:
             res["slurm_gres"] = f"gpu:{p.gpu_type}:{p.gpus}"
         else:
             res["gpus_per_node"] = p.gpus
-            res["slurm_constraint"] = "&".join(c for c in (p.gpu_type, p.constraint) if c)
+            res["slurm_constraint"] = "&".join(c for c in (p.gpu_type, p.constraint) if c) or None  # no empty flag
     res["slurm_setup"] = list(site.setup) or None
     res["slurm_additional_parameters"] = dict(site.additional_parameters) or None
     res["slurm_array_parallelism"] = site.max_parallel
@@ -214,7 +214,9 @@ class SweepLauncherMixin:
         if any(j.outcome == "failed" for j in jobs):
             from medsweep.sweep import failure_message, finish
 
-            raise MedsweepError(failure_message(finish(sweep_dir), len(jobs)))
+            # the summary alone, then a non-zero exit: an exception here would end in ~20 lines of Hydra's stack
+            print(f"medsweep: error: {failure_message(finish(sweep_dir), len(jobs))}", file=sys.stderr, flush=True)
+            sys.exit(1)
         return returns
 
     def _init_params(self) -> dict[str, Any]:
