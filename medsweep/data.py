@@ -135,7 +135,9 @@ def build(data_cfg: Any, eval_size: int, train_size: int | None = None) -> Split
     records, load_stats = load_records(data_cfg)
     cleaned, clean_stats = clean(records, data_cfg.max_question_words, data_cfg.max_answer_words)
     if not cleaned:
-        raise DataError(f"dataset {data_cfg.name!r} is empty after cleaning ({clean_stats}, loader: {load_stats})")
+        source = f" ({data_cfg.path})" if data_cfg.path else ""
+        raise DataError(f"dataset {data_cfg.name!r}{source} is empty after cleaning ({clean_stats}, loader: "
+                        f"{load_stats})")
     if data_cfg.limit is not None:
         cleaned = cleaned[: data_cfg.limit]
     if getattr(data_cfg, "eval_path", None):  # fixed held-out file: train on everything else
