@@ -89,32 +89,46 @@ def test_two_starts_of_one_configuration(tmp_path, embedded_dir):
     assert rec["status"] == "complete" and rec["train"]["resumed_from"] is None and rec["train"]["steps"] == 24
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_or_sigterm_checkpoints_and_says_how_to_resume(tmp_path, embedded_dir, signum, code):
-    args = ["experiment=smoke", f"output_root={tmp_path}", "train.save_steps=1", "train.max_steps=8",
-            "eval.num_examples=2"]
+def _stop_at_a_checkpoint(args, output_root, signum) -> tuple[int, str]:
+    """Start the run, send `signum` once checkpoint-1 exists (training under way): the exit code and last line."""
+    def saved() -> set:
+        return set(output_root.glob("runs/*/checkpoints/checkpoint-*/trainer_state.json"))
+
+    before = saved()
     proc = subprocess.Popen([sys.executable, "-m", "medsweep", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not list((tmp_path / "runs").glob("*/checkpoints/checkpoint-1/trainer_state.json")):  # mid-training
-        assert time.time() < deadline and proc.poll() is None
+    while not saved() - before:  # a new checkpoint: this start is training
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read()[-2000:] if proc.stderr else ""
         time.sleep(0.1)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == code, err[-3000:]
-    assert "Traceback" not in err
-    last = [line for line in err.splitlines() if line.strip()][-1]
-    name = signal.Signals(signum).name
-    step = int(last.split(" at step ")[1].split(",")[0])
-    assert last.startswith(f"medsweep: interrupted by {name} at step {step}, checkpoint saved; the same command "
-                           f"resumes from checkpoint-{step}"), last
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    rec = json.loads((run_dir / "metrics.json").read_text())
-    assert rec["status"] == "interrupted" and rec["error"] == f"Interrupted: {name}"
-    assert (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert "Traceback" not in err, err[-3000:]
+    return proc.returncode, [line for line in err.splitlines() if line.strip()][-1]
+
+
+@pytest.mark.slow
+def test_sigterm_then_ctrl_c_checkpoint_and_say_how_to_resume(tmp_path, embedded_dir):
+    """SIGTERM (exit 143), the same command resumes; Ctrl-C (exit 130) later, the same command finishes."""
+    args = ["experiment=smoke", f"output_root={tmp_path}", "train.save_steps=1", "train.max_steps=8",
+            "eval.num_examples=2"]
+    steps = []
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        returncode, last = _stop_at_a_checkpoint(args, tmp_path, signum)
+        name = signal.Signals(signum).name
+        assert returncode == code, last
+        step = int(last.split(" at step ")[1].split(",")[0]) if " at step " in last else -1
+        assert last.startswith(f"medsweep: interrupted by {name} at step {step}, checkpoint saved; the same "
+                               f"command resumes from checkpoint-{step}"), last
+        (run_dir,) = (tmp_path / "runs").iterdir()
+        rec = json.loads((run_dir / "metrics.json").read_text())
+        assert rec["status"] == "interrupted" and rec["error"] == f"Interrupted: {name}"
+        assert (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file()
+        steps.append(step)
+    assert steps[1] > steps[0]  # the second start resumed from the first stop, and trained on
 
     again = run_medsweep(*args)
     assert again.returncode == 0, again.stderr[-2000:]
     rec = json.loads((run_dir / "metrics.json").read_text())
-    assert rec["status"] == "complete" and rec["train"]["resumed_from"].endswith(f"checkpoint-{step}")
+    assert rec["status"] == "complete" and rec["train"]["resumed_from"].endswith(f"checkpoint-{steps[1]}")
+    assert rec["train"]["steps"] == 8
