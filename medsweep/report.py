@@ -147,6 +147,32 @@ def _scalar(value):
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
+STATUSES = ("running", "complete", "failed", "interrupted")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def malformed(rec: dict) -> str | None:
+    """Why a parsed record cannot be trusted (hand-edited, truncated by another tool, another program's file), or
+    None. A complete record needs a mapping of numeric metrics; every section has the type the writer gives it."""
+    if rec["status"] not in STATUSES:
+        return f"has an unknown status {str(rec['status'])[:40]!r}"
+    for section in ("axes", "metrics", "baseline", "delta", "train", "per_example"):
+        if rec.get(section) is not None and not isinstance(rec[section], dict):
+            return f"'{section}' is not a mapping"
+    if rec.get("epochs") is not None and not isinstance(rec["epochs"], list):
+        return "'epochs' is not a list"
+    for section in ("metrics", "baseline", "delta"):
+        bad = next((k for k, v in (rec.get(section) or {}).items() if v is not None and not _number(v)), None)
+        if bad is not None:
+            return f"{section}.{bad} is not a number ({str(rec[section][bad])[:40]!r})"
+    if rec["status"] == "complete" and not rec.get("metrics"):
+        return "says complete but has no metrics"
+    return None
+
+
 def read_run(run_dir: Path) -> dict:
     """One row for ``run_dir``: status unfinished / corrupt / the recorded status."""
     row = {"run_dir": str(run_dir), "run_name": run_dir.name, "status": "unfinished",
@@ -160,6 +186,9 @@ def read_run(run_dir: Path) -> dict:
         return {**row, "status": "corrupt", "error": f"metrics.json unreadable: {e}"}
     if not isinstance(rec, dict) or "status" not in rec:
         return {**row, "status": "corrupt", "error": "metrics.json has no 'status'"}
+    problem = malformed(rec)
+    if problem:
+        return {**row, "status": "corrupt", "error": f"metrics.json {problem}"}
     row.update(run_name=rec.get("run_name") or run_dir.name, status=rec["status"],
                error=rec.get("error"))
     row.update({k: _scalar(v) for k, v in _as_dict(rec.get("axes")).items()})
