@@ -1,0 +1,318 @@
+"""medsweep.record: the comparison axes, secret redaction (keys, environment values, command-line values), Hydra's
+saved configs scrubbed, atomic writes, reading a record back, timestamps, and the environment block of a record.
+Run ids are in test_run_ids.py."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from medsweep import record
+
+ENV_SECRET = "hf_envsecret_1234"
+
+
+@pytest.fixture(autouse=True)
+def clean_secrets(monkeypatch):
+    """No secret from the environment or from earlier overrides, unless a test sets one."""
+    for key in record.SECRET_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(record, "_OVERRIDE_SECRETS", set())
+
+
+def test_axes_of_a_run(compose):
+    cfg = compose(["experiment=smoke", "lora.r=16", "lora.alpha=32", "lora.dropout=0.1", "train.seed=2",
+                   "train.lr=0.001", "train.epochs=2", "model.load_in_4bit=auto"])
+    assert record.axes(cfg) == {
+        "model": "tiny_random", "lora.r": 16, "lora.alpha": 32, "lora.dropout": 0.1, "train.max_seq_length": 128,
+        "data": "sample", "profile": "local_cpu", "train.seed": 2, "train.lr": 0.001, "train.epochs": 2.0,
+        "model.load_in_4bit": "auto"}
+    assert record.axes(compose([]))["model.load_in_4bit"] == "False"  # a string: one column type in the tables
+
+
+@pytest.mark.parametrize("key", ["hf_token", "token", "api_key", "apikey", "api-key", "WANDB_API_KEY", "db.password",
+                                 "passwd", "my_secret", "credentials", "credential", "auth", "x.auth.y",
+                                 "access_key", "AccessKey".lower(), "AUTH_TOKEN"])
+def test_secret_looking_keys(key):
+    assert record.is_secret_key(key)
+
+
+@pytest.mark.parametrize("key", ["max_new_tokens", "pad_token", "EOS_TOKEN", "bos_token", "unk_token", "sep_token",
+                                 "cls_token", "mask_token", "tokenizer", "author", "authority", "keyword", "secretary",
+                                 "tokens", 3, None])
+def test_keys_that_are_not_secret(key):
+    assert not record.is_secret_key(key)
+
+
+def test_redact_masks_secret_keys_and_known_values(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", ENV_SECRET)
+    monkeypatch.setenv("OPENAI_API_KEY", "abc")  # too short to mask inside text
+    monkeypatch.setenv("WANDB_API_KEY", "wxyz")  # 4 characters: long enough
+    data = {"hf_token": "abc", "api_key": None, "password": "", "pad_token": "<pad>",
+            "nested": {"auth": 12, "path": f"/cache/{ENV_SECRET}/x", "list": [f"a {ENV_SECRET}", {"token": "t"}, 3]},
+            "note": "abc is fine", "w": "wxyz"}
+    assert record.redact(data) == {
+        "hf_token": "***", "api_key": None, "password": "", "pad_token": "<pad>",
+        "nested": {"auth": "***", "path": "/cache/***/x", "list": ["a ***", {"token": "***"}, 3]},
+        "note": "abc is fine", "w": "***"}
+    assert record.redact(5) == 5 and record.redact(None) is None
+
+
+def test_every_secret_env_variable_is_masked(monkeypatch):
+    for i, key in enumerate(record.SECRET_ENV):
+        monkeypatch.setenv(key, f"value-{i}-xyz")
+    text = " ".join(f"value-{i}-xyz" for i in range(len(record.SECRET_ENV)))
+    assert record.redact(text) == " ".join(["***"] * len(record.SECRET_ENV))
+    assert set(record.SECRET_ENV) == {"WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY"}
+
+
+def test_redact_override():
+    assert record.redact_override("+data.options.hf_token=s3cr3t-value") == "+data.options.hf_token=***"
+    # the value is remembered: masked wherever it shows up later
+    assert record.redact("dir=run,data.options.hf_token=s3cr3t-value") == "dir=run,data.options.hf_token=***"
+    assert record.redact_override("~logger.api_key=abcd") == "~logger.api_key=***"
+    assert record.redact_override("wandb.api_key=abc") == "wandb.api_key=***"  # masked here, too short to remember
+    assert record.redact("abc") == "abc" and record.redact("abcd") == "***"
+    assert record._OVERRIDE_SECRETS == {"s3cr3t-value", "abcd"}
+    assert record.redact_override("hf_token=") == "hf_token="
+    assert record.redact_override("hf_token=null") == "hf_token=null"
+    assert record.redact_override("lora.r=8") == "lora.r=8"
+    assert record.redact_override("-m") == "-m"
+    assert record.redact_override("max_new_tokens=64") == "max_new_tokens=64"
+    assert record.redact_override("+token=tok1") == "+token=***"  # the leading +/~ is not part of the key
+    assert record.redact_override("+x.hf_token=ab=cd") == "+x.hf_token=***"  # the value may hold "="
+    # the last dotted part of the key decides: an auth.method is not a secret, and neither is an Xauth
+    assert record.redact_override("+data.options.auth.method=basic") == "+data.options.auth.method=basic"
+    assert record.redact_override("~Xauth=basic1") == "~Xauth=basic1"
+
+
+def test_redact_override_masks_env_secrets_in_other_values(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", ENV_SECRET)
+    assert record.redact_override(f"data.path=/x/{ENV_SECRET}.jsonl") == "data.path=/x/***.jsonl"
+
+
+def test_scrub_yaml_files(tmp_path):
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump(["lora.r=8", "+data.options.auth_token=tok-9876", 3]))
+    hydra_yaml = tmp_path / "hydra.yaml"
+    hydra_yaml.write_text(yaml.safe_dump({"hydra": {
+        "overrides": {"task": ["+logger.api_key=key-5555"], "hydra": ["hydra.run.dir=x", "+hydra.x.auth=hy-3333"]},
+        "job": {"override_dirname": "+logger.api_key=key-5555,lora.r=8", "env": "hy-3333"}}}))
+    multirun = tmp_path / "multirun.yaml"
+    multirun.write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["+data.hf_token=mr-4444"]}},
+                                        "data": {"note": "given mr-4444"}, "logger": {"api_key": "k"}},
+                                       sort_keys=False))
+    clean = tmp_path / "config.yaml"
+    clean.write_text("lora:\n  r: 8\n")
+    before = clean.stat().st_mtime_ns
+    text = tmp_path / "text.yaml"
+    text.write_text("just text\n")
+    record.scrub_yaml_files([tmp_path / "absent.yaml", overrides, hydra_yaml, multirun, clean, text])
+    assert text.read_text() == "just text\n"
+    assert yaml.safe_load(overrides.read_text()) == ["lora.r=8", "+data.options.auth_token=***", 3]
+    assert yaml.safe_load(hydra_yaml.read_text()) == {"hydra": {
+        "overrides": {"task": ["+logger.api_key=***"], "hydra": ["hydra.run.dir=x", "+hydra.x.auth=***"]},
+        "job": {"override_dirname": "+logger.api_key=***,lora.r=8", "env": "***"}}}
+    assert yaml.safe_load(multirun.read_text()) == {"hydra": {"overrides": {"task": ["+data.hf_token=***"]}},
+                                                    "data": {"note": "given ***"}, "logger": {"api_key": "***"}}
+    assert clean.read_text() == "lora:\n  r: 8\n" and clean.stat().st_mtime_ns == before  # nothing to scrub
+    assert not (tmp_path / "absent.yaml").exists()
+    assert multirun.read_text().startswith("hydra:")  # the key order is kept
+
+
+def test_scrub_a_config_without_a_hydra_node(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"overrides": {"task": ["x.token=tt-7777"]}, "note": "tt-7777"}))
+    record.scrub_yaml_files([path])
+    assert yaml.safe_load(path.read_text()) == {"overrides": {"task": ["x.token=***"]}, "note": "***"}
+
+
+def test_atomic_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", ENV_SECRET)
+    target = tmp_path / "new" / "deeper" / "metrics.json"
+    record.atomic_write_json(target, {"status": "complete", "ppl": math.nan, "path": Path("/p"),
+                                      "hf_token": "x", "note": ENV_SECRET})
+    assert target.read_text() == ('{\n  "status": "complete",\n  "ppl": NaN,\n  "path": "/p",\n  "hf_token": "***",\n'
+                                  '  "note": "***"\n}\n')
+    rows = tmp_path / "p.jsonl"
+    record.atomic_write_jsonl(rows, [{"q": "Fièvre?", "token": "t"}, {"a": ENV_SECRET, "p": Path("/d")}])
+    assert rows.read_text(encoding="utf-8") == '{"q": "Fièvre?", "token": "***"}\n{"a": "***", "p": "/d"}\n'
+    record.atomic_write_text(tmp_path / "t.txt", "ünï")
+    assert (tmp_path / "t.txt").read_bytes() == "ünï".encode()
+    record.atomic_write_jsonl(rows, [])
+    assert rows.read_text() == ""
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: replaced.append((Path(src), Path(dst))) or real_replace(src, dst))
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(Path(f"/proc/self/fd/{fd}").read_text())
+                        or real_fsync(fd))
+    record.atomic_write_text(tmp_path / "new" / "x.json", "complete text")
+    ((src, dst),) = replaced
+    # a hidden temp file next to the target, renamed over it; the text is on its way to the disk before the rename
+    assert dst == tmp_path / "new" / "x.json" and src.parent == dst.parent
+    assert src.name.startswith(".x.json.") and src.name.endswith(".tmp")
+    assert synced == ["complete text"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    (tmp_path / "new" / "x.json").unlink()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["metrics.json", "p.jsonl", "t.txt"]
+
+
+def test_a_failed_write_leaves_no_temp_file_and_raises(tmp_path, monkeypatch):
+    def crash(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        record.atomic_write_text(tmp_path / "a.txt", "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_record(tmp_path):
+    assert record.read_record(tmp_path) is None
+    (tmp_path / "metrics.json").write_text('{"status": "running"')
+    assert record.read_record(tmp_path) is None
+    (tmp_path / "metrics.json").write_text('{"status": "complete", "n": 1}')
+    assert record.read_record(str(tmp_path)) == {"status": "complete", "n": 1}
+    (tmp_path / "metrics.json").write_bytes(b"\xff\xfe")
+    assert record.read_record(tmp_path) is None
+
+
+def test_now_is_utc_seconds(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9: a local time would be 9 hours off
+    time.tzset()
+    try:
+        _check_now()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def _check_now():
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    stamp = record.now()
+    after = datetime.now(timezone.utc)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
+    assert before <= datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) <= after
+
+
+class _Run:
+    """A stand-in for subprocess.run answering git's two questions."""
+
+    def __init__(self, head="0123abcd", head_rc=0, status="", error=None):
+        self.head, self.head_rc, self.status, self.error, self.calls = head, head_rc, status, error, []
+
+    def __call__(self, cmd, **kwargs):
+        self.calls.append((cmd, kwargs))
+        if self.error:
+            raise self.error
+        out = self.head + "\n" if cmd[1] == "rev-parse" else self.status
+        return subprocess.CompletedProcess(cmd, self.head_rc if cmd[1] == "rev-parse" else 0, stdout=out, stderr="")
+
+
+def test_git_commit(monkeypatch):
+    run = _Run()
+    monkeypatch.setattr(record.subprocess, "run", run)
+    assert record._git_commit() == "0123abcd"
+    here = Path(record.__file__).parent
+    assert run.calls == [
+        (["git", "rev-parse", "HEAD"], {"cwd": here, "capture_output": True, "text": True, "timeout": 5}),
+        (["git", "status", "--porcelain", "--untracked-files=no"],
+         {"cwd": here, "capture_output": True, "text": True, "timeout": 5})]
+    monkeypatch.setattr(record.subprocess, "run", _Run(status=" M medsweep/fit.py\n"))
+    assert record._git_commit() == "0123abcd-dirty"
+    monkeypatch.setattr(record.subprocess, "run", _Run(status="\n"))
+    assert record._git_commit() == "0123abcd"
+    monkeypatch.setattr(record.subprocess, "run", _Run(head_rc=128, status=" M x\n"))  # not a git checkout
+    assert record._git_commit() is None
+    monkeypatch.setattr(record.subprocess, "run", _Run(error=FileNotFoundError("git")))  # no git installed
+    assert record._git_commit() is None
+    monkeypatch.setattr(record.subprocess, "run", _Run(error=subprocess.TimeoutExpired("git", 5)))
+    assert record._git_commit() is None
+
+
+def test_environment(monkeypatch):
+    import torch
+    from importlib import metadata
+
+    monkeypatch.setattr(record, "_git_commit", lambda: "c0ffee")
+    real_version = metadata.version
+
+    def version(pkg):
+        if pkg == "bitsandbytes":
+            raise metadata.PackageNotFoundError(pkg)
+        return real_version(pkg)
+
+    monkeypatch.setattr(record.metadata, "version", version)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_GPUS",
+                "SLURM_GPUS_ON_NODE", "SLURM_RESTART_COUNT", "SLURM_JOB_CPUS_PER_NODE"):
+        monkeypatch.delenv(key, raising=False)
+    slurm = {"SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_PARTITION": "gpu",
+             "SLURM_JOB_GPUS": "0,1", "SLURM_GPUS_ON_NODE": "2", "SLURM_RESTART_COUNT": "1",
+             "SLURM_JOB_CPUS_PER_NODE": "4"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    import platform
+
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "riscv64")
+    monkeypatch.setenv("SLURM_OTHER", "x")
+    monkeypatch.setattr(sys, "argv", ["medsweep", "lora.r=8", "+data.options.hf_token=argv-secret"])
+    env = record.environment()
+    assert env["git_commit"] == "c0ffee"
+    assert env["python"] == sys.version.split()[0] and env["host"] == socket.gethostname()
+    assert list(env["packages"]) == ["medsweep", "torch", "transformers", "peft", "datasets", "hydra-core",
+                                     "omegaconf", "submitit", "bitsandbytes", "sacrebleu", "rouge-score", "wandb",
+                                     "pandas"]
+    assert env["packages"]["medsweep"] == "0.1.0" and env["packages"]["bitsandbytes"] is None
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"] == torch.__version__
+    assert env["device"] == {"cuda": False, "cpu_threads": torch.get_num_threads(), "cpu_bf16": True}  # AMX only
+    assert env["cuda_visible_devices"] == "1,3"
+    assert env["slurm"] == slurm  # SLURM_OTHER is not one of them
+    assert env["argv"] == ["medsweep", "lora.r=8", "+data.options.hf_token=***"]
+    assert env["processor"] == "riscv64" and env["platform"] == platform.platform()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(platform, "processor", lambda: "x86_64")
+    assert record.environment()["device"]["cpu_bf16"] is False and record.environment()["processor"] == "x86_64"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert record.environment()["device"]["cpu_bf16"] is True
+
+
+def test_environment_lists_the_gpus(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(record, "_git_commit", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"NVIDIA A100 #{i}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    env = record.environment()
+    assert env["device"]["cuda"] is True and env["device"]["gpus"] == ["NVIDIA A100 #0", "NVIDIA A100 #1"]
+    assert env["cuda_visible_devices"] is None and env["git_commit"] is None
+
+
+def test_the_run_id_resolver(compose):
+    record.register_resolvers()
+    record.register_resolvers()  # twice: no error
+    assert OmegaConf.has_resolver("run_id")
+    cfg = compose(["experiment=smoke"], return_hydra_config=True)
+    assert cfg.hydra.sweep.subdir == "tiny_random_sample_r8_a16_d0.05_L128_s0_local_cpu-477ee657"
+    cfg.lora.r = 4  # not cached: the id follows the config
+    assert cfg.hydra.sweep.subdir.startswith("tiny_random_sample_r4_a16_d0.05_L128_s0_local_cpu-")
