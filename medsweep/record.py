@@ -128,16 +128,28 @@ def secret_values(overrides: bool = True) -> list[tuple[str, str]]:
     return found
 
 
-def redact(obj: Any) -> Any:
-    """Replace the values of secret-looking keys, and any secret env or override value that appears in text."""
-    secrets = [v for _, v in secret_values()]
+def _values_under_secret_keys(obj: Any) -> list[str]:
+    """String values held by secret-looking keys anywhere in obj (e.g. a site YAML's `api_key: ...`)."""
+    if isinstance(obj, dict):
+        found = [v for k, v in obj.items() if is_secret_key(k) and isinstance(v, str) and len(v) >= 4]
+        return found + [s for v in obj.values() for s in _values_under_secret_keys(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _values_under_secret_keys(v)]
+    return []
+
+
+def redact(obj: Any, _secrets: list[str] | None = None) -> Any:
+    """Replace the values of secret-looking keys, and any secret (of the environment, an override, or a value held
+    by a secret-looking key elsewhere in obj) wherever it appears in text."""
+    secrets = _secrets if _secrets is not None else \
+        sorted({v for _, v in secret_values()} | set(_values_under_secret_keys(obj)), key=len, reverse=True)
     if isinstance(obj, dict):
         return {
-            k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v))
+            k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v, secrets))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [redact(v) for v in obj]
+        return [redact(v, secrets) for v in obj]
     if isinstance(obj, str):
         for s in secrets:
             obj = obj.replace(s, REDACTED)

@@ -316,3 +316,9 @@ def test_the_run_id_resolver(compose):
     assert cfg.hydra.sweep.subdir == "tiny_random_sample_r8_a16_d0.05_L128_s0_local_cpu-477ee657"
     cfg.lora.r = 4  # not cached: the id follows the config
     assert cfg.hydra.sweep.subdir.startswith("tiny_random_sample_r4_a16_d0.05_L128_s0_local_cpu-")
+
+
+def test_a_secret_value_is_masked_under_every_key_that_holds_it():
+    """A value held by a secret-looking key (a site YAML's api_key) is masked where a plain key repeats it too."""
+    cfg = {"site": {"api_key": "k-9f8e7d6c"}, "data": {"note": "use k-9f8e7d6c here"}, "tags": ["k-9f8e7d6c"]}
+    assert record.redact(cfg) == {"site": {"api_key": "***"}, "data": {"note": "use *** here"}, "tags": ["***"]}
