@@ -1,15 +1,16 @@
 """Hostile input, generated (hypothesis): override values of every kind and small data files, good and bad. Each
-ends in exit 0 or exit 2 with one line, never a traceback; nothing is written outside the output root, and
-nothing at all when the answer is exit 2."""
+ends in a start or exit 2 with one line, never a traceback; the pre-flight writes nothing, and an accepted run's
+directory is one plain name inside output_root/runs."""
 
 import json
 import re
 import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medsweep import cli, data
+from medsweep import cli, data, run
 from medsweep.errors import DataError
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -31,39 +32,44 @@ key = st.sampled_from(["lora.r", "lora.alpha", "lora.dropout", "lora.bias", "tra
                        "+unknown.key", "data.split_seed", "eval.temperature"])
 
 
-def _main(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+def _main(argv: list[str], monkeypatch, capsys) -> tuple[int, str, list]:
+    """The console script's main() in-process up to Hydra: the pre-flight decides exit 2 or a start. (Hydra's own
+    run is not started in this process: it would configure logging onto pytest's captured streams.)"""
+    started: list = []
     monkeypatch.setattr(sys, "argv", ["medsweep", *argv])
+    monkeypatch.setattr(run, "hydra_main", lambda: started.append(True))
     code = 0
     try:
         cli.main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return code, capsys.readouterr().err, started
 
 
 @SETTINGS
 @given(overrides=st.lists(st.tuples(key, value), min_size=1, max_size=3))
-def test_any_override_values_exit_0_or_2_with_one_line(overrides, tmp_path_factory, monkeypatch, capsys):
+def test_any_override_values_exit_0_or_2_with_one_line(overrides, tmp_path_factory, monkeypatch, capsys, compose):
     base = tmp_path_factory.mktemp("hostile")
     cwd, out = base / "cwd", base / "out"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    argv = ["experiment=smoke", *[f"{k}={v}" for k, v in overrides], f"output_root={out}", "plan=true"]
-    code, stdout, stderr = _main(argv, monkeypatch, capsys)
+    typed = [f"{k}={v}" for k, v in overrides]
+    argv = ["experiment=smoke", *typed, f"output_root={out}"]
+    code, stderr, started = _main(argv, monkeypatch, capsys)
     assert code in (0, 2), (argv, code, stderr[-2000:])
     assert "Traceback" not in stderr, (argv, stderr[-2000:])
-    assert not any(cwd.iterdir()), f"{argv} wrote outside the output root: {list(cwd.iterdir())}"
-    assert {p.name for p in base.iterdir()} <= {"cwd", "out"}
+    assert not any(cwd.iterdir()) and not out.exists(), f"{argv}: the pre-flight wrote something"
+    assert {p.name for p in base.iterdir()} == {"cwd"}
     if code == 2:
         lines = [line for line in stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("medsweep: error: "), (argv, stderr)
-        assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()], f"{argv} left files behind"
-    else:
-        assert "would run" in stdout, (argv, stdout, stderr)
-        for path in out.rglob("*"):  # plan=true runs nothing: at most empty directories, all inside the root
-            assert path.is_dir() and out.resolve() in path.resolve().parents
+        assert len(lines) == 1 and lines[0].startswith("medsweep: error: ") and not started, (argv, stderr)
+        return
+    assert started == [True], argv
+    # accepted: the run directory Hydra would create is one plain name inside output_root/runs
+    cfg = compose(["experiment=smoke", *typed, f"output_root={out}"], return_hydra_config=True)
+    run_dir = Path(str(cfg.hydra.run.dir))
+    assert run_dir.parent == out / "runs" and not run_dir.name.startswith(".") and "/" not in run_dir.name, argv
 
 
 row = st.fixed_dictionaries({}, optional={"question": st.one_of(_text, st.integers(), st.none()),
