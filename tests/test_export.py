@@ -104,6 +104,7 @@ def test_merged_and_f16_gguf_answer_exactly_like_the_adapter(exported):
     assert f16.config.tie_word_embeddings and f16.config.num_hidden_layers == 2
     assert answers(f16, gguf_tok, cfg) == exported["adapter"]  # f16: identical text
     reference = merged.state_dict()
+    assert set(f16.state_dict()) == set(reference)  # every tensor is compared below, none missing
     for name, tensor in f16.state_dict().items():  # bit-exact: the merged weights rounded to f16, norms kept f32
         expected = reference[name] if name.endswith("norm.weight") else reference[name].half().float()
         assert torch.equal(tensor, expected), name
@@ -117,6 +118,7 @@ def test_q8_0_gguf_loads_and_answers(exported):
     got = answers(q8, exported["tokenizer"], exported["cfg"])
     assert len(got) == len(QUESTIONS) and all(isinstance(a, str) for a in got)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).state_dict()
+    assert set(q8.state_dict()) == set(merged)  # every tensor is compared below, none missing
     for name, tensor in q8.state_dict().items():  # within one q8_0 step (block max / 127) of the merged weights
         ref = merged[name]
         assert (tensor - ref).abs().max() <= ref.abs().max() / 127 + 1e-6, name
@@ -228,3 +230,132 @@ def test_export_a_smoke_run_with_the_cli(tmp_path, embedded_dir):
     model, tokenizer, cfg = export.load_adapted(run_dir)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).eval()
     assert answers(merged, AutoTokenizer.from_pretrained(out / "merged"), cfg) == answers(model, tokenizer, cfg)
+
+
+# --------------------------------------------------------------------------- in-process: the command and its checks
+
+
+def test_main_in_process_exit_codes_and_one_line_errors(tmp_path, capsys, monkeypatch):
+    for name in export.HF_TOKEN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    cases = [
+        ([str(tmp_path / "missing-run")], f"{tmp_path / 'missing-run'}: no such run directory"),
+        ([str(tmp_path)], f"{tmp_path} is not a medsweep run directory: no config.yaml in it"),
+        ([str(tmp_path), "--gguf", "q4_k,f16"], "--gguf 'q4_k,f16' is invalid: q4_k not in f16, q8_0, f32 (or none)"),
+        ([str(tmp_path), "--push-to-hub", "me/m"], "--push-to-hub needs a token in the environment (HF_TOKEN or "
+                                                   "HUGGING_FACE_HUB_TOKEN); it is never read from arguments or files"),
+    ]
+    for argv, message in cases:
+        assert export.main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.err == f"medsweep-export: error: {message}\n" and captured.out == "", argv
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    assert export.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"medsweep-export: error: {tmp_path} has no adapter "
+                                       "(adapter/adapter_config.json): the run did not finish training\n")
+    with pytest.raises(SystemExit) as done:
+        export.main([str(tmp_path), "--push", "everything"])
+    assert done.value.code == 2 and "argument --push: invalid choice: 'everything'" in capsys.readouterr().err
+
+
+def test_push_checks_name_the_problem(monkeypatch):
+    for name in export.HF_TOKEN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    export.validate_push(None, "anything")  # nothing to push: nothing checked
+    with pytest.raises(export.ConfigError) as err:
+        export.validate_push("not a repo", "merged")
+    assert str(err.value) == "--push-to-hub 'not a repo' is invalid: expected a Hub repo id like owner/name"
+    for bad in ("owner/", "/name", "a/b/c", "-x/y", "x/.y"):
+        with pytest.raises(export.ConfigError, match="expected a Hub repo id"):
+            export.validate_push(bad, "merged")
+    with pytest.raises(export.ConfigError) as err:
+        export.validate_push("me/m", "weights")
+    assert str(err.value) == "--push 'weights' is invalid: allowed merged, adapter"
+    with pytest.raises(export.ConfigError, match="needs a token in the environment"):
+        export.validate_push("me/m", "merged")
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_second")
+    assert export.hub_token() == "hf_second"
+    monkeypatch.setenv("HF_TOKEN", "hf_first")
+    assert export.hub_token() == "hf_first"  # HF_TOKEN first
+    monkeypatch.setenv("HF_TOKEN", "")
+    assert export.hub_token() == "hf_second"  # an empty variable does not count
+    for value in ("1", "true", "YES", "on"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        with pytest.raises(export.ConfigError) as err:
+            export.validate_push("me/m.v2_x-y", "adapter")
+        assert str(err.value) == "--push-to-hub needs the network but HF_HUB_OFFLINE is set; unset it to push"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    export.validate_push("me/m.v2_x-y", "adapter")
+
+
+def test_gguf_type_list_parsing():
+    assert export.parse_gguf_types("none") == [] and export.parse_gguf_types(" NONE ") == []
+    assert export.parse_gguf_types("") == [] and export.parse_gguf_types(" , ") == []
+    assert export.parse_gguf_types("q8_0, F32 ,,f16,q8_0") == ["q8_0", "f32", "f16"]
+    with pytest.raises(export.ConfigError) as err:
+        export.parse_gguf_types("f16,q4_k,bf16")
+    assert str(err.value) == "--gguf 'f16,q4_k,bf16' is invalid: q4_k, bf16 not in f16, q8_0, f32 (or none)"
+
+
+def test_modelfile_text(tmp_path):
+    path = export.write_modelfile(tmp_path / "Modelfile", "model-f16.gguf", "<|im_start|>{{ m }}", system="Be kind.")
+    assert path == tmp_path / "Modelfile"
+    assert path.read_text() == (
+        "# Ollama: ollama create <name> -f Modelfile   (written by medsweep-export)\n"
+        "FROM ./model-f16.gguf\n"
+        'TEMPLATE """{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
+        "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}"
+        '<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"""\n'
+        'SYSTEM """Be kind."""\n'
+        'PARAMETER stop "<|im_start|>"\n'
+        'PARAMETER stop "<|im_end|>"\n')
+    llama = export.write_modelfile(tmp_path / "M2", "m.gguf", "<|start_header_id|>x").read_text()
+    assert "SYSTEM" not in llama and llama.splitlines()[1] == "FROM ./m.gguf"
+    assert llama.endswith('PARAMETER stop "<|start_header_id|>"\nPARAMETER stop "<|end_header_id|>"\n'
+                          'PARAMETER stop "<|eot_id|>"\n')
+    assert 'TEMPLATE """{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>' in llama
+    with pytest.raises(export.ModelError) as err:
+        export.write_modelfile(tmp_path / "M3", "m.gguf", "<|im_start|>", system='say """hi"""')
+    assert str(err.value) == 'a Modelfile value cannot contain """'
+    with pytest.raises(export.ModelError) as err:
+        export.ollama_template(None)
+    assert str(err.value) == "no Ollama template for this chat template (ChatML and Llama 3 are supported)"
+
+
+def test_main_in_process_without_gguf_prints_what_it_wrote(exported, tmp_path, capsys):
+    out = tmp_path / "plain"
+    assert export.main([str(exported["run_dir"]), "--gguf", "none", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"merged model: {out / 'merged'}\n"
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["gguf"] == [] and summary["modelfile"] is None and summary["pushed"] is None
+    assert summary["merged"] == str(out / "merged") and summary["model"] == "tiny_random"
+    assert summary["adapter"] == str((exported["run_dir"] / "adapter").resolve()) and summary["seconds"] >= 0
+    assert not (out / "Modelfile").exists() and not list(out.glob("*.gguf"))
+    assert (out / "merged" / "model.safetensors").is_file()
+
+
+def test_export_summary_and_default_paths(exported):
+    summary, out = exported["summary"], exported["out"]
+    assert summary["merged"] == str(out / "merged") and summary["modelfile"] == str(out / "Modelfile")
+    assert [g["type"] for g in summary["gguf"]] == ["f16", "q8_0"]
+    for g in summary["gguf"]:
+        path = out / f"model-{g['type']}.gguf"
+        assert g["path"] == str(path) and g["bytes"] == path.stat().st_size and g["tensors"] == 20
+    assert json.loads((out / "export.json").read_text()) == json.loads(json.dumps(summary))
+    assert not list(out.glob(".*.tmp"))  # the temporary files were renamed into place
+
+    from gguf import GGUFReader
+
+    reader = GGUFReader(out / "model-f16.gguf")
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    run_name = exported["run_dir"].name
+    assert field("general.name") == f"tiny_random-{run_name}" and field("llama.block_count") == 2
+    assert field("llama.embedding_length") == 64 and field("llama.feed_forward_length") == 128
+    assert field("llama.context_length") == 2048 and field("llama.vocab_size") == 49152
+    assert field("llama.rope.dimension_count") == 16 and "llama.attention.key_length" not in reader.fields
+    assert field("tokenizer.ggml.padding_token_id") == 2 and field("tokenizer.ggml.add_bos_token") is False
+    assert len(field("tokenizer.ggml.tokens")) == 49152 and field("tokenizer.ggml.merges")
+    assert "general.quantization_version" not in reader.fields
+    q8 = GGUFReader(out / "model-q8_0.gguf")
+    assert q8.fields["general.quantization_version"].contents() == 2
