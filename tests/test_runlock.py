@@ -73,20 +73,25 @@ def _wait_for_training(output_root, timeout=300):
 
 @pytest.mark.slow
 def test_two_starts_of_one_configuration(tmp_path, embedded_dir):
-    """The second start exits 75 with one line naming the first; the first finishes untouched."""
-    args = ["experiment=smoke", f"output_root={tmp_path}", "train.max_steps=24", "eval.num_examples=2"]
+    """The second start exits 75 with one line naming the first, which trains on untouched (then stopped here)."""
+    args = ["experiment=smoke", f"output_root={tmp_path}", "train.max_steps=500", "train.save_steps=1000",
+            "eval.num_examples=2"]
     first = subprocess.Popen([sys.executable, "-m", "medsweep", *args], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    _wait_for_training(tmp_path)
-    second = run_medsweep(*args)
-    out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err[-2000:]
+    try:
+        _wait_for_training(tmp_path)
+        second = run_medsweep(*args)
+        assert first.poll() is None, "the first run ended before the second was refused: nothing was shown"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=600)
     errors = [line for line in second.stderr.splitlines() if line.startswith("medsweep: error:")]
     assert second.returncode == 75 and len(errors) == 1, second.stderr[-2000:]
     assert f"is in use by PID {first.pid} on {socket.gethostname()}" in errors[0]
+    assert first.returncode == 143, err[-2000:]  # stopped by us, not disturbed by the second start
     (run_dir,) = (tmp_path / "runs").iterdir()
     rec = json.loads((run_dir / "metrics.json").read_text())
-    assert rec["status"] == "complete" and rec["train"]["resumed_from"] is None and rec["train"]["steps"] == 24
+    assert rec["status"] == "interrupted" and rec["error"] == "Interrupted: SIGTERM"
 
 
 def _stop_at_a_checkpoint(args, output_root, signum) -> tuple[int, str]:
