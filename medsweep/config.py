@@ -205,6 +205,11 @@ def _one_of(key: str, value: Any, allowed: list[Any]) -> None:
     _require(value in allowed, key, value, "allowed: " + ", ".join(map(str, allowed)))
 
 
+# transformers' SchedulerType values, listed here so the pre-flight need not import transformers (and torch) to
+# refuse a typo; tests/test_config.py checks the list against the installed transformers.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
 SEED_MAX = 2**32 - 1  # numpy's limit (transformers' set_seed seeds numpy too); torch takes up to 2**64 - 1
 # A value Hydra writes into a path (the sweep directory) must stay a single plain directory name.
 _PLAIN_NAME = r"[A-Za-z0-9][A-Za-z0-9._=+,-]{0,99}"
@@ -277,10 +282,7 @@ def check_inputs(cfg: DictConfig) -> None:
                           f"remove it" + (f" ({len(unread) - 1} more: {', '.join(unread[1:4])})" if unread[1:] else ""))
     import re
 
-    from transformers import SchedulerType
-
-    schedulers = [s.value for s in SchedulerType]
-    _one_of("train.lr_scheduler", cfg.train.lr_scheduler, schedulers)
+    _one_of("train.lr_scheduler", cfg.train.lr_scheduler, LR_SCHEDULERS)
     for key, value in (("train.seed", cfg.train.seed), ("data.split_seed", cfg.data.split_seed)):
         _require(0 <= value <= SEED_MAX, key, value, f"must be in [0, {SEED_MAX}] (what numpy and torch accept)")
     _require(re.fullmatch(_PLAIN_NAME, str(cfg.sweep_name)) is not None, "sweep_name", cfg.sweep_name,

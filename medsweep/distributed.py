@@ -55,8 +55,9 @@ def detect() -> World:
             if env.num_nodes > 1:
                 raise RuntimeError("medsweep's data parallelism is single-node: one process per GPU of one node")
             slurm = os.environ["SUBMITIT_EXECUTOR"] == "slurm"
-            # the requeued job keeps its id, hence its port; SLURM_JOB_ID is the array task's own id
-            job_id = os.environ.get("SLURM_JOB_ID", str(env.job_id))
+            # SLURM_JOB_ID is the array task's own id; a requeued job keeps it, so the restart count is part of the
+            # key: the previous incarnation's rendezvous port may still be held (EADDRINUSE) when the next one starts
+            job_id = os.environ.get("SLURM_JOB_ID", str(env.job_id)) + "." + os.environ.get("SLURM_RESTART_COUNT", "0")
             return World(rank=env.global_rank, local_rank=env.local_rank, size=env.num_tasks,
                          master_addr=env.hostnames[0] if slurm else "127.0.0.1", master_port=_port(job_id),
                          launcher="slurm" if slurm else "local")

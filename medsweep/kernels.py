@@ -177,18 +177,20 @@ def fast_lora(model) -> tuple[int, int]:
     return replaced, fused
 
 
-_BUFFERS: dict[torch.device, torch.Tensor] = {}
+_BUFFERS: dict[tuple[torch.device, bool], torch.Tensor] = {}
 
 
 def _logits_buffer(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
     """A rows x vocab fp32 buffer. On the CPU one buffer is kept and reused across chunks and steps: a fresh
     200 MB tensor per chunk comes from mmap, and faulting its pages in costs more than the matmul writing it
-    (measured: the head's forward matmul ran at half speed)."""
+    (the head's forward matmul ran at half speed). One per inference mode: a buffer made under
+    torch.inference_mode (the baseline's perplexity) is an inference tensor, which training may not write to."""
     if device.type != "cpu":
         return torch.empty(rows, vocab, dtype=torch.float32, device=device)
-    buf = _BUFFERS.get(device)
+    key = (device, torch.is_inference_mode_enabled())
+    buf = _BUFFERS.get(key)
     if buf is None or buf.shape[1] != vocab or buf.shape[0] < rows:
-        buf = _BUFFERS[device] = torch.empty(max(rows, ROW_CHUNK), vocab, dtype=torch.float32, device=device)
+        buf = _BUFFERS[key] = torch.empty(max(rows, ROW_CHUNK), vocab, dtype=torch.float32, device=device)
     return buf[:rows]
 
 

@@ -71,6 +71,8 @@ def resources(cfg: Any, executor: str, processes: int = 1) -> dict[str, Any]:
     res["slurm_setup"] = list(site.setup) or None
     res["slurm_additional_parameters"] = dict(site.additional_parameters) or None
     res["slurm_array_parallelism"] = site.max_parallel
+    if processes > 1:  # one task dying (a failed rendezvous, OOM) ends its job instead of leaving the others waiting
+        res["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     return {k: v for k, v in res.items() if v is not None}
 
 

@@ -92,3 +92,14 @@ def test_run_dir_is_config_hash_not_timestamp(compose):
     assert run_id(a) != run_id(c)
     assert run_id(a).startswith("smollm2_135m_sample_r8_a16_d0.05_L512_s0_local_cpu-")
     assert Path(a.hydra.run.dir).name == run_id(a)
+
+
+def test_scheduler_names_are_the_ones_transformers_accepts():
+    """The pre-flight refuses a scheduler name without importing transformers: its pinned list must stay a list of
+    names the installed transformers accepts (a name it dropped would pass the pre-flight and fail in the job)."""
+    from transformers import SchedulerType
+
+    from medsweep.config import LR_SCHEDULERS
+
+    assert set(LR_SCHEDULERS) <= {s.value for s in SchedulerType}
+    assert {"linear", "cosine", "constant_with_warmup"} <= set(LR_SCHEDULERS)

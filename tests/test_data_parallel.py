@@ -9,13 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medsweep import train
+from medsweep import distributed, train
 from medsweep.errors import TrainingDiverged
 from tests.conftest import run_medsweep
 
-# no dropout: each process draws its own masks for its rows, so only dropout-free runs can match exactly
+# no dropout: each process draws its own masks for its rows, so only dropout-free runs can match exactly; fp32: on a
+# CPU with native bf16, precision=auto picks bf16, whose sums differ with the number of processes
 COMMON = ["experiment=smoke", "lora.dropout=0", "train.max_steps=6", "train.batch_size=4", "eval.num_examples=4",
-          "profile.cpus=2"]
+          "profile.cpus=2", "profile.precision=fp32"]
 
 
 def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -103,3 +104,30 @@ def test_a_scaler_that_skips_every_step_fails_the_run():
     fine.on_step_end(None, None, None, optimizer=_Optimizer())
     fine.on_step_end(None, None, None, optimizer=object())
     fine.on_train_end(None, None, None)
+
+
+def test_a_requeued_slurm_job_rendezvous_on_a_new_port(monkeypatch):
+    """The tasks of one incarnation agree on a port; the requeued incarnation (same job id, next restart count)
+    takes another, since the previous one's port may still be held when it starts (EADDRINUSE on the live SLURM)."""
+    import submitit
+
+    class Env:
+        num_tasks, num_nodes, local_rank, job_id, hostnames = 2, 1, 0, "77", ["node1"]
+
+        def __init__(self, rank):
+            self.global_rank = rank
+
+    def world(rank: int, restarts: str) -> distributed.World:
+        monkeypatch.setattr(submitit, "JobEnvironment", lambda: Env(rank))
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+        return distributed.detect()
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    first, second = world(0, "0"), world(1, "0")
+    assert (first.rank, second.rank, first.size, first.launcher) == (0, 1, 2, "slurm")
+    assert first.master_port == second.master_port and first.master_addr == "node1"
+    requeued = world(0, "1")
+    assert requeued.master_port != first.master_port and 20000 <= requeued.master_port < 40000

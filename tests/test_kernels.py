@@ -56,6 +56,20 @@ def test_linear_cross_entropy_under_bf16_autocast(head_case):
     assert hidden.grad.dtype == torch.float32 and torch.isfinite(hidden.grad).all()
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_linear_cross_entropy_trains_after_an_inference_mode_call(head_case, autocast):
+    """The baseline's perplexity runs under torch.inference_mode before training: the reused CPU logits buffer
+    it leaves behind must not be one training writes into (an inference tensor, refused outside that mode)."""
+    head, hidden, targets = head_case
+    kernels._BUFFERS.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.inference_mode():
+            first = kernels.linear_cross_entropy(hidden.detach(), head, targets)
+        loss = kernels.linear_cross_entropy(hidden, head, targets)
+    loss.backward()
+    assert torch.allclose(loss.detach(), first, rtol=1e-6) and torch.isfinite(hidden.grad).all()
+
+
 def test_fast_dropout_rate_scale_and_identity():
     x = torch.ones(400, 500)
     drop = kernels.FastDropout(0.25)

@@ -102,7 +102,8 @@ def test_slurm_resources_carry_every_site_setting(compose):
         "timeout_min": 90, "cpus_per_task": 2, "mem_gb": 48, "nodes": 1, "tasks_per_node": 2,
         "slurm_partition": "gpu", "slurm_account": "mylab", "slurm_qos": "high", "slurm_constraint": "ib",
         "slurm_gres": "gpu:a100:2", "slurm_setup": ["module load cuda/12.4", "source .venv/bin/activate"],
-        "slurm_additional_parameters": {"mail-type": "END"}, "slurm_array_parallelism": 8}
+        "slurm_additional_parameters": {"mail-type": "END"}, "slurm_array_parallelism": 8,
+        "slurm_srun_args": ["--kill-on-bad-exit=1"]}
 
 
 def test_the_site_partition_wins_over_the_profiles(compose):
