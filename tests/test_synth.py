@@ -606,11 +606,14 @@ def test_curation_loop_end_to_end_on_the_tiny_model(tmp_path, embedded_dir):
 
 @pytest.fixture
 def synth_main(monkeypatch):
-    """synth.main() in this process with the given arguments (Hydra reads sys.argv); the exit code."""
+    """synth.main() in this process with the given arguments (Hydra reads sys.argv); the exit code. Hydra's own
+    logging set-up is switched off: it would attach handlers to pytest's captured streams, and closing those broke
+    capture for the rest of the worker's tests."""
     from hydra.core.global_hydra import GlobalHydra
 
     def call(*args: str) -> int:
-        monkeypatch.setattr(sys, "argv", ["medsweep-synth", *args])
+        monkeypatch.setattr(sys, "argv", ["medsweep-synth", *args, "hydra/job_logging=none",
+                                          "hydra/hydra_logging=none"])
         try:
             synth.main()
         except SystemExit as exc:
