@@ -1,4 +1,4 @@
-# medsweep: `make demo` runs the main job on the embedded SmolLM2; `make test` runs the test suite.
+# medsweep: `make demo` runs the main job on the embedded SmolLM2; `make test` runs `make lint`, then the test suite.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 # index instead (also on an existing venv). Empty: the pinned torch from PyPI / the local wheel, as before.
 TORCH_INDEX ?=
 
-.PHONY: install demo test test-fast mutate gpu-check clean FORCE
+.PHONY: install demo lint test test-fast mutate gpu-check clean FORCE
 
 $(STAMP): pyproject.toml $(if $(TORCH_INDEX),FORCE)
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,15 @@ install: $(STAMP)
 demo: install
 	$(OFFLINE) $(BIN)/medsweep experiment=demo
 
-test: install
+# Static checks (rule set and mypy settings in pyproject.toml); `make test` and `make test-fast` run them first.
+lint: install
+	$(BIN)/ruff check medsweep scripts tests hydra_plugins
+	$(BIN)/mypy
+
+test: install lint
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: install lint
 	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow and not slurm"
 
 # Mutation testing of the outer modules (README "Tests"); not part of `make test`: it runs the tests thousands of times.

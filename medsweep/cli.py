@@ -24,7 +24,6 @@ def _options(group: str) -> list[str]:
 def _expand(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     """Plain overrides, and one list of single-value variants per sweep override (`k=a,b` or ranges)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from hydra.errors import OverrideParseException
 
     try:
@@ -32,7 +31,7 @@ def _expand(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     except OverrideParseException as exc:
         raise ConfigError(f"cannot parse the overrides {' '.join(overrides)!r}: {_one_line(exc)}") from exc
     fixed, sweeps = [], []
-    for text, parsed in zip(overrides, parsed_all):
+    for text, parsed in zip(overrides, parsed_all, strict=True):
         if parsed.is_sweep_override():
             key = parsed.get_key_element()
             sweeps.append([f"{key}={v}" for v in parsed.sweep_string_iterator()])
@@ -68,7 +67,8 @@ def _one_line(exc: BaseException) -> str:
     """Hydra/OmegaConf errors span several lines; keep the key, the value and the reason."""
     from omegaconf.errors import ValidationError
 
-    chain, cause = [], exc
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
     while cause is not None:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
@@ -76,12 +76,13 @@ def _one_line(exc: BaseException) -> str:
     if typed is not None:
         reason = str(typed.msg).splitlines()[0] if getattr(typed, "msg", None) else str(typed).splitlines()[0]
         return f"{typed.full_key}={typed.value!r} is invalid: {reason}"
-    parts = []
-    while exc is not None:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    parts: list[str] = []
+    link: BaseException | None = exc
+    while link is not None:
+        first = next((line.strip() for line in str(link).splitlines() if line.strip()), "")
         if first and first not in parts:
             parts.append(first)
-        exc = exc.__cause__ or exc.__context__
+        link = link.__cause__ or link.__context__
     return ": ".join(parts)
 
 

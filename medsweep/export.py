@@ -122,7 +122,9 @@ def load_generator_model(spec: str | os.PathLike, hw: Hardware = CPU):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=hw.weight_dtype).to(hw.device)
+    # Any: transformers declares PreTrainedModel.to with @wraps(nn.Module.to), which mypy types as unbound
+    loaded: Any = AutoModelForCausalLM.from_pretrained(path, dtype=hw.weight_dtype)
+    model = loaded.to(hw.device)
     model.eval()
     return model, tokenizer
 

@@ -20,7 +20,9 @@ def _skip_bitsandbytes_without_cuda() -> None:
     keeps it)."""
     if "bitsandbytes" not in sys.modules and not os.environ.get("MEDSWEEP_IMPORT_BNB") \
             and not torch.cuda.is_available():
-        sys.modules["bitsandbytes"] = None  # `import bitsandbytes` raises ImportError, find_spec returns None
+        # `import bitsandbytes` raises ImportError, find_spec returns None; typeshed types sys.modules' values as
+        # ModuleType, but None is the documented way to block an import (importlib docs, sys.modules)
+        sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
 
 
 _skip_bitsandbytes_without_cuda()

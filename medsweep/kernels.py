@@ -141,7 +141,7 @@ def _lora_linear_class():
     class FusedLoraLinear(Linear):
         def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             name = self.active_adapters[0] if len(self.active_adapters) == 1 else None
-            a, b, dropout = (modules[name] if name in modules else None
+            a, b, dropout = (modules[name] if name is not None and name in modules else None
                              for modules in (self.lora_A, self.lora_B, self.lora_dropout))
             plain = (not args and not kwargs and a is not None and b is not None and not self.disable_adapters
                      and not self.merged and name not in getattr(self, "lora_variant", {})
@@ -150,6 +150,7 @@ def _lora_linear_class():
                      and isinstance(dropout, (FastDropout, torch.nn.Identity)))
             if not plain:
                 return super().forward(x, *args, **kwargs)
+            assert a is not None and b is not None and name is not None  # plain checked them
             p = dropout.p if isinstance(dropout, FastDropout) and dropout.active else 0.0
             return _LoraDelta.apply(self.base_layer(x), x, a.weight, b.weight, float(self.scaling[name]), p)
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import DictConfig
 
 from medsweep import config as config_schema
 from medsweep import fit, record
@@ -135,6 +137,9 @@ class SweepLauncherMixin:
     """Put in front of hydra-submitit-launcher's SlurmLauncher / LocalLauncher (see the plugin module)."""
 
     _EXECUTOR: str
+    # set by hydra-submitit-launcher's BaseSubmititLauncher (__init__: params, setup(): config)
+    params: dict[str, Any]
+    config: DictConfig
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         """Runs on the compute node. A failed task raises, so submitit and SLURM mark the job FAILED."""
@@ -201,8 +206,8 @@ class SweepLauncherMixin:
                         executor.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={ids}"])
                         handles.append(executor.submit(self, *job_args))
                 else:
-                    handles = executor.map_array(self, *zip(*args))
-                pairs = list(zip(wave, handles))
+                    handles = executor.map_array(self, *zip(*args, strict=True))
+                pairs = list(zip(wave, handles, strict=True))
                 for j, handle in pairs:
                     j.job_id = str(handle.job_id)
                     log.info("#%d submitted as %s: %s", j.idx, handle.job_id, " ".join(j.overrides))

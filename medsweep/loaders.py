@@ -21,8 +21,9 @@ import json
 import math
 import random
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from medsweep.errors import ConfigError, DataError
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from collections.abc import Iterable
 from statistics import mean
-from typing import Iterable
 
 import sacrebleu
 from rouge_score import rouge_scorer
@@ -66,7 +66,7 @@ def extract_decision(text: str) -> str | None:
 
 def decision_scores(predicted: Iterable[str | None], gold: Iterable[str]) -> dict[str, float]:
     """Accuracy and macro-F1 over the yes/no/maybe classes present in the gold labels."""
-    pairs = list(zip(predicted, gold))
+    pairs = list(zip(predicted, gold, strict=True))
     accuracy = mean(float(p == g) for p, g in pairs)
     f1s = []
     for label in sorted({g for _, g in pairs}):
@@ -92,7 +92,7 @@ def score_corpus(predictions: list[str], references: list[str]) -> tuple[dict[st
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"need equal, non-zero numbers of predictions and references, got "
                          f"{len(predictions)} and {len(references)}")
-    per_example = [score_example(p, r) for p, r in zip(predictions, references)]
+    per_example = [score_example(p, r) for p, r in zip(predictions, references, strict=True)]
     corpus = {key: mean(s[key] for s in per_example) for key in ("exact_match", "f1", "rouge1", "rouge2", "rougeL")}
     corpus["bleu"] = corpus_bleu(predictions, references)
     return corpus, per_example

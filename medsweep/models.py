@@ -223,7 +223,8 @@ def _is_linear4bit(module) -> bool:
     return hasattr(module, "compute_dtype") and any(cls.__name__ == "Linear4bit" for cls in type(module).__mro__)
 
 
-def enforce_4bit_compute_dtype(model, compute_dtype: torch.dtype, requested: Any = None, source: str = "") -> dict:
+def enforce_4bit_compute_dtype(model, compute_dtype: torch.dtype, requested: Any = None,
+                              source: str | Path = "") -> dict:
     """Make every bitsandbytes Linear4bit compute in the profile's dtype and return what was really loaded, for the
     record. A pre-quantized checkpoint's own quantization_config replaces the one passed to from_pretrained, and
     its bnb_4bit_compute_dtype becomes each Linear4bit's `compute_dtype`: bf16 on an fp16-only GPU (emulated, slow)

@@ -58,7 +58,7 @@ def render_many(tokenizer, records: list[dict[str, Any]], instruction: str, prom
     must agree, or every record goes through `render`."""
     one = [render(tokenizer, r, instruction, prompt_format, system_prompt) for r in records[:_CHECKED]]
     skeleton = _skeleton(tokenizer, instruction, prompt_format, system_prompt)
-    if skeleton is None or any(_fill(skeleton, r) != pair for r, pair in zip(records, one)):
+    if skeleton is None or any(_fill(skeleton, r) != pair for r, pair in zip(records, one, strict=False)):
         return one + [render(tokenizer, r, instruction, prompt_format, system_prompt) for r in records[_CHECKED:]]
     return one + [_fill(skeleton, r) for r in records[_CHECKED:]]
 

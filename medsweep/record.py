@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API
 REDACTED = "***"
 
 
-def _identity(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _identity(cfg: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in cfg.items():
         dotted = f"{prefix}{key}"
@@ -70,6 +70,7 @@ def run_id(root: DictConfig) -> str:
     """Readable name + 8-hex hash of the resolved configuration (minus NON_IDENTITY_KEYS)."""
     body = {k: root[k] for k in root if k != "hydra"}
     cfg = OmegaConf.to_container(OmegaConf.create(body), resolve=True)
+    assert isinstance(cfg, dict)  # the container of a DictConfig
     digest = hashlib.sha256(json.dumps(_identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
     m, lo, t = cfg["model"], cfg["lora"], cfg["train"]
     readable = (
@@ -234,7 +235,7 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _git_commit() -> str | None:
@@ -255,14 +256,14 @@ def environment() -> dict[str, Any]:
     """Git commit, package versions, host and device info for the record."""
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("medsweep", "torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf",
                 "submitit", "bitsandbytes", "sacrebleu", "rouge-score", "wandb", "pandas"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    device = {"cuda": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads(),
+    device: dict[str, Any] = {"cuda": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads(),
               "cpu_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())}
     if torch.cuda.is_available():
         device["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

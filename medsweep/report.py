@@ -32,6 +32,7 @@ import os
 import sys
 from pathlib import Path
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -175,8 +176,8 @@ def malformed(rec: dict) -> str | None:
 
 def read_run(run_dir: Path) -> dict:
     """One row for ``run_dir``: status unfinished / corrupt / the recorded status."""
-    row = {"run_dir": str(run_dir), "run_name": run_dir.name, "status": "unfinished",
-           "error": None}
+    row: dict[str, Any] = {"run_dir": str(run_dir), "run_name": run_dir.name, "status": "unfinished",
+                           "error": None}
     path = run_dir / "metrics.json"
     if not path.exists():
         return row
@@ -348,7 +349,7 @@ def summarize(df: pd.DataFrame, by: list[str], metrics: dict[str, str],
         reps = group.groupby(axes, dropna=False)[measured].mean() if axes else group[measured]
         stats = {m: _interval(group, reps[m], m) for m in measured}
         *_, method, n = stats.get(primary, (math.nan,) * 3 + ("", 0))
-        row = dict(zip(by, key))
+        row = dict(zip(by, key, strict=True))
         row.update(n=1 if method == "bootstrap" else n, CI=_ci_label(group, method, n, axes))
         for metric, name in metrics.items():
             mean, low, high, _, _ = stats.get(metric, (math.nan,) * 3 + ("", 0))
@@ -549,7 +550,7 @@ def display(view: pd.DataFrame) -> pd.DataFrame:
     for name in [c for c in table.columns if f"{c} lo" in table and f"{c} hi" in table]:
         method = table["CI"] if "CI" in table else pd.Series("", index=table.index)
         table[name] = [_cell(m, lo, hi, str(k)) for m, lo, hi, k in
-                       zip(table[name], table[f"{name} lo"], table[f"{name} hi"], method)]
+                       zip(table[name], table[f"{name} lo"], table[f"{name} hi"], method, strict=True)]
         table = table.drop(columns=[f"{name} lo", f"{name} hi"])
     if "best" in table:
         table["best"] = table["best"].map({True: "*", False: ""})
@@ -651,7 +652,7 @@ def _epoch_frame(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     models = done["model"] if "model" in done else pd.Series("run", index=done.index)
     rows = [{"run_dir": run_dir, "model": model, "epoch": e.get("epoch"),
              metric: _as_dict(e.get("metrics")).get(metric)}
-            for run_dir, model, epochs in zip(done["run_dir"], models, done["_epochs"])
+            for run_dir, model, epochs in zip(done["run_dir"], models, done["_epochs"], strict=True)
             for e in epochs if isinstance(e, dict)]
     long = pd.DataFrame(rows, columns=["run_dir", "model", "epoch", metric]).dropna()
     if long.empty or "f1" not in done:

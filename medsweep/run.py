@@ -25,8 +25,8 @@ try:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from medsweep import config as config_schema
     from medsweep import cache, data, distributed, hardware, models, preempt, record, tracking, train
+    from medsweep import config as config_schema
     from medsweep.errors import ConfigError, MedsweepError
     from medsweep.evaluate import evaluate
     from medsweep.runlock import RunInUse, RunLock

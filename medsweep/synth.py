@@ -29,8 +29,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from medsweep import loaders, record
 from medsweep.data import question_key
@@ -364,19 +365,19 @@ def synthesize(abstracts: list[dict[str, str]], generator: Generator, prompts: A
     seen: set[str] = set()
     drops: dict[str, int] = {}
     pending = []
-    for a, text in zip(abstracts, raw):
+    for a, text in zip(abstracts, raw, strict=True):
         questions, counts = clean_questions(text, num_questions, min_question_words, seen, max_question_words,
                                             require_question_mark, standalone)
-        for k, v in counts.items():
-            drops[k] = drops.get(k, 0) + v
+        for reason, n in counts.items():
+            drops[reason] = drops.get(reason, 0) + n
         pending += [(a, k, q) for k, q in enumerate(questions, start=1)]
     t1 = time.perf_counter()
     progress(f"step 2: answers for {len(pending)} questions")
     answers = generator.chat([_messages(prompts.answer_system, _fill(prompts.answer_user, abstract=a["text"],
                                                                      question=q)) for a, _, q in pending],
                              max_new_tokens_answer)
-    rows = []
-    for (a, k, q), text in zip(pending, answers):
+    rows: list[dict[str, Any]] = []
+    for (a, k, q), text in zip(pending, answers, strict=True):
         answer = clean_answer(text, prompts.get("not_stated"))
         flags, overlap = grounding(answer, a["text"], min_overlap)
         rows.append({"id": f"{a['id']}-q{k}", "abstract_id": a["id"], "source": a["source"], "question": q,

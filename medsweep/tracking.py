@@ -22,9 +22,10 @@ import logging
 import math
 import struct
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -294,7 +295,7 @@ def read_offline_run(offline_dir: Path) -> dict[str, Any]:
     (path,) = Path(offline_dir).glob("run-*.wandb")
     out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "args": [], "exit_code": None}
     for raw in _log_records(path):
-        rec = pb.Record()
+        rec = pb.Record()  # type: ignore[attr-defined]  # protobuf builds the message classes at import: no stubs
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "run":

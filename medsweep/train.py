@@ -12,19 +12,21 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-# hardware first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports
+# isort: off
+# hardware first: it keeps the CUDA-only bitsandbytes out of CPU jobs' imports (isort would move it down)
 from medsweep.hardware import Hardware, process_age_s
 from medsweep.attention import use_block_causal
 from medsweep.errors import TrainingDiverged
 from medsweep.kernels import fast_lora, linear_cross_entropy
 from medsweep.prompts import IGNORE_INDEX, _adds_bos, render_many
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+# isort: on
 
 log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
@@ -42,7 +44,7 @@ def tokenize(records: list[dict[str, Any]], tokenizer, data_cfg: Any, model_cfg:
     answers_ids = _encode(tokenizer, [completion for _, completion in texts])
     columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "length": []}
     dropped = truncated = answer_tokens = 0
-    for (prompt, _), prompt_ids, answer_ids in zip(texts, prompts_ids, answers_ids):
+    for (prompt, _), prompt_ids, answer_ids in zip(texts, prompts_ids, answers_ids, strict=True):
         # the rules of prompts.tokenize_example (tests/test_speed_paths.py checks they agree)
         if _adds_bos(tokenizer, prompt):
             prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
@@ -209,7 +211,9 @@ class EpochEval(TrainerCallback):
     there, so the entrypoint does not generate the same answers twice."""
 
     def __init__(self, evaluate: Callable[[Any], tuple[dict[str, Any], list[dict[str, Any]]]]):
-        self.evaluate, self.results, self.last_rows = evaluate, [], None
+        self.evaluate = evaluate
+        self.results: list[dict[str, Any]] = []
+        self.last_rows: list[dict[str, Any]] | None = None
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         model.eval()
@@ -220,7 +224,10 @@ class EpochEval(TrainerCallback):
 
     def final(self, step: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         last = self.results[-1] if self.results else None
-        return (last["metrics"], self.last_rows) if last and last["step"] == step else None
+        if not (last and last["step"] == step):
+            return None
+        assert self.last_rows is not None  # set together with every entry of self.results
+        return last["metrics"], self.last_rows
 
 
 class StepTimer(TrainerCallback):

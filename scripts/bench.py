@@ -168,9 +168,10 @@ class PeakRSS:
 
 
 def compose(model: str, data_path: Path, steps: int, seq: int | None, batch: int | None, extra: list[str]):
-    import medsweep.run  # noqa: F401  registers the schema and resolvers
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    import medsweep.run  # noqa: F401  registers the schema and resolvers
 
     overrides = [f"model={model}", "data=local", f"data.path={data_path}", f"train.max_steps={steps}",
                  "train.logging_steps=1", *extra]
@@ -261,8 +262,8 @@ class Steps:
         return batch
 
     def summary(self) -> dict[str, Any]:
-        times = [b - a for a, b in zip([self.begin, *self.ends[:-1]], self.ends)]
-        cpu = [b - a for a, b in zip([self.cpu_begin, *self.cpu_ends[:-1]], self.cpu_ends)]
+        times = [b - a for a, b in zip([self.begin, *self.ends[:-1]], self.ends, strict=False)]
+        cpu = [b - a for a, b in zip([self.cpu_begin, *self.cpu_ends[:-1]], self.cpu_ends, strict=False)]
         per_step = [self.batches[i * self.grad_accum:(i + 1) * self.grad_accum] for i in range(len(times))]
         real = [sum(b[0] for b in s) for s in per_step]
         padded = [sum(b[1] for b in s) for s in per_step]
@@ -483,7 +484,7 @@ def answer_check(model, tokenizer, records, cfg, hw, fast_answers: list[str]) ->
         slow, _, _ = evaluate.generate(model, tokenizer, records, cfg.data, cfg.model, one, hw)
     finally:
         evaluate.inference_weights = real
-    same = [a == b for a, b in zip(fast_answers, slow)]
+    same = [a == b for a, b in zip(fast_answers, slow, strict=True)]
     return {"identical": sum(same), "n": len(same), "one_at_a_time": slow}
 
 
@@ -740,7 +741,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["medsweep"] = {"train": ms_train, "eval": {**me, **eval_summary(me)}}
     if reference:
         res["medsweep_reference"] = {"train": reference}
-        pairs = list(zip(ms_train["loss"], reference["loss"]))
+        pairs = list(zip(ms_train["loss"], reference["loss"], strict=False))
         res["loss_curve_max_abs_diff"] = max(abs(a - b) for a, b in pairs) if pairs else None
 
     # Start-up with the model cached: runs whose tokenized training set is in the cache (a sweep's jobs after

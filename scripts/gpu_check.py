@@ -25,10 +25,11 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ("env", "train", "qlora", "shape7b", "speed")
@@ -179,6 +180,7 @@ class Session:
 
     def run(self, name: str, overrides: list[str]) -> tuple[Any, dict[str, Any], Path]:
         import torch
+
         from medsweep.run import train_eval
 
         cfg = self.compose(overrides)
@@ -264,6 +266,7 @@ def check_train(s: Session, precision: str) -> Check:
 def inspect_4bit(cfg) -> dict[str, Any]:
     """Load the model as medsweep does (load_model + add_lora) and read what is really in it."""
     import bitsandbytes as bnb
+
     from medsweep import hardware, models
 
     tokenizer = models.load_tokenizer(cfg.model)
@@ -331,6 +334,7 @@ def llama_params(shape: dict[str, Any], vocab: int) -> int:
 
 def check_shape7b(s: Session) -> Check:
     import torch
+
     from medsweep import fit
 
     precision = s.precisions[0]
@@ -446,7 +450,7 @@ def _first_line(exc: BaseException) -> str:
 def table(rows: list[Check]) -> str:
     cells = [("check", "status", "value")] + [(c.name, c.status, c.value) for c in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(3)]
-    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in cells]
+    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |" for r in cells]
     return "\n".join([lines[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *lines[1:]])
 
 

@@ -30,9 +30,10 @@ def need_shared_data() -> None:
 # Secrets set in the environment of runs under test: none of these values may reach a file or the console.
 SECRET_ENV = {"WANDB_API_KEY": "wandb-secret-4f9a8b7c", "HF_TOKEN": "hf_secret_9d8c7b6a",
               "OPENAI_API_KEY": "sk-secret-1a2b3c4d", "MY_SERVICE_TOKEN": "svc-secret-77aa88bb"}
+SECRETS = tuple(SECRET_ENV.values())
 
 
-def assert_no_secret(root: Path, console: str, secrets=tuple(SECRET_ENV.values())) -> int:
+def assert_no_secret(root: Path, console: str, secrets: tuple[str, ...] = SECRETS) -> int:
     """No secret in any file under root (records, configs, Hydra's and submitit's files, pickles, logs, W&B) nor
     on the console; returns how many files were read, so a caller can check there was something to search."""
     files = [p for p in root.rglob("*") if p.is_file()]
@@ -52,7 +53,8 @@ def no_network(monkeypatch) -> list:
     fails fast" is then a fact to assert (`no_network == []`), not a wall-clock guess. Loopback and Unix sockets
     stay open (W&B talks to its own local service)."""
     attempts: list = []
-    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
 
     def local(sock, address) -> bool:
         return sock.family == getattr(socket, "AF_UNIX", None) or (isinstance(address, tuple)

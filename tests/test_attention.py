@@ -35,7 +35,7 @@ def test_block_causal_equals_sdpa(monkeypatch, block, batch, heads, kv_heads, le
     out = attention.BlockCausal.apply(q, k, v, 0.3)
     grads = torch.autograd.grad(out, (q, k, v), upstream)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    for got, want, x in zip(grads, expected_grads, (q, k, v)):
+    for got, want, x in zip(grads, expected_grads, (q, k, v), strict=True):
         assert got.shape == x.shape
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -112,7 +112,7 @@ def test_training_loss_and_gradients_equal_sdpa(tiny, calls):
         base.set_attn_implementation("sdpa")
     assert calls["block"] == base.config.num_hidden_layers  # every layer took the block-causal path
     torch.testing.assert_close(fast_loss, loss, rtol=1e-5, atol=1e-6)
-    for got, want in zip(fast_grads, grads):
+    for got, want in zip(fast_grads, grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 

@@ -30,10 +30,10 @@ def test_clean_counts_every_drop():
 
 def test_split_is_deterministic_and_leak_free():
     need_shared_data()
-    cfg = OmegaConf.create({"name": "medquad", "loader": "local", "path": str(MEDQUAD_JSONL), "question_col": "question",
-                            "answer_col": "answer", "id_col": "id", "context_col": None, "label_col": None,
-                            "options": {}, "limit": None, "split_seed": 0, "max_question_words": 512,
-                            "max_answer_words": 2048})
+    cfg = OmegaConf.create({"name": "medquad", "loader": "local", "path": str(MEDQUAD_JSONL),
+                            "question_col": "question", "answer_col": "answer", "id_col": "id", "context_col": None,
+                            "label_col": None, "options": {}, "limit": None, "split_seed": 0,
+                            "max_question_words": 512, "max_answer_words": 2048})
     a = data.build(cfg, eval_size=100, train_size=1900)
     b = data.build(cfg, eval_size=100, train_size=1900)
     assert [r["id"] for r in a.eval] == [r["id"] for r in b.eval]

@@ -64,8 +64,9 @@ def test_two_processes_through_the_local_launcher_equal_one(tmp_path, single_pro
 
 
 def test_training_args_split_the_global_batch_across_processes():
-    from medsweep.hardware import Hardware
     from omegaconf import OmegaConf
+
+    from medsweep.hardware import Hardware
 
     profile = OmegaConf.create({"dataloader_workers": 0, "time_limit_min": 240})
     hw = Hardware(device="cpu", precision="fp32", threads=1, mode="data_parallel", world_size=2)

@@ -216,7 +216,8 @@ _KILL_AT = {
     # half of the new text reached the disk
     "mid-write": "_open = os.fdopen\nclass Half:\n    def __init__(s, fh): s.fh = fh\n"
                  "    def __enter__(s): return s\n    def __exit__(s, *a): s.fh.close()\n"
-                 "    def write(s, text):\n        s.fh.write(text[:len(text) // 2]); s.fh.flush(); os.kill(os.getpid(), 9)\n"
+                 "    def write(s, text):\n"
+                 "        s.fh.write(text[:len(text) // 2]); s.fh.flush(); os.kill(os.getpid(), 9)\n"
                  "os.fdopen = lambda *a, **k: Half(_open(*a, **k))\n",
     # the new text is complete and synced, not yet renamed over the record
     "before-rename": "def replace(*a):\n    os.kill(os.getpid(), 9)\nos.replace = replace\n",

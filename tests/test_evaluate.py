@@ -68,7 +68,7 @@ def test_pubmedqa_decision_metrics_in_the_record(compose, tmp_path, monkeypatch,
     labels = [r["label"] for r in rows]
     assert len(labels) == 8 and set(labels) <= {"yes", "no", "maybe"}
     decided = [("yes", "no", "maybe", None)[i % 4] for i in range(8)]
-    expected_accuracy = sum(p == g for p, g in zip(decided, labels)) / 8
+    expected_accuracy = sum(p == g for p, g in zip(decided, labels, strict=True)) / 8
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     assert on_disk["decision_accuracy"] == pytest.approx(expected_accuracy)
-    assert on_disk["decision_macro_f1"] == pytest.approx(_macro_f1(list(zip(decided, labels))))
+    assert on_disk["decision_macro_f1"] == pytest.approx(_macro_f1(list(zip(decided, labels, strict=True))))

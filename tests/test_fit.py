@@ -271,7 +271,8 @@ def test_llama3_8b_fp16_on_one_v100_in_gib(compose):
     assert est.detail == (
         "llama3_8b (8.03B, fp16) on 1cpu_1v100 (1 GPU): needs 20.6 GiB = weights 15.0 + overhead 1.5 + evaluation 4.1 "
         "[training 1.5 = activations 0.8 + loss 0.7; evaluation 4.1 = max(KV cache 2.2 for 32 x 576 tokens, prefill "
-        "4.1) + logits 0.0]; has 1 x 16 GB (usable 15.2 GiB); evaluation dominates: a smaller eval.batch_size lowers it")
+        "4.1) + logits 0.0]; has 1 x 16 GB (usable 15.2 GiB); evaluation dominates: a smaller eval.batch_size "
+        "lowers it")
 
 
 def test_llama3_8b_split_across_two_v100s_in_gib(compose):

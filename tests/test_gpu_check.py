@@ -158,7 +158,7 @@ def test_bf16_row(gpu_check, monkeypatch, capability, native, auto):
 
 def record(losses, norms=None, perplexity=9.0, peak=512.0):
     norms = norms or [1.0] * len(losses)
-    history = [{"step": i + 1, "loss": x, "grad_norm": g} for i, (x, g) in enumerate(zip(losses, norms))]
+    history = [{"step": i + 1, "loss": x, "grad_norm": g} for i, (x, g) in enumerate(zip(losses, norms, strict=True))]
     return {"train": {"log_history": history, "peak_memory_mb": peak}, "metrics": {"perplexity": perplexity}}
 
 

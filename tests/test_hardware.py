@@ -79,7 +79,8 @@ def test_every_gpu_used_is_checked(fake_cuda):
 def test_bf16_only_where_native(fake_cuda):
     fake_cuda(["v100"], CU126)
     assert hardware.resolve(profile()).precision == "fp16"  # is_bf16_supported() says yes: emulation
-    with pytest.raises(ConfigError, match=r"precision=bf16 is invalid: GPU 0 \(Tesla V100-SXM2-16GB, sm_70\).*use fp16"):
+    with pytest.raises(ConfigError,
+                       match=r"precision=bf16 is invalid: GPU 0 \(Tesla V100-SXM2-16GB, sm_70\).*use fp16"):
         hardware.resolve(profile(precision="bf16"))
     fake_cuda(["rtx8000"], CU126)
     assert hardware.resolve(profile()).precision == "fp16"

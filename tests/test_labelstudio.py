@@ -287,10 +287,11 @@ def test_roundtrip_through_a_live_label_studio_server(tmp_path):
     assert ls.import_reviews(q_min, a_min) == (records, stats)
 
 
-# --------------------------------------------------------------------------- details the reviewer and the import rely on
+# --------------------------------------------------------------------- details the reviewer and the import rely on
 
 HELP = {
-    (): """usage: python -m medsweep.labelstudio [-h] {tasks,answer-tasks,import} ...
+    (): """\
+usage: python -m medsweep.labelstudio [-h] {tasks,answer-tasks,import} ...
 
 Human review of synthetic QA in Label Studio: task files out, reviewed annotations back in.
 
@@ -303,7 +304,8 @@ positional arguments:
 options:
   -h, --help            show this help message and exit
 """,
-    ("tasks",): """usage: python -m medsweep.labelstudio tasks [-h] [--out OUT] [--only {questions,answers}] synthetic
+    ("tasks",): """\
+usage: python -m medsweep.labelstudio tasks [-h] [--out OUT] [--only {questions,answers}] synthetic
 
 positional arguments:
   synthetic             medsweep-synth output (synthetic.jsonl)
@@ -314,7 +316,8 @@ options:
   --only {questions,answers}
                         write one project's files only
 """,
-    ("answer-tasks",): """usage: python -m medsweep.labelstudio answer-tasks [-h] --questions QUESTIONS [--out OUT] synthetic
+    ("answer-tasks",): """\
+usage: python -m medsweep.labelstudio answer-tasks [-h] --questions QUESTIONS [--out OUT] synthetic
 
 positional arguments:
   synthetic
@@ -325,7 +328,8 @@ options:
                         Label Studio export (JSON) of the question project
   --out OUT             folder (default: labelstudio/ next to the input)
 """,
-    ("import",): """usage: python -m medsweep.labelstudio import [-h] [--questions QUESTIONS] [--answers ANSWERS] --out OUT
+    ("import",): """\
+usage: python -m medsweep.labelstudio import [-h] [--questions QUESTIONS] [--answers ANSWERS] --out OUT
                                              [--heldout HELDOUT] [--seed SEED] [--keep-unreviewed]
 
 options:

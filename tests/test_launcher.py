@@ -165,7 +165,7 @@ def test_slurm_sweep_submits_one_array_per_resource_group(tmp_path, executors, c
         f"#3 submitted as 1003: experiment=smoke profile.cpus=2 lora.r=8 output_root={tmp_path} site.account=mylab"]
     ex = executors.made
     assert len(ex) == 2  # cpus=1 and cpus=2 differ: two arrays of two jobs
-    for e, cpus in zip(ex, (1, 2)):
+    for e, cpus in zip(ex, (1, 2), strict=True):
         assert e.cluster == "slurm" and e.folder == str(tmp_path / "sweeps" / "sweep" / ".submitit" / "%j")
         assert e.init == {"slurm_max_num_timeout": 5}
         assert e.calls[0] == ("update", {"timeout_min": 60, "cpus_per_task": cpus, "mem_gb": 16, "nodes": 1,
@@ -228,7 +228,8 @@ def test_a_refused_job_stops_the_sweep_before_anything_is_submitted(tmp_path, ex
     assert len(lines) == 1 and lines[0].startswith(
         "medsweep: error: 1 job(s) refused before submission, nothing submitted: #1 does not fit: llama3_8b (8.03B, "
         "fp16) on 1cpu_1v100 (1 GPU): needs 20.6 GiB")
-    assert "1 refused (do not fit)" in captured.out and not (tmp_path / "sweeps" / "sweep" / launcher.JOBS_FILE).exists()
+    assert "1 refused (do not fit)" in captured.out
+    assert not (tmp_path / "sweeps" / "sweep" / launcher.JOBS_FILE).exists()
 
 
 def test_an_invalid_value_is_refused_and_named(tmp_path, executors, capsys):
@@ -290,7 +291,8 @@ def test_failed_jobs_are_named_and_the_others_finish(tmp_path, executors, capsys
 
 # --- local launches: GPUs and waves ------------------------------------------------------------------------------
 
-LOCAL_GPU = ["experiment=smoke", "profile=local_gpu", "profile.device=cpu", "profile.precision=fp32", "site.max_parallel=4"]
+LOCAL_GPU = ["experiment=smoke", "profile=local_gpu", "profile.device=cpu", "profile.precision=fp32",
+             "site.max_parallel=4"]
 
 
 def test_local_jobs_get_disjoint_visible_gpus_in_waves(tmp_path, executors, monkeypatch, capsys):

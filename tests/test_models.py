@@ -50,7 +50,7 @@ def test_tiny_random_is_seeded(compose):
     a, _ = models.load_model(cfg.model, tok, CPU, seed=3)
     b, _ = models.load_model(cfg.model, tok, CPU, seed=3)
     assert a.config.hidden_size == 64 and a.config.num_hidden_layers == 2
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_lora_targets_must_exist(compose):

@@ -10,7 +10,7 @@ import re
 import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -153,7 +153,8 @@ def test_atomic_writes(tmp_path, monkeypatch):
     assert rows.read_text() == ""
     replaced = []
     real_replace = os.replace
-    monkeypatch.setattr(os, "replace", lambda src, dst: replaced.append((Path(src), Path(dst))) or real_replace(src, dst))
+    monkeypatch.setattr(os, "replace",
+                        lambda src, dst: replaced.append((Path(src), Path(dst))) or real_replace(src, dst))
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(Path(f"/proc/self/fd/{fd}").read_text())
@@ -202,11 +203,11 @@ def test_now_is_utc_seconds(monkeypatch):
 
 
 def _check_now():
-    before = datetime.now(timezone.utc).replace(microsecond=0)
+    before = datetime.now(UTC).replace(microsecond=0)
     stamp = record.now()
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
-    assert before <= datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) <= after
+    assert before <= datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) <= after
 
 
 class _Run:
@@ -245,8 +246,9 @@ def test_git_commit(monkeypatch):
 
 
 def test_environment(monkeypatch):
-    import torch
     from importlib import metadata
+
+    import torch
 
     monkeypatch.setattr(record, "_git_commit", lambda: "c0ffee")
     real_version = metadata.version

@@ -338,7 +338,7 @@ def test_by_profile_latency(df: pd.DataFrame):
 def test_failures_lists_failed_unfinished_corrupt(df: pd.DataFrame):
     table = report.failures(df)
     assert list(table.columns) == ["run_dir", "status", "error"]
-    by_status = {s: e for s, e in zip(table["status"], table["error"])}
+    by_status = {s: e for s, e in zip(table["status"], table["error"], strict=True)}
     assert set(by_status) == {"failed", "unfinished", "corrupt"}
     assert by_status["failed"] == "ValueError: boom"
     assert "unreadable" in by_status["corrupt"]
@@ -605,7 +605,7 @@ def test_by_config_ci_labels_single_runs_and_duplicates(tmp_path: Path):
     raw_run(tmp_path / "d", {"model": "n", "lora.r": 4}, {"f1": 0.4, "rougeL": 0.1},
             per_example={"f1": [0.4]})  # one score: no bootstrap
     table = report.by_config(report.collect([str(tmp_path)]))
-    assert list(zip(table["model"], table["lora.r"], table["n"], table["CI"])) == [
+    assert list(zip(table["model"], table["lora.r"], table["n"], table["CI"], strict=True)) == [
         ("m", 4, 1, "single run"), ("m", 16, 1, "single run"), ("n", 4, 1, "single run")]
     assert list(table["F1"]) == pytest.approx([0.3, 0.4, 0.4])
     assert list(table["best"]) == [False, True, True]
@@ -1111,7 +1111,7 @@ def check_pivot_csv(path: Path, metric: str, shift: float, tiny_ci: str) -> None
     assert list(table.columns) == ["model", "lora.r", "n", "CI", metric, f"{metric} lo", f"{metric} hi",
                                    f"Δ {metric}", "best"]
     expected = config_means(shift)
-    assert [(m, r) for m, r in zip(table["model"], table["lora.r"])] == sorted(expected)
+    assert [(m, r) for m, r in zip(table["model"], table["lora.r"], strict=True)] == sorted(expected)
     for (model, r), mean in expected.items():
         cell = row(table, model=model, **{"lora.r": r})
         assert cell[metric] == pytest.approx(mean)
@@ -1122,7 +1122,7 @@ def check_pivot_csv(path: Path, metric: str, shift: float, tiny_ci: str) -> None
             assert cell["CI"] == "t over seeds (n=2)" and cell["n"] == 2
         else:
             assert cell["CI"] == tiny_ci and cell["n"] == 1
-    best = {(m, r) for m, r, b in zip(table["model"], table["lora.r"], table["best"]) if b}
+    best = {(m, r) for m, r, b in zip(table["model"], table["lora.r"], table["best"], strict=True) if b}
     assert best == {("smollm2_135m", 16), ("qwen2_0.5b", 4), ("tiny", 4)}
 
 
@@ -1157,10 +1157,11 @@ def test_cli_by_sets_pivot_and_heatmap_axes(sweep: Path, tmp_path: Path, capsys,
     out = tmp_path / "report"
     table = pd.read_csv(out / "pivot_f1.csv")
     assert list(table.columns[:2]) == ["lora.r", "model"]
-    assert list(zip(table["lora.r"], table["model"])) == [
+    assert list(zip(table["lora.r"], table["model"], strict=True)) == [
         (4, "qwen2_0.5b"), (4, "smollm2_135m"), (4, "tiny"), (16, "qwen2_0.5b"), (16, "smollm2_135m")]
     means = config_means()
-    assert list(table["f1"]) == pytest.approx([means[m, r] for r, m in zip(table["lora.r"], table["model"])])
+    assert list(table["f1"]) == pytest.approx(
+        [means[m, r] for r, m in zip(table["lora.r"], table["model"], strict=True)])
     assert "## f1 by lora.r, model\n" in (out / "report.md").read_text()
     assert set(drawn) == {"metric_vs_epoch.png", "latency_by_profile.png", "heatmap_f1_lora.r_model.png"}
     heat = drawn["heatmap_f1_lora.r_model.png"].axes[0]

@@ -79,7 +79,7 @@ def test_answer_only_gradients_equal_the_models(setup):
     model.zero_grad()
     loss_sum, n = train.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     (loss_sum / n).backward()
-    for p, g in zip(lora, reference):
+    for p, g in zip(lora, reference, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
     model.zero_grad()
 
@@ -145,7 +145,7 @@ def test_bf16_storage_of_frozen_linears_changes_no_number():
         (loss_sum / n).backward()
         results.append((loss_sum.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     assert results[0][0] == results[1][0]
-    for a, b in zip(results[0][1], results[1][1]):
+    for a, b in zip(results[0][1], results[1][1], strict=True):
         assert torch.equal(a, b)
 
 

@@ -277,7 +277,7 @@ class ScriptedLM:
                            "max_new_tokens": max_new_tokens, "eos_token_id": eos_token_id,
                            "pad_token_id": pad_token_id, "prompts": [], **kwargs})
         new = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
             start = mask.index(1)
             assert all(mask[start:]) and all(t == pad_token_id for t in ids[:start])  # left padding
             self.calls[-1]["prompts"].append(ids[start:])
@@ -914,7 +914,7 @@ def test_run_checks_and_writes_a_redacted_config(tmp_path, endpoint, monkeypatch
     assert summary["rows"] == 2 and [r["flags"] for r in rows] == [[], ["empty"]]
 
 
-# --------------------------------------------------------------------------- train.init_adapter (stage 2 starts from stage 1)
+# ---------------------------------------------------------------- train.init_adapter (stage 2 starts from stage 1)
 
 
 def _adapter_tensors(run_dir: Path) -> dict:
