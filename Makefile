@@ -32,11 +32,17 @@ lint: install
 	$(BIN)/ruff check medsweep scripts tests hydra_plugins
 	$(BIN)/mypy
 
+# Two test workers by default (TEST_WORKERS=1: one process): much of the suite waits (subprocess start-up, SLURM,
+# signals) rather than computes. --dist loadfile keeps each test file in one worker, so a module's fixtures are built
+# once and the live-SLURM tests run one after another.
+TEST_WORKERS ?= 2
+PYTEST := $(OFFLINE) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install lint
-	$(OFFLINE) $(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: install lint
-	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow and not slurm"
+	$(PYTEST) -m "not slow and not slurm"
 
 # Mutation testing of the outer modules (README "Tests"); not part of `make test`: it runs the tests thousands of times.
 # ARGS: module names (report fit ...) and --show to print the surviving mutants.
