@@ -8,7 +8,6 @@ the config is composed; `validate()` checks the ranges and the cross-field rules
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,7 +65,7 @@ class LoraConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING  # short name used in run names and tables
-    loader: str = MISSING  # sample | local | medquad | pubmedqa | wikidoc | medchat | medal | mix
+    loader: str = MISSING  # a key of medsweep.loaders.LOADERS: sample, local, medquad, pubmedqa, ..., mix
     path: str | None = None  # local file or directory; null: the bundled file or the hub copy
     hub: str | None = None  # HF hub dataset id used when path is null
     hub_config: str | None = None  # hub dataset config name (e.g. pqa_labeled)
@@ -231,20 +230,12 @@ def _resolve_all(cfg: DictConfig) -> None:
 
 
 def _loader_options(loader: str) -> set[str] | None:
-    """The data.options a loader reads (None: it takes any)."""
-    if loader in ("sample", "local"):
-        return set()  # read as a plain table: no options
-    if loader == "mix":
-        return {"parts", "seed"}
+    """The data.options a loader reads (None: it takes any, or the loader is unknown and reported by its own check):
+    the keyword-only parameters of the registered loader (medsweep/loaders/__init__.py)."""
     from medsweep import loaders
 
     func = loaders.LOADERS.get(loader)
-    if func is None:
-        return None  # an unknown loader is reported by its own check
-    params = inspect.signature(func).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind is p.KEYWORD_ONLY} - {"hub", "hub_config", "hub_split"}
+    return None if func is None else loaders.options(func)
 
 
 def unread_keys(cfg: DictConfig) -> list[str]:
@@ -323,7 +314,9 @@ def validate(cfg: Any) -> None:
     targets = lo.target_modules if lo.target_modules is not None else m.lora_target_modules
     _require(len(targets) > 0, "lora.target_modules", targets, "name at least one module")
 
-    _one_of("data.loader", d.loader, ["sample", "local", "medquad", "pubmedqa", "wikidoc", "medchat", "medal", "mix"])
+    from medsweep.loaders import LOADERS
+
+    _one_of("data.loader", d.loader, list(LOADERS))
     _require(d.loader != "local" or bool(d.path), "data.path", d.path, "required with data=local")
     _require(d.limit is None or d.limit > 0, "data.limit", d.limit, "must be > 0 or null")
 

@@ -1,4 +1,4 @@
-"""Dataset of QA pairs for one run: load (medsweep/loaders.py) -> clean -> deterministic train/eval split.
+"""Dataset of QA pairs for one run: load (medsweep/loaders/) -> clean -> deterministic train/eval split.
 
 Every step that removes rows says how many in `stats`, which goes into the run record.
 """
@@ -8,19 +8,12 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from medsweep import loaders
 from medsweep.errors import DataError
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
-
-
-def sample_path() -> Path:
-    """The bundled sample dataset (medsweep/assets/sample_medqa.jsonl)."""
-    return Path(str(resources.files("medsweep") / "assets" / "sample_medqa.jsonl"))
 
 
 @dataclass
@@ -36,51 +29,29 @@ def question_key(question: str) -> str:
 
 
 def load_records(data_cfg: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Read the configured dataset into records {id, question, answer[, context, source, label]}."""
+    """Read the configured dataset into records {id, question, answer[, context, source, label]} with the
+    registered loader: its ordinary parameters come from the data group, its keyword-only ones from data.options
+    (the contract in medsweep/loaders/__init__.py)."""
     kind = data_cfg.loader
     opts = dict(data_cfg.options or {})
-    if kind == "sample":
-        return loaders.read_table(sample_path(), question_col="question", answer_col="answer", id_col="id",
-                                  source="sample")
-    if kind == "local":
-        return loaders.read_table(
-            data_cfg.path, question_col=data_cfg.question_col, answer_col=data_cfg.answer_col,
-            id_col=data_cfg.id_col, context_col=data_cfg.context_col, label_col=data_cfg.label_col,
-        )
-    if kind == "mix":
-        return _load_mix(data_cfg, opts)
     if kind not in loaders.LOADERS:
-        raise DataError(f"data.loader={kind!r} is unknown; allowed: sample, mix, {', '.join(loaders.LOADERS)}")
-    hub_opts = _given(hub=data_cfg.hub, hub_config=data_cfg.hub_config, hub_split=data_cfg.hub_split)
-    return loaders.LOADERS[kind](data_cfg.path, **hub_opts, **opts)
+        raise DataError(f"data.loader={kind!r} is unknown; allowed: {', '.join(loaders.LOADERS)}")
+    loader = loaders.LOADERS[kind]
+    fields = _given(**{name: _group_value(data_cfg, name) for name in loaders.data_params(loader)})
+    return loader(**fields, **opts)
+
+
+def _group_value(data_cfg: Any, name: str) -> Any:
+    """What the data group gives the loader parameter `name`: the same-named field (None when unset or absent, so
+    the loader keeps its default), or for `clean` the group's cleaning (the mix cleans each part before its draw)."""
+    if name == "clean":
+        return lambda records: clean(records, data_cfg.max_question_words, data_cfg.max_answer_words)
+    return getattr(data_cfg, name, None)
 
 
 def _given(**kwargs: Any) -> dict[str, Any]:
-    """Only the options that are set, so each loader keeps its own defaults (e.g. its hub name)."""
+    """Only the values that are set, so each loader keeps its own defaults (e.g. its hub name)."""
     return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def _load_mix(data_cfg: Any, opts: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The paper's mixes: options.parts = [{loader, path, hub, n}, ...], drawn with options.seed. Each part is
-    cleaned before the draw, so `n` counts usable pairs and the mix has exactly sum(n) (barring questions
-    shared across parts, dropped later as duplicates)."""
-    parts: list[tuple[list[dict[str, Any]], int]] = []
-    stats: dict[str, Any] = {"read": 0}
-    for index, part in enumerate(opts.get("parts", []), start=1):
-        part = dict(part)
-        kind, n = part.pop("loader"), part.pop("n")
-        if kind not in loaders.LOADERS:
-            raise DataError(f"data.options.parts[{index - 1}].loader={kind!r} is unknown; "
-                            f"allowed: {', '.join(loaders.LOADERS)}")
-        records, counts = loaders.LOADERS[kind](part.pop("path", None), **_given(**part))
-        part_stats: dict[str, Any] = counts  # the loader's counts, plus the nested counts of clean()
-        records, part_stats["clean"] = clean(records, data_cfg.max_question_words, data_cfg.max_answer_words)
-        stats[f"part{index}_{kind}"] = {**part_stats, "drawn": int(n)}
-        stats["read"] += part_stats.get("read", len(records))
-        parts.append((records, int(n)))
-    if not parts:
-        raise DataError("data.options.parts is empty: a mix needs at least one {loader, path|hub, n} part")
-    return loaders.load_mix(parts, seed=int(opts.get("seed", 0))), stats
 
 
 def clean(records: list[dict[str, Any]], max_question_words: int, max_answer_words: int
@@ -120,8 +91,8 @@ def split(records: list[dict[str, Any]], eval_size: int, seed: int, train_size: 
 def eval_file(data_cfg: Any, eval_size: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The first `eval_size` cleaned pairs of `data.eval_path` (columns question, answer, optional id, label, and
     context, used when the data config uses context): the same held-out questions whatever the training data."""
-    path = loaders._existing(data_cfg.eval_path)
-    rows, columns = loaders._read_rows(path)
+    path = loaders.existing(data_cfg.eval_path)
+    rows, columns = loaders.read_rows(path)
     records, stats = loaders.map_rows(
         rows, columns, str(path), id_col="id" if "id" in columns else None, id_prefix=f"{path.stem}-",
         context_col="context" if data_cfg.context_col and "context" in columns else None,

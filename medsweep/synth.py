@@ -162,10 +162,8 @@ def load_abstracts(inp: Any) -> list[dict[str, str]]:
     elif loader == "table":
         if not path:
             raise ConfigError("input.path is required with input.loader=table")
-        p = Path(path)
-        if not p.exists():
-            raise DataError(f"{path}: file not found")
-        rows, columns = loaders._read_rows(p)  # the generic table reader (jsonl/json/csv/tsv/parquet)
+        p = loaders.existing(path)
+        rows, columns = loaders.read_rows(p)  # the generic table reader (jsonl/json/csv/tsv/parquet)
         wanted = [c for c in (inp.text_col, inp.id_col) if c]
         missing = [c for c in wanted if c not in columns]
         if missing:

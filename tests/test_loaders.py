@@ -21,9 +21,12 @@ from medsweep.loaders import (
     load_medchat,
     load_medquad,
     load_mix,
+    load_mixture,
     load_pubmedqa,
+    load_sample,
     load_wikidoc,
     read_table,
+    sample_path,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -366,8 +369,69 @@ def test_hub_error_is_data_error_offline(monkeypatch, tmp_path):
 
 
 def test_loaders_registry():
-    assert LOADERS == {"local": load_local, "medquad": load_medquad, "pubmedqa": load_pubmedqa,
-                       "wikidoc": load_wikidoc, "medchat": load_medchat, "medal": load_medal}
+    assert LOADERS == {"sample": load_sample, "local": load_local, "medquad": load_medquad, "pubmedqa": load_pubmedqa,
+                       "wikidoc": load_wikidoc, "medchat": load_medchat, "medal": load_medal, "mix": load_mixture}
+
+
+def _data_cfg(loader: str, **fields) -> object:
+    """A minimal data group: only what load_records reads for this loader (absent fields count as unset)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"loader": loader, "options": fields.pop("options", {}), **fields})
+
+
+def test_every_registered_loader_is_reachable_through_load_records(tmp_path):
+    from medsweep import data
+
+    sample = sample_path()
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"Q": "What is flu?", "A": "A virus.", "key": "k1"},
+                                             {"Q": "What is a cold?", "A": "A mild virus.", "key": "k2"}])
+    pubmed = write_jsonl(tmp_path / "pqa.jsonl", [{"id": "pubmedqa-1", "question": "Does it?", "context": "c",
+                                                   "answer": "It does.", "final_decision": "yes"}])
+    wikidoc = write_jsonl(tmp_path / "wd.jsonl", [{"instruction": "i", "input": "What is gout?", "output": "Uric."}])
+    medchat = _write("csv", tmp_path / "mc.csv", [{"q": "Is NA an answer?", "a": "NA"}])
+    medal = _write("csv", tmp_path / "medal.csv", [{"TEXT": "the MI was acute", "LOCATION": "[1]",
+                                                    "LABEL": "['myocardial infarction']"}] * 3)
+    medquad = write_jsonl(tmp_path / "mq.jsonl", [{"id": "m1", "question": "What is X?", "answer": "Y.",
+                                                   "source": "GHR"}])
+    cases = {
+        "sample": (_data_cfg("sample"), 192, load_sample()),
+        "local": (_data_cfg("local", path=str(qa), hub=None, question_col="Q", answer_col="A", id_col="key",
+                            context_col=None, label_col=None), 2,
+                  read_table(qa, question_col="Q", answer_col="A", id_col="key")),
+        "medquad": (_data_cfg("medquad", path=str(medquad)), 1, load_medquad(str(medquad))),
+        "pubmedqa": (_data_cfg("pubmedqa", path=str(pubmed), options={"decision_first": True}), 1,
+                     load_pubmedqa(str(pubmed), decision_first=True)),
+        "wikidoc": (_data_cfg("wikidoc", path=str(wikidoc), hub_split="train"), 1, load_wikidoc(str(wikidoc))),
+        "medchat": (_data_cfg("medchat", path=str(medchat), options={"question_col": "q", "answer_col": "a"}), 1,
+                    load_medchat(str(medchat), question_col="q", answer_col="a")),
+        "medal": (_data_cfg("medal", path=str(medal), options={"max_rows": 2}), 2,
+                  load_medal(str(medal), max_rows=2)),
+    }
+    for name, (cfg, n, direct) in cases.items():
+        loaded = data.load_records(cfg)
+        assert loaded == direct and len(loaded[0]) == n, name
+    assert loaded[0][0]["id"] == "medal-0" and loaded[1]["read"] == 2
+
+    # the mix: two parts of the bundled sample, each cleaned with the data group's limits before the draw
+    parts = [{"loader": "local", "path": str(sample), "id_col": "id", "n": 5},
+             {"loader": "local", "path": str(sample), "hub": None, "n": 3}]
+    cfg = _data_cfg("mix", options={"parts": parts, "seed": 7}, max_question_words=512, max_answer_words=30)
+    records, stats = data.load_records(cfg)
+    cleaned, counts = data.clean(read_table(sample, id_col="id")[0], 512, 30)
+    assert counts["dropped_too_long"] > 0 and stats["part1_local"]["clean"] == counts
+    assert stats["read"] == 2 * 192 and stats["part1_local"]["drawn"] == 5 and stats["part2_local"]["drawn"] == 3
+    plain = [{**r, "id": f"sample_medqa-{int(r['id'].split('-')[1]) - 1}"} for r in cleaned]
+    assert records == load_mix([(cleaned, 5), (plain, 3)], seed=7)
+    cases["mix"] = (cfg, 8, (records, stats))
+    assert set(cases) == set(LOADERS)
+    with pytest.raises(DataError, match=r"^data\.options\.parts\[0\]\.loader='sample' is unknown; allowed: local, "
+                                        r"medquad, pubmedqa, wikidoc, medchat, medal$"):
+        data.load_records(_data_cfg("mix", options={"parts": [{"loader": "sample", "n": 1}]}, max_question_words=9,
+                                    max_answer_words=9))
+    with pytest.raises(DataError, match=r"^data\.loader='nope' is unknown; allowed: sample, local, medquad, pubmedqa, "
+                                        r"wikidoc, medchat, medal, mix$"):
+        data.load_records(_data_cfg("nope"))
 
 
 # --------------------------------------------------------------------------- WikiDoc, Med
