@@ -359,3 +359,54 @@ def test_export_summary_and_default_paths(exported):
     assert "general.quantization_version" not in reader.fields
     q8 = GGUFReader(out / "model-q8_0.gguf")
     assert q8.fields["general.quantization_version"].contents() == 2
+
+
+class FakeHub:
+    """huggingface_hub.HfApi's two calls that push_to_hub makes, recorded instead of sent."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        FakeHub.calls.append(("token", token))
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        FakeHub.calls.append(("create_repo", repo_id, private, exist_ok))
+
+    def upload_folder(self, repo_id, folder_path, commit_message):
+        FakeHub.calls.append(("upload_folder", repo_id, folder_path, commit_message))
+        return type("CommitInfo", (), {"commit_url": f"https://hf.co/{repo_id}/commit/abc"})()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import huggingface_hub
+
+    FakeHub.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    monkeypatch.setenv("HF_TOKEN", "hf_push_token")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return FakeHub.calls
+
+
+def test_push_to_hub_creates_a_private_repo_and_uploads_the_folder(fake_hub, tmp_path):
+    assert export.push_to_hub(tmp_path, "me/smol-med") == "https://hf.co/me/smol-med/commit/abc"
+    assert fake_hub == [("token", "hf_push_token"), ("create_repo", "me/smol-med", True, True),
+                        ("upload_folder", "me/smol-med", str(tmp_path), "medsweep-export")]
+    fake_hub.clear()
+    export.push_to_hub(tmp_path, "me/open", private=False)
+    assert fake_hub[1] == ("create_repo", "me/open", False, True)
+
+
+def test_export_pushes_the_folder_asked_for(exported, fake_hub, tmp_path):
+    run_dir = exported["run_dir"]
+    summary = export.export(run_dir, tmp_path / "a", gguf_types=[], push_repo="me/adapter", push_what="adapter",
+                            private=False)
+    assert summary["pushed"] == {"repo": "me/adapter", "what": "adapter",
+                                 "commit": "https://hf.co/me/adapter/commit/abc"}
+    assert fake_hub[1:] == [("create_repo", "me/adapter", False, True),
+                            ("upload_folder", "me/adapter", str(run_dir / "adapter"), "medsweep-export")]
+    fake_hub.clear()
+    summary = export.export(run_dir, tmp_path / "m", gguf_types=[], push_repo="me/merged")
+    assert fake_hub[1:] == [("create_repo", "me/merged", True, True),
+                            ("upload_folder", "me/merged", str(tmp_path / "m" / "merged"), "medsweep-export")]
+    assert json.loads((tmp_path / "m" / "export.json").read_text())["pushed"]["what"] == "merged"
