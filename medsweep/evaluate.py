@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from medsweep import metrics
 from medsweep.hardware import Hardware
 from medsweep.prompts import prompt_ids
 from medsweep.train import answer_loss_sum, collator, tokenize
@@ -185,8 +186,6 @@ def perplexity(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, m
 def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: Any, hw: Hardware
              ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Corpus metrics and one prediction row per record (question, reference, generated, scores)."""
-    from medsweep import metrics  # here, not at the top: its scorers (nltk, absl) are a second of job start-up
-
     answers, seconds, n_tokens = generate(model, tokenizer, records, cfg.data, cfg.model, cfg.eval, hw)
     references = [r["answer"] for r in records]
     corpus, per_example = metrics.score_corpus(answers, references)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from medsweep import config as config_schema
 from medsweep import fit, record
 from medsweep.errors import MedsweepError
+from medsweep.runrecord import RunRecord
 
 log = logging.getLogger("medsweep.launcher")
 JOBS_FILE = "sweep_jobs.json"
@@ -97,8 +98,8 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
         job.need_gib, job.have_gib, job.gpu_hours = estimate.need_gib, estimate.have_gib, estimate.gpu_hours
         job.mode, job.processes = estimate.mode, estimate.world_size
         job.resources = resources(cfg, executor, estimate.world_size)
-        done = record.read_record(run_dir)
-        if done and done.get("status") == "complete":
+        done = RunRecord.load(run_dir)
+        if done and done.is_complete:
             job.status, job.reason = "complete", "record complete: skipped"
         elif not estimate.fits:
             job.status, job.reason = "refused", f"does not fit: {estimate.detail}"

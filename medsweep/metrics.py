@@ -4,6 +4,9 @@ EM/F1 follow the official SQuAD v1.1 evaluation script (lower-case, strip punctu
 articles a/an/the, collapse whitespace). BLEU is sacrebleu's corpus BLEU (0-100) and, per example,
 its sentence BLEU. ROUGE-1/2/L are rouge-score F-measures with the Porter stemmer, averaged.
 PubMedQA decisions are read from the generated text (first yes/no/maybe word).
+
+The registry (`METRICS`) names every number a run record's `metrics` holds and how the tables label, scale and
+rank it; the report, the tracker and the end-of-run summary read it instead of listing metric names themselves.
 """
 
 from __future__ import annotations
@@ -12,15 +15,85 @@ import re
 import string
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
 from statistics import mean
+from typing import Any
 
-import sacrebleu
-from rouge_score import rouge_scorer
+
+@dataclass(frozen=True)
+class Metric:
+    """One entry of a record's metrics (and of its baseline and delta)."""
+
+    name: str
+    label: str  # its column in Table 4
+    higher_is_better: bool = True
+    fmt: str = ".4g"  # as the tables print it (report._num and run.summary_table print every number .4g)
+    scale: float = 1.0  # tables show value * scale
+    per_example: bool = False  # the record keeps its per-example scores (bootstrap intervals in the report)
+    kind: str = "score"  # score (per answer, lexical) | perplexity | latency | count | decision (PubMedQA)
+    short: str = ""  # its column in narrow tables (latency by profile), when not the label
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("exact_match", "EM %", scale=100.0, per_example=True),
+    Metric("f1", "F1", per_example=True),
+    Metric("bleu", "BLEU", per_example=True),  # corpus BLEU; the per-example scores are sentence BLEU
+    Metric("rouge1", "ROUGE-1"),
+    Metric("rouge2", "ROUGE-2"),
+    Metric("rougeL", "ROUGE-L", per_example=True),
+    Metric("perplexity", "Perplexity", higher_is_better=False, kind="perplexity"),
+    Metric("seconds_per_answer", "Inference s/answer", higher_is_better=False, kind="latency", short="s/answer"),
+    Metric("latency_p50_s", "p50 s", higher_is_better=False, kind="latency"),
+    Metric("latency_p95_s", "p95 s", higher_is_better=False, kind="latency"),
+    Metric("generated_tokens_per_s", "tokens/s", kind="latency"),
+    # Counts are no quality; a table asked to rank by one ranks highest first, as it always has.
+    Metric("mean_generated_tokens", "Generated tokens", kind="count"),
+    Metric("n_eval", "n eval", fmt="d", kind="count"),
+    Metric("decision_accuracy", "Decision acc", kind="decision"),
+    Metric("decision_macro_f1", "Decision macro-F1", kind="decision"),
+)
+BY_NAME = {m.name: m for m in METRICS}
+SCORE_KEYS = tuple(m.name for m in METRICS if m.kind == "score")
+PER_EXAMPLE = tuple(m.name for m in METRICS if m.per_example)
+LATENCY = tuple(m.name for m in METRICS if m.kind == "latency")
+LOWER_IS_BETTER = frozenset(m.name for m in METRICS if not m.higher_is_better)
+SCALE = {m.name: m.scale for m in METRICS if m.scale != 1.0}
+# Two tables pick their own metrics in their own order: the paper's Table 4, and the end-of-run summary.
+TABLE4 = ("exact_match", "bleu", "rouge1", "rouge2", "rougeL", "f1", "seconds_per_answer", "perplexity",
+          "decision_accuracy", "decision_macro_f1")
+SUMMARY = ("exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "perplexity", "seconds_per_answer",
+           "latency_p95_s", "generated_tokens_per_s")
+assert set(TABLE4) | set(SUMMARY) <= set(BY_NAME)
+
+
+def label(name: str) -> str:
+    """The metric's Table 4 label; a name outside the registry is its own label."""
+    return BY_NAME[name].label if name in BY_NAME else name
+
+
+def short_label(name: str) -> str:
+    """The metric's label in narrow tables."""
+    return (BY_NAME[name].short or BY_NAME[name].label) if name in BY_NAME else name
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value ranks first; True outside the registry (any other column ranks highest first)."""
+    return name not in LOWER_IS_BETTER
+
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
 _DECISION = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
-_SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+
+
+# sacrebleu and rouge-score (nltk, absl) take ~0.5 s to import: imported on first use, so that the report, the
+# tracker and a job's start-up can read the registry without them.
+@cache
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
 
 
 def normalize_answer(text: str) -> str:
@@ -46,15 +119,19 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def sentence_bleu(prediction: str, reference: str) -> float:
+    import sacrebleu
+
     return sacrebleu.sentence_bleu(prediction, [reference]).score
 
 
 def corpus_bleu(predictions: list[str], references: list[str]) -> float:
+    import sacrebleu
+
     return sacrebleu.corpus_bleu(predictions, [references]).score
 
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
-    scores = _SCORER.score(reference, prediction)
+    scores = _rouge_scorer().score(reference, prediction)
     return {name: s.fmeasure for name, s in scores.items()}
 
 
@@ -93,6 +170,7 @@ def score_corpus(predictions: list[str], references: list[str]) -> tuple[dict[st
         raise ValueError(f"need equal, non-zero numbers of predictions and references, got "
                          f"{len(predictions)} and {len(references)}")
     per_example = [score_example(p, r) for p, r in zip(predictions, references, strict=True)]
-    corpus = {key: mean(s[key] for s in per_example) for key in ("exact_match", "f1", "rouge1", "rouge2", "rougeL")}
+    # BLEU is a corpus statistic, not the mean of the sentence BLEUs
+    corpus = {key: mean(s[key] for s in per_example) for key in SCORE_KEYS if key != "bleu"}
     corpus["bleu"] = corpus_bleu(predictions, references)
     return corpus, per_example

@@ -1,4 +1,5 @@
-"""The run record: run identity (directory name), atomic writes, secret redaction, environment info."""
+"""Run identity (directory name), atomic writes, secret redaction, environment info for the run record
+(runrecord.py)."""
 
 from __future__ import annotations
 
@@ -227,11 +228,11 @@ def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run's metrics.json, or None if absent or unreadable."""
-    try:
-        return json.loads((Path(run_dir) / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
+    """The run's metrics.json as a plain dict, or None if absent or unreadable (runrecord.RunRecord.load)."""
+    from medsweep.runrecord import RunRecord  # here: runrecord writes through this module
+
+    rec = RunRecord.load(run_dir)
+    return rec.to_dict() if rec is not None else None
 
 
 def now() -> str:

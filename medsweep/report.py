@@ -37,24 +37,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medsweep import metrics as registry
 from medsweep.errors import MedsweepError
+from medsweep.runrecord import STATUSES, TRAIN_COLUMNS, NotARecord, RunRecord
 
 log = logging.getLogger(__name__)
 
 SEED = "train.seed"
-TRAIN_COLUMNS = ["train_time_s", "peak_memory_mb", "trainable_params", "total_params",
-                 "steps", "train_loss_first", "train_loss_last"]
 # Table 4 metrics: column name in the run table -> display name (in this order).
-TABLE4 = {
-    "exact_match": "EM %", "bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
-    "rougeL": "ROUGE-L", "f1": "F1", "seconds_per_answer": "Inference s/answer",
-    "perplexity": "Perplexity", "decision_accuracy": "Decision acc",
-    "decision_macro_f1": "Decision macro-F1",
-}
-SCALE = {"exact_match": 100.0}  # EM is reported in percent
-LATENCY = {"seconds_per_answer": "s/answer", "latency_p50_s": "p50 s",
-           "latency_p95_s": "p95 s", "generated_tokens_per_s": "tokens/s"}
-LOWER_IS_BETTER = {"perplexity", "seconds_per_answer", "latency_p50_s", "latency_p95_s"}
+TABLE4 = {name: registry.label(name) for name in registry.TABLE4}
+SCALE = registry.SCALE  # EM is reported in percent
+LATENCY = {name: registry.short_label(name) for name in registry.LATENCY}
 # Columns that are never axes (used when df.attrs["axes"] was lost, e.g. after pd.concat).
 NOT_AXES = {"run_dir", "run_name", "status", "error", "gpu_hours", "n_eval",
             *TRAIN_COLUMNS, *TABLE4, *LATENCY}
@@ -143,21 +136,14 @@ def _as_dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _scalar(value):
-    """Lists/dicts in a record become strings so that every cell is a scalar."""
-    return json.dumps(value) if isinstance(value, (list, dict)) else value
-
-
-STATUSES = ("running", "complete", "failed", "interrupted")
-
-
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def malformed(rec: dict) -> str | None:
-    """Why a parsed record cannot be trusted (hand-edited, truncated by another tool, another program's file), or
-    None. A complete record needs a mapping of numeric metrics; every section has the type the writer gives it."""
+    """Why a parsed record (its JSON: RunRecord.to_dict) cannot be trusted (hand-edited, truncated by another
+    tool, another program's file), or None. A complete record needs a mapping of numeric metrics; every section
+    has the type the writer gives it."""
     if rec["status"] not in STATUSES:
         return f"has an unknown status {str(rec['status'])[:40]!r}"
     for section in ("axes", "metrics", "baseline", "delta", "train", "per_example"):
@@ -178,32 +164,22 @@ def read_run(run_dir: Path) -> dict:
     """One row for ``run_dir``: status unfinished / corrupt / the recorded status."""
     row: dict[str, Any] = {"run_dir": str(run_dir), "run_name": run_dir.name, "status": "unfinished",
                            "error": None}
-    path = run_dir / "metrics.json"
-    if not path.exists():
+    if not (run_dir / "metrics.json").exists():
         return row
     try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        rec = RunRecord.read(run_dir)
+    except NotARecord:
+        return {**row, "status": "corrupt", "error": "metrics.json has no 'status'"}
     except (OSError, ValueError) as e:
         return {**row, "status": "corrupt", "error": f"metrics.json unreadable: {e}"}
-    if not isinstance(rec, dict) or "status" not in rec:
+    raw = rec.to_dict()
+    if "status" not in raw:
         return {**row, "status": "corrupt", "error": "metrics.json has no 'status'"}
-    problem = malformed(rec)
+    problem = malformed(raw)
     if problem:
         return {**row, "status": "corrupt", "error": f"metrics.json {problem}"}
-    row.update(run_name=rec.get("run_name") or run_dir.name, status=rec["status"],
-               error=rec.get("error"))
-    row.update({k: _scalar(v) for k, v in _as_dict(rec.get("axes")).items()})
-    row.update({k: _scalar(v) for k, v in _as_dict(rec.get("metrics")).items()})
-    for section in ("baseline", "delta"):
-        row.update({f"{section}.{k}": _scalar(v)
-                    for k, v in _as_dict(rec.get(section)).items()})
-    train = _as_dict(rec.get("train"))
-    row.update({k: train.get(k) for k in TRAIN_COLUMNS if k in train})
-    row["gpu_hours"] = rec.get("gpu_hours")
-    row["_axes"] = list(_as_dict(rec.get("axes")))
-    row["_per_example"] = _as_dict(rec.get("per_example"))
-    row["_epochs"] = rec.get("epochs") if isinstance(rec.get("epochs"), list) else []
-    return row
+    return {**rec.row(run_dir), "_axes": list(_as_dict(rec.axes)), "_per_example": _as_dict(rec.per_example),
+            "_epochs": rec.epochs if isinstance(rec.epochs, list) else []}
 
 
 def _integral_to_int(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -391,7 +367,7 @@ def by_config(df: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     table = summarize(done, config_axes(done), metrics, primary=metric, scale=SCALE)
     if table.empty:
         return table
-    return _mark_best(table, metrics[metric], lower=metric in LOWER_IS_BETTER)
+    return _mark_best(table, metrics[metric], lower=not registry.higher_is_better(metric))
 
 
 def by_model(df: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
@@ -419,7 +395,7 @@ def pivot(df: pd.DataFrame, by: list[str] | None = None, metric: str = "f1") -> 
     if table.empty:
         return table
     if "model" in by:
-        table = _mark_best(table, metric, lower=metric in LOWER_IS_BETTER)
+        table = _mark_best(table, metric, lower=not registry.higher_is_better(metric))
     return table.set_index(by) if by else table
 
 
@@ -502,18 +478,18 @@ def stages(run_dir, metrics: dict[str, str] | None = None) -> pd.DataFrame:
     """Base -> stage 1 -> stage 2 ...: one row per stage of a continued fine-tuning chain ending at ``run_dir``
     (the base row is the first stage's baseline), with the headline metrics and the hash of the evaluated
     questions (``eval set``: equal hashes = the same held-out questions)."""
-    metrics = metrics or {k: v for k, v in TABLE4.items() if not k.startswith("decision")}
+    metrics = metrics or {k: v for k, v in TABLE4.items() if registry.BY_NAME[k].kind != "decision"}
     rows = []
     for i, d in enumerate(stage_chain(run_dir), start=1):
-        rec = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
-        axes = _as_dict(rec.get("axes"))
-        if i == 1 and rec.get("baseline"):
+        rec = RunRecord.read(d)
+        axes = _as_dict(rec.axes)
+        if i == 1 and rec.baseline:
             rows.append({"stage": "base", "model": axes.get("model"), "data": "", "run": "",
                          "eval set": _eval_set(d, "predictions_baseline.jsonl"),
-                         **{name: _as_dict(rec["baseline"]).get(k) for k, name in metrics.items()}})
+                         **{name: _as_dict(rec.baseline).get(k) for k, name in metrics.items()}})
         rows.append({"stage": f"stage {i}", "model": axes.get("model"), "data": axes.get("data"), "run": d.name,
                      "eval set": _eval_set(d, "predictions.jsonl"),
-                     **{name: _as_dict(rec.get("metrics")).get(k) for k, name in metrics.items()}})
+                     **{name: _as_dict(rec.metrics).get(k) for k, name in metrics.items()}})
     table = pd.DataFrame(rows)
     scale = {metrics[k]: v for k, v in SCALE.items() if k in metrics}
     for name, k in scale.items():
@@ -681,15 +657,16 @@ def plot_metric_vs_epoch(df: pd.DataFrame, path: Path, metric: str = "f1") -> Pa
 def plot_latency_by_profile(df: pd.DataFrame, path: Path) -> Path | None:
     """Grouped bars: mean seconds per answer per profile, one bar per model."""
     table = by_profile(df)
-    if table.empty or "s/answer" not in table:
+    per_answer = LATENCY["seconds_per_answer"]
+    if table.empty or per_answer not in table:
         log.info("skipping %s: no latency measured", path.name)
         return None
     index = "profile" if "profile" in table else None
     columns = "model" if "model" in table else None
     if index is None:
         table, index = table.assign(profile="all"), "profile"
-    bars = table.pivot_table(index=index, columns=columns, values="s/answer", aggfunc="mean") \
-        if columns else table.set_index(index)[["s/answer"]]
+    bars = table.pivot_table(index=index, columns=columns, values=per_answer, aggfunc="mean") \
+        if columns else table.set_index(index)[[per_answer]]
     fig, ax = _figure()
     bars.plot.bar(ax=ax, rot=0)
     ax.set(xlabel="profile", ylabel="seconds per answer", title="Inference latency")

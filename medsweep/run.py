@@ -25,11 +25,12 @@ try:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from medsweep import cache, data, distributed, hardware, models, preempt, record, tracking, train
+    from medsweep import cache, data, distributed, hardware, metrics, models, preempt, record, tracking, train
     from medsweep import config as config_schema
     from medsweep.errors import ConfigError, MedsweepError
     from medsweep.evaluate import evaluate
     from medsweep.runlock import RunInUse, RunLock
+    from medsweep.runrecord import RunRecord
 finally:
     gc.freeze()  # what the imports created is never garbage: later collections need not rescan it
     if _collecting:
@@ -58,44 +59,44 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
     if world.is_main:
         record.scrub_yaml_files([run_dir / ".hydra" / n for n in ("config.yaml", "overrides.yaml", "hydra.yaml")])
     config_schema.validate(cfg)
-    done = record.read_record(run_dir)
-    if done and done.get("status") == "complete":
+    done = RunRecord.load(run_dir)
+    if done and done.is_complete:
         log.info("already complete: %s (attempt=%d re-runs it into a new directory)", run_dir, cfg.attempt + 1)
-        return done
+        return done.to_dict()
 
     started = time.time()
     hw = _hardware(cfg, world)
     hardware.apply_threads(hw)
-    rec: dict[str, Any] = {
-        "status": "running", "run_name": run_dir.name, "run_dir": str(run_dir.resolve()),
-        "axes": record.axes(cfg), "overrides": _overrides(), "data": None,
-        "hardware": {"device": hw.device, "precision": hw.precision, "threads": hw.threads, "mode": hw.mode,
-                     "world_size": hw.world_size},
-        "env": record.environment(), "started_at": record.now(), "metrics": None, "baseline": None,
-        "delta": None, "epochs": [], "error": None,
-    }
+    rec = RunRecord(
+        status="running", run_name=run_dir.name, run_dir=str(run_dir.resolve()),
+        axes=record.axes(cfg), overrides=_overrides(),
+        hardware={"device": hw.device, "precision": hw.precision, "threads": hw.threads, "mode": hw.mode,
+                  "world_size": hw.world_size},
+        env=record.environment(), started_at=record.now(),
+    )
     if not world.is_main:
         return _train_worker(cfg, run_dir, hw, rec)
     record.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(record.redact(
         OmegaConf.to_container(cfg, resolve=True))))
-    record.atomic_write_json(run_dir / "metrics.json", rec)
+    rec.save(run_dir)
     tracker = tracking.Tracker()
     try:
-        tracker = tracking.start(cfg, run_dir, rec["overrides"])
+        tracker = tracking.start(cfg, run_dir, rec.overrides)
         _train_and_evaluate(cfg, run_dir, hw, rec, tracker)
     except BaseException as exc:  # SystemExit: submitit requeues the job after a checkpoint (preempt.py)
-        rec.update(status="failed" if isinstance(exc, Exception) else "interrupted",
-                   error=f"{type(exc).__name__}: {exc}", finished_at=record.now())
-        record.atomic_write_json(run_dir / "metrics.json", rec)
+        rec.status = "failed" if isinstance(exc, Exception) else "interrupted"
+        rec.error, rec.finished_at = f"{type(exc).__name__}: {exc}", record.now()
+        rec.save(run_dir)
         tracker.finish(rec)
         raise
     finally:
         distributed.finish()
-    rec.update(status="complete", finished_at=record.now(), wall_time_s=time.time() - started,
-               gpu_hours=(time.time() - started) / 3600 * (cfg.profile.gpus if hw.device == "cuda" else 0))
-    record.atomic_write_json(run_dir / "metrics.json", rec)
+    rec.status, rec.finished_at = "complete", record.now()
+    rec.wall_time_s = time.time() - started
+    rec.gpu_hours = (time.time() - started) / 3600 * (cfg.profile.gpus if hw.device == "cuda" else 0)
+    rec.save(run_dir)
     tracker.finish(rec)
-    return rec
+    return rec.to_dict()
 
 
 def _hardware(cfg: DictConfig, world: distributed.World) -> hardware.Hardware:
@@ -118,42 +119,42 @@ def _hardware(cfg: DictConfig, world: distributed.World) -> hardware.Hardware:
                             local_rank=world.local_rank)
 
 
-def _train_worker(cfg: DictConfig, run_dir: Path, hw, rec: dict[str, Any]) -> dict[str, Any]:
+def _train_worker(cfg: DictConfig, run_dir: Path, hw, rec: RunRecord) -> dict[str, Any]:
     """A data-parallel rank other than 0: the same data, model and training steps on its share of each batch;
     nothing written, nothing evaluated."""
     try:
         _train_and_evaluate(cfg, run_dir, hw, rec, tracking.Tracker(), main=False)
     finally:
         distributed.finish()
-    return {"status": "worker", "rank": hw.rank, "world_size": hw.world_size, "run_dir": rec["run_dir"]}
+    return {"status": "worker", "rank": hw.rank, "world_size": hw.world_size, "run_dir": rec.run_dir}
 
 
-def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tracking.Tracker | None = None,
+def _train_and_evaluate(cfg, run_dir: Path, hw, rec: RunRecord, tracker: tracking.Tracker | None = None,
                         main: bool = True) -> None:
     tracker = tracker or tracking.Tracker()
     splits = data.build(cfg.data, eval_size=cfg.train.eval_split, train_size=cfg.train.train_size)
-    rec["data"] = splits.stats
+    rec.data = splits.stats
     eval_records = splits.eval[: cfg.eval.num_examples]
     grad_ckpt = cfg.train.gradient_checkpointing
     grad_ckpt = cfg.profile.gradient_checkpointing if grad_ckpt == "auto" else bool(grad_ckpt)
 
     t0 = time.perf_counter()
     tokenizer = models.load_tokenizer(cfg.model)
-    model, rec["model"] = models.load_model(cfg.model, tokenizer, hw, seed=cfg.train.seed,
-                                            gradient_checkpointing=grad_ckpt)
-    rec["model"]["load_time_s"] = time.perf_counter() - t0
+    model, rec.model = models.load_model(cfg.model, tokenizer, hw, seed=cfg.train.seed,
+                                         gradient_checkpointing=grad_ckpt)
+    rec.model["load_time_s"] = time.perf_counter() - t0
 
     if cfg.eval.baseline and main:  # the other ranks wait for rank 0 when the Trainer joins the process group
         log.info("baseline: evaluating the base model on %d held-out questions", len(eval_records))
-        rec["baseline"], baseline_rows = evaluate(model, tokenizer, eval_records, cfg, hw)
+        rec.baseline, baseline_rows = evaluate(model, tokenizer, eval_records, cfg, hw)
         record.atomic_write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_rows)
-        tracker.log_eval(rec["baseline"], "baseline", step=0)
+        tracker.log_eval(rec.baseline, "baseline", step=0)
         tracker.log_predictions(baseline_rows, "predictions_baseline")
 
     model = models.add_lora(model, cfg.lora, cfg.model, init_adapter=cfg.train.init_adapter)
-    rec["model"]["trainable_params"] = models.trainable_params(model)
+    rec.model["trainable_params"] = models.trainable_params(model)
     tokenizer.padding_side = "right"
-    train_ds, rec["data"]["tokenized"] = cache.tokenize_cached(
+    train_ds, rec.data["tokenized"] = cache.tokenize_cached(
         splits.train, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length,
         cfg.model.cache_dir if cfg.train.cache_tokenized else None)
     if len(train_ds) == 0:
@@ -175,7 +176,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     if resume_from:
         log.info("resuming from %s", resume_from)
     log.info("training: %d examples, %d trainable parameters, %s on %s (%s, %d process(es)), %d threads",
-             len(train_ds), rec["model"]["trainable_params"], hw.precision, hw.device, hw.mode, hw.world_size,
+             len(train_ds), rec.model["trainable_params"], hw.precision, hw.device, hw.mode, hw.world_size,
              hw.threads)
     gc.freeze()  # the ~10^6 long-lived objects of the imports and the model: no full gc pass rescans them
     t0 = time.perf_counter()
@@ -183,7 +184,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     if not main:
         return
     history = train.loss_history(trainer)
-    rec["train"] = {
+    rec.train = {
         "train_time_s": time.perf_counter() - t0,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
@@ -192,8 +193,8 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
         "train_loss_last": history[-1]["loss"] if history else None,
         "first_step_s": (timer.first_step_end - timer.train_begin) if timer.first_step_end else None,
         "startup_s": timer.startup_s,  # process start -> first training step begins (imports, data, model)
-        "trainable_params": rec["model"]["trainable_params"],
-        "total_params": rec["model"]["total_params"],
+        "trainable_params": rec.model["trainable_params"],
+        "total_params": rec.model["total_params"],
         "resumed_from": resume_from,
         "world_size": hw.world_size,
         "global_batch": cfg.train.batch_size * cfg.train.grad_accum,
@@ -205,19 +206,19 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: dict[str, Any], tracker: tr
     final = epoch_eval.final(trainer.state.global_step) if epoch_eval else None
     if final:
         log.info("final evaluation: the last epoch's (same weights), not generated again")
-        rec["metrics"], rows = final
+        rec.metrics, rows = final
     else:
         log.info("evaluating the fine-tuned model on %d held-out questions", len(eval_records))
-        rec["metrics"], rows = evaluate(model, tokenizer, eval_records, cfg, hw)
-    rec["per_example"] = {k: [r["scores"][k] for r in rows] for k in ("exact_match", "f1", "bleu", "rougeL")}
-    rec["train"].update(hardware.peak_memory(hw))
+        rec.metrics, rows = evaluate(model, tokenizer, eval_records, cfg, hw)
+    rec.per_example = {k: [r["scores"][k] for r in rows] for k in metrics.PER_EXAMPLE}
+    rec.train.update(hardware.peak_memory(hw))
     if epoch_eval:
-        rec["epochs"] = epoch_eval.results
-    if rec["baseline"]:
-        rec["delta"] = {k: v - rec["baseline"][k] for k, v in rec["metrics"].items()
-                        if k in rec["baseline"] and isinstance(v, (int, float))}
+        rec.epochs = epoch_eval.results
+    if rec.baseline:
+        rec.delta = {k: v - rec.baseline[k] for k, v in rec.metrics.items()
+                     if k in rec.baseline and isinstance(v, (int, float))}
     record.atomic_write_jsonl(run_dir / "predictions.jsonl", rows)
-    tracker.log_eval(rec["metrics"], "eval", step=trainer.state.global_step)
+    tracker.log_eval(rec.metrics, "eval", step=trainer.state.global_step)
     tracker.log_predictions(rows)
 
 
@@ -232,12 +233,10 @@ def summary_table(rec: dict[str, Any]) -> str:
     """A small Markdown table of the record's headline metrics (baseline vs fine-tuned when present)."""
     import pandas as pd
 
-    keys = ["exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "perplexity", "seconds_per_answer",
-            "latency_p95_s", "generated_tokens_per_s"]
     cols = {"fine-tuned": rec["metrics"]}
     if rec.get("baseline"):
         cols = {"base": rec["baseline"], **cols, "delta": rec["delta"]}
-    frame = pd.DataFrame({name: {k: vals.get(k) for k in keys} for name, vals in cols.items()})
+    frame = pd.DataFrame({name: {k: vals.get(k) for k in metrics.SUMMARY} for name, vals in cols.items()})
     return frame.to_markdown(floatfmt=".4g")
 
 
@@ -245,8 +244,8 @@ def _remove_if_fresh(run_dir: Path, config_error: bool = False) -> None:
     """Remove a run directory that holds nothing but what this failed start wrote: Hydra's files, and for a
     config error found during the run (e.g. a LoRA target the model lacks) its failed record."""
     fresh = {".hydra", "medsweep.log", ".lock"} | ({"config.yaml", "metrics.json", "wandb"} if config_error else set())
-    rec = record.read_record(run_dir)
-    if rec and rec.get("status") != "failed":
+    rec = RunRecord.load(run_dir)
+    if rec is not None and rec.status != "failed":
         return
     if run_dir.is_dir() and all(p.name in fresh for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -261,8 +260,8 @@ def plan_single(cfg: DictConfig, run_dir: Path) -> None:
 
     config_schema.validate(cfg)
     estimate = fit.estimate(cfg)
-    done = record.read_record(run_dir)
-    state = "complete (would be skipped)" if done and done.get("status") == "complete" else "would run"
+    done = RunRecord.load(run_dir)
+    state = "complete (would be skipped)" if done and done.is_complete else "would run"
     print(f"{run_dir.name}: {state}; {'fits' if estimate.fits else 'REFUSED'}: {estimate.detail}; "
           f"estimated {estimate.gpu_hours:.2f} GPU-hours")
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from medsweep.errors import MedsweepError
 from medsweep.launcher import JOBS_FILE
+from medsweep.runrecord import RunRecord
 
 log = logging.getLogger("medsweep.sweep")
 
@@ -25,13 +26,14 @@ def job_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = json.loads(path.read_text())
     for job in jobs:
         try:
-            rec = json.loads((Path(job["run_dir"]) / "metrics.json").read_text())
-            job["record"] = rec.get("status", "corrupt")
-            job["error"] = job.get("error") or rec.get("error") or ""
+            rec = RunRecord.read(job["run_dir"])
         except FileNotFoundError:
             job["record"] = "missing"
         except ValueError:
             job["record"] = "corrupt"
+        else:
+            job["record"] = rec.status if rec.status is not None else "corrupt"
+            job["error"] = job.get("error") or rec.error or ""
     return jobs
 
 

@@ -22,7 +22,7 @@ import logging
 import math
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,13 @@ from omegaconf import OmegaConf
 
 from medsweep import record
 from medsweep.errors import MedsweepError
+from medsweep.metrics import SCORE_KEYS
+from medsweep.runrecord import RunRecord
 
 log = logging.getLogger(__name__)
 
 STEP = "train/global_step"  # the x axis of every logged metric
 TAG_MAX = 64  # W&B rejects longer tags
-SCORE_KEYS = ("exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL")
 # Trainer log keys of the end-of-training line -> names under train/ ("train_loss" is the mean over the run;
 # "train/loss" is the per-step loss).
 _TRAIN_END_KEYS = {"train_loss": "loss_avg"}
@@ -83,7 +84,7 @@ class Tracker:
     def log_predictions(self, rows: list[dict[str, Any]], name: str = "predictions") -> None:
         pass
 
-    def finish(self, rec: dict[str, Any]) -> None:
+    def finish(self, rec: RunRecord | Mapping[str, Any]) -> None:
         pass
 
 
@@ -144,19 +145,19 @@ class WandbTracker(Tracker):
                 for r in record.redact(rows)]
         self.run.log({name: self.wandb.Table(columns=columns, data=data)})
 
-    def finish(self, rec: dict[str, Any]) -> None:
+    def finish(self, rec: RunRecord | Mapping[str, Any]) -> None:
         """Headline metrics into the summary, then finish the run (exit code 1 unless complete). Never raises:
         it also runs on the failure path, where the job's own error must surface."""
         if self.finished:
             return
         self.finished = True
-        status = rec.get("status")
+        rec = _as_record(rec)
         try:
             self.run.summary.update(record.redact(summary(rec)))
         except Exception as exc:  # noqa: BLE001
             log.warning("logger=wandb: could not write the run summary: %s", exc)
         try:
-            self.run.finish(exit_code=0 if status == "complete" else 1)
+            self.run.finish(exit_code=0 if rec.is_complete else 1)
             # Offline, finish() can return before wandb-core has written the run's .wandb file (about 1 in 6
             # times here); teardown waits for the service to flush every stream. The next job's init
             # (Hydra's basic launcher runs jobs in one process) starts a fresh service (~0.5 s).
@@ -168,14 +169,20 @@ class WandbTracker(Tracker):
             log.info("W&B offline run: %s (upload: wandb sync %s)", self.offline_dir, self.offline_dir)
 
 
-def summary(rec: dict[str, Any]) -> dict[str, Any]:
+def _as_record(rec: RunRecord | Mapping[str, Any]) -> RunRecord:
+    """A record, from the record or its JSON (a caller holding a dict)."""
+    return rec if isinstance(rec, RunRecord) else RunRecord.from_dict(rec)
+
+
+def summary(rec: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
     """The W&B run summary of a run record: eval/*, baseline/*, delta/*, train/*, system/*, status."""
-    train = rec.get("train") or {}
-    hw, env = rec.get("hardware") or {}, rec.get("env") or {}
+    rec = _as_record(rec)
+    train = rec.train or {}
+    hw, env = rec.hardware or {}, rec.env or {}
     out: dict[str, Any] = {
-        **_numbers(rec.get("metrics"), "eval"),
-        **_numbers(rec.get("baseline"), "baseline"),
-        **_numbers(rec.get("delta"), "delta"),
+        **_numbers(rec.metrics, "eval"),
+        **_numbers(rec.baseline, "baseline"),
+        **_numbers(rec.delta, "delta"),
         **_numbers({
             "time_s": train.get("train_time_s"), "steps": train.get("steps"), "epochs": train.get("epochs"),
             "loss_avg": train.get("train_loss"), "loss_first": train.get("train_loss_first"),
@@ -183,16 +190,16 @@ def summary(rec: dict[str, Any]) -> dict[str, Any]:
             "peak_memory_mb": train.get("peak_memory_mb"), "trainable_params": train.get("trainable_params"),
             "total_params": train.get("total_params"),
         }, "train"),
-        **_numbers({"wall_time_s": rec.get("wall_time_s"), "gpu_hours": rec.get("gpu_hours")}, "run"),
-        "status": rec.get("status"),
+        **_numbers({"wall_time_s": rec.wall_time_s, "gpu_hours": rec.gpu_hours}, "run"),
+        "status": rec.status,
         "system/device": hw.get("device"), "system/precision": hw.get("precision"),
         "system/threads": hw.get("threads"), "system/git_commit": env.get("git_commit"),
         "system/host": env.get("host"),
     }
     if train.get("resumed_from"):
         out["train/resumed_from"] = train["resumed_from"]
-    if rec.get("error"):
-        out["error"] = rec["error"]
+    if rec.error:
+        out["error"] = rec.error
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -1,10 +1,12 @@
 """Metric functions against hand-checked values."""
 
+import json
 import math
 
 import pytest
 
 from medsweep import metrics
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -76,3 +78,27 @@ def test_decisions():
     # per class F1: yes 2*1/(2+1+0)=2/3, no 2*1/(2+0+1)=2/3, maybe 0 -> macro 4/9
     assert s["decision_macro_f1"] == pytest.approx(4 / 9)
     assert not math.isnan(s["decision_macro_f1"])
+
+
+def test_the_registry_names_every_metric_a_record_holds():
+    (path, *_) = sorted((ROOT / "results" / "sweeps" / "example_sweep").glob("*/metrics.json"))
+    rec = json.loads(path.read_text())
+    for section in ("metrics", "baseline", "delta"):
+        assert set(rec[section]) <= set(metrics.BY_NAME), section
+    assert tuple(rec["per_example"]) == metrics.PER_EXAMPLE == ("exact_match", "f1", "bleu", "rougeL")
+    assert set(metrics.score_example("a b", "a c")) == set(metrics.SCORE_KEYS)
+    assert set(metrics.decision_scores(["yes"], ["yes"])) <= set(metrics.BY_NAME)
+    assert set(metrics.TABLE4) | set(metrics.SUMMARY) <= set(metrics.BY_NAME)
+    assert [m.name for m in metrics.METRICS] == list(metrics.BY_NAME)  # no name twice
+    corpus, _ = metrics.score_corpus(["a"], ["a"])
+    assert list(corpus) == list(rec["metrics"])[:len(corpus)]  # the record's order
+
+
+def test_registry_labels_ranks_and_scales():
+    assert metrics.label("exact_match") == "EM %" and metrics.BY_NAME["exact_match"].scale == 100.0
+    assert metrics.label("seconds_per_answer") == "Inference s/answer"
+    assert metrics.short_label("seconds_per_answer") == "s/answer" and metrics.short_label("f1") == "F1"
+    assert metrics.label("train_loss_last") == metrics.short_label("train_loss_last") == "train_loss_last"
+    assert not metrics.higher_is_better("perplexity") and not metrics.higher_is_better("latency_p95_s")
+    assert metrics.higher_is_better("f1") and metrics.higher_is_better("generated_tokens_per_s")
+    assert metrics.higher_is_better("not_a_metric")
