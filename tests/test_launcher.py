@@ -371,6 +371,9 @@ def test_one_line_keeps_the_error_line():
     assert launcher._one_line(RuntimeError(text)) == "RuntimeError: ValueError: lora.r bad"
     assert launcher._one_line(OSError("first\n\n  last line  \n")) == "OSError: last line"
     assert launcher._one_line(KeyError()) == "KeyError: "
+    # the last line that names an error, lower case included, rather than the last line
+    assert launcher._one_line(RuntimeError("submitted\nsrun: error: node lost\ncleanup done")) == \
+        "RuntimeError: srun: error: node lost"
     assert launcher._one_line(RuntimeError("an error: " + "x" * 600)) == ("RuntimeError: an error: " + "x" * 600)[:500]
 
 
@@ -481,3 +484,12 @@ def test_a_failed_local_job_fails_the_sweep_and_its_record(tmp_path, embedded_di
     assert good_rec["status"] == "complete"
     assert failed_rec["status"] == "failed" and "missing.jsonl" in failed_rec["error"]
     assert "  #1   failed     record=failed" in proc.stdout  # the status list printed before the exit
+
+
+def test_multirun_yaml_is_scrubbed_of_a_secret_from_a_config(tmp_path, executors, capsys):
+    """A secret that reaches the composed config other than by a command-line literal (a site file's
+    `additional_parameters`; the console script refuses literals) is masked in Hydra's multirun.yaml too."""
+    multirun("hydra/launcher=slurm", "experiment=smoke", "+site.additional_parameters.api_token=sk-site-secret-9876",
+             f"output_root={tmp_path}", "plan=true")
+    saved = (tmp_path / "sweeps" / "sweep" / "multirun.yaml").read_text()
+    assert "sk-site-secret-9876" not in saved and "api_token" in saved
