@@ -11,9 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+from medsweep import CONF_DIR
 from medsweep.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "lora", "data", "train", "eval", "profile", "logger", "site", "experiment")
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from medsweep import loaders, record
+from medsweep import CONF_DIR, loaders, record
 from medsweep.data import question_key
 from medsweep.errors import ConfigError, DataError, MedsweepError
 from medsweep.hardware import Hardware
@@ -426,14 +426,13 @@ def run(cfg: Any, generator: Generator | None = None) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- CLI
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _hydra_main():
     import hydra
     from omegaconf import DictConfig
 
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="synth")
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="synth")
     def _main(cfg: DictConfig) -> None:
         for noisy in ("transformers", "peft", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
