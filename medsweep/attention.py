@@ -1,6 +1,6 @@
 """Causal self-attention for CPU training: block-causal, with the softmax probabilities kept for the backward pass.
 
-For causal training without a padding mask (medsweep's right-padded batches, `train.right_padded`), SDPA runs
+For causal training without a padding mask (medsweep's right-padded batches, `kernels.right_padded`), SDPA runs
 torch's CPU flash-attention kernel. At 512 tokens it reaches about a third of the machine's matmul peak, and it is
 ~20% of a SmolLM2 training step. This computes the same function with batched matmuls:
   - for each block of BLOCK queries, scores against only the keys at or before the block. The upper triangle is

@@ -18,16 +18,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from medsweep.prompts import tokenize
+
 log = logging.getLogger(__name__)
-VERSION = 1  # bump when train.tokenize changes what it produces
+VERSION = 1  # bump when prompts.tokenize changes what it produces
 
 
 def tokenize_cached(records: list[dict[str, Any]], tokenizer, data_cfg: Any, model_cfg: Any, max_seq_length: int,
                     cache_dir: str | os.PathLike | None):
-    """train.tokenize's (dataset, stats), from `cache_dir`/tokenized when an entry for exactly these inputs is
+    """prompts.tokenize's (dataset, stats), from `cache_dir`/tokenized when an entry for exactly these inputs is
     there, else computed and stored. `cache_dir=None` turns the cache off. stats["cache"]: hit | miss | off."""
-    from medsweep.train import tokenize
-
     if cache_dir is None:
         dataset, stats = tokenize(records, tokenizer, data_cfg, model_cfg, max_seq_length)
         return dataset, {**stats, "cache": "off"}

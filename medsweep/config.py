@@ -110,6 +110,9 @@ class TrainConfig:
     save_steps: int = 50  # checkpoint every N steps (resume after preemption)
     save_total_limit: int = 2  # keep this many checkpoints
     init_adapter: str | None = None  # run dir or adapter dir to start LoRA from (continued fine-tuning)
+    # the fused linear cross-entropy, fused LoRA and block-causal attention of medsweep.kernels / medsweep.attention
+    # where they apply; false: the plain library computations (for ablations and benchmarks)
+    fast_kernels: bool = True
 
 
 @dataclass

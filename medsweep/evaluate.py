@@ -21,8 +21,8 @@ import torch
 
 from medsweep import metrics
 from medsweep.hardware import Hardware
-from medsweep.prompts import prompt_ids
-from medsweep.train import answer_loss_sum, collator, tokenize
+from medsweep.kernels import answer_loss_sum
+from medsweep.prompts import collator, prompt_ids, tokenize
 
 
 @contextlib.contextmanager

@@ -17,6 +17,10 @@ merged or several adapters) runs peft's own forward, with `FastDropout` drawing 
 computing the gradient with respect to the hidden states during the forward pass (softmax - one-hot, times
 the head weight). No tokens x vocabulary logits, log-softmax or its gradient are kept for the backward pass
 (~1.5 GB for 4 x 512 answer tokens with a 49k vocabulary), and exp runs once per logit instead of twice.
+
+`answer_loss_sum(model, input_ids, attention_mask, labels)`: the loss of training and of the perplexity evaluation,
+on CPU and GPU alike: the decoder, then the LM head on the answer positions only, through `linear_cross_entropy`
+(`fast_kernels=False`, what train.fast_kernels=false trains with: the library's `plain_cross_entropy`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from medsweep.prompts import IGNORE_INDEX
 
 ROW_CHUNK = 1024  # rows of logits alive at once (1024 x 49k fp32: 200 MB)
 
@@ -245,3 +251,33 @@ def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: t
         with torch.autocast(hidden.device.type, enabled=False):
             return _LinearCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), targets)
     return _LinearCrossEntropy.apply(hidden, weight, targets)
+
+
+def answer_loss_sum(model, input_ids, attention_mask, labels, fast_kernels: bool = True):
+    """(sum of token cross-entropies over answer positions, number of answer tokens), running the LM head
+    only on those positions, in row chunks with the gradient to the hidden states computed on the way
+    (linear_cross_entropy: the tokens x vocabulary logits are never kept; `fast_kernels=False`: the library's
+    full logits and cross-entropy, plain_cross_entropy). Works for a PEFT-wrapped or plain causal LM (Llama,
+    Mistral, Gemma, GPT-2)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if right_padded(attention_mask):  # causal attention alone keeps every real token off the padding after it
+        attention_mask = None
+    hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    # A model split across GPUs (device_map=auto): calling the inner decoder skips the hook that would bring its
+    # output back, so the hidden states sit on the last GPU while labels and a tied head sit on the first. Each op
+    # runs where its operands are: the mask on the hidden states' GPU, the selected rows on the head's.
+    head = lm.get_output_embeddings()
+    head_device = next(head.parameters()).device
+    targets = labels[:, 1:].to(hidden.device)
+    mask = targets != IGNORE_INDEX
+    rows, answer_targets = hidden[:, :-1][mask].to(head_device), targets[mask].to(head_device)
+    cross_entropy = linear_cross_entropy if fast_kernels else plain_cross_entropy
+    return cross_entropy(rows, head, answer_targets).to(labels.device), mask.sum().to(labels.device)
+
+
+def right_padded(attention_mask: torch.Tensor | None) -> bool:
+    """True when every row is real tokens followed only by padding. Then the causal mask alone gives the real
+    positions exactly the attention they get with the padding mask (they never see a later position), the
+    padded positions carry no label, and SDPA can run its causal kernel (half the attention work, grouped-query
+    heads without copies) instead of a dense masked one."""
+    return attention_mask is not None and bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())

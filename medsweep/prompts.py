@@ -1,13 +1,19 @@
 """Prompt formatting: the paper's instruction / input / output structure, rendered through the model's chat
 template when it has one (system = instruction, user = input, assistant = output), else in Alpaca form.
-Tokenization masks the prompt so the loss is on the answer tokens (and the end-of-turn token) only.
+Tokenization masks the prompt so the loss is on the answer tokens (and the end-of-turn token) only: one record
+(`tokenize_example`) or a whole training set in two batched calls of the Rust tokenizer (`tokenize`), both through
+the one rule of `masked_example`; `collator` pads the batches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable
 from typing import Any
 
 IGNORE_INDEX = -100
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 
 
@@ -82,9 +88,15 @@ def tokenize_example(tokenizer, record: dict[str, Any], instruction: str, prompt
     """input_ids / attention_mask / labels with the prompt masked; None if the prompt alone does not fit.
     Answers that do not fit are truncated (flagged with `truncated`)."""
     prompt, completion = render(tokenizer, record, instruction, prompt_format, system_prompt)
-    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer, prompt) else []
+    bos = [tokenizer.bos_token_id] if adds_bos(tokenizer, prompt) else []
     prompt_ids = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return masked_example(prompt_ids, answer_ids, max_seq_length)
+
+
+def masked_example(prompt_ids: list[int], answer_ids: list[int], max_seq_length: int) -> dict[str, Any] | None:
+    """The truncation rule: prompt + answer with the prompt masked in the labels; None if the prompt alone leaves
+    no room for one answer token; an answer that does not fit is cut to the room left (`truncated`)."""
     room = max_seq_length - len(prompt_ids)
     if room < 1:
         return None
@@ -100,11 +112,80 @@ def tokenize_example(tokenizer, record: dict[str, Any], instruction: str, prompt
     }
 
 
+def tokenize(records: list[dict[str, Any]], tokenizer, data_cfg: Any, model_cfg: Any, max_seq_length: int):
+    """HF Dataset of answer-masked examples plus counts of dropped (prompt too long) / truncated ones.
+    The same examples as tokenize_example, record by record, but encoded in two batched calls of the
+    Rust tokenizer (prompts, completions): ~4x faster, which is seconds of every job's start-up."""
+    from datasets import Dataset
+
+    instruction, prompt_format, system_prompt = data_cfg.instruction, model_cfg.prompt_format, model_cfg.system_prompt
+    texts = render_many(tokenizer, records, instruction, prompt_format, system_prompt)
+    prompts_ids = _encode(tokenizer, [prompt for prompt, _ in texts])
+    answers_ids = _encode(tokenizer, [completion for _, completion in texts])
+    columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "length": []}
+    dropped = truncated = answer_tokens = 0
+    for (prompt, _), prompt_ids, answer_ids in zip(texts, prompts_ids, answers_ids, strict=True):
+        if adds_bos(tokenizer, prompt):  # as tokenize_example (tests/test_speed_paths.py checks they agree)
+            prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
+        example = masked_example(prompt_ids, answer_ids, max_seq_length)
+        if example is None:
+            dropped += 1
+            continue
+        truncated += example["truncated"]
+        for column in columns:
+            columns[column].append(example[column])
+        answer_tokens += example["length"] - len(prompt_ids)
+    stats = {"dropped_prompt_too_long": dropped, "answers_truncated": truncated,
+             "examples": len(columns["length"]), "answer_tokens": answer_tokens, "tokens": sum(columns["length"])}
+    return Dataset.from_dict(columns), stats
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens, as `tokenizer(text, add_special_tokens=False)` gives
+    them: one batched call of the Rust backend (without the offsets transformers would compute) when the
+    tokenizer has one."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        with _tokenizers_parallelism():
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+@contextlib.contextmanager
+def _tokenizers_parallelism():
+    """Let the Rust tokenizer use every core for this one batched call (2.4x faster on 2 cores), then set
+    TOKENIZERS_PARALLELISM back (hardware.apply_threads sets it false): processes forked later (DataLoader
+    workers) see it false and never touch the parent's thread pool."""
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def collator(tokenizer) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """Dynamic padding to the longest example of the batch (labels padded with -100)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+
+    def collate(features):  # drop the `length` column used only by the length-grouped sampler
+        return pad([{k: f[k] for k in MODEL_INPUTS} for f in features])
+
+    return collate
+
+
 def prompt_ids(tokenizer, record: dict[str, Any], instruction: str, prompt_format: str,
                system_prompt: bool = True) -> list[int]:
     """Token ids of the generation prompt (no answer)."""
     prompt, _ = render(tokenizer, record, instruction, prompt_format, system_prompt, with_answer=False)
-    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer, prompt) else []
+    bos = [tokenizer.bos_token_id] if adds_bos(tokenizer, prompt) else []
     return bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
@@ -115,7 +196,7 @@ def encodes_bos(tokenizer) -> bool:
     return bos_id is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos_id]
 
 
-def _adds_bos(tokenizer, text: str) -> bool:
+def adds_bos(tokenizer, text: str) -> bool:
     """Whether to prepend BOS to the rendered text: the tokenizer would, and the text does not already start
     with it (chat templates that write it, Gemma's)."""
     bos = tokenizer.bos_token

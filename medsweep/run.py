@@ -171,7 +171,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: RunRecord, tracker: trackin
         callbacks.append(epoch_eval)
     if (tracker_cb := tracker.callback(epoch_eval.results if epoch_eval else None)) is not None:
         callbacks.append(tracker_cb)  # after epoch_eval: logs each epoch result as it lands
-    trainer = train.build_trainer(model, tokenizer, train_ds, args, callbacks)
+    trainer = train.build_trainer(model, tokenizer, train_ds, args, callbacks, fast_kernels=cfg.train.fast_kernels)
     resume_from = train.last_checkpoint(checkpoint_dir, tidy=main) if cfg.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)

@@ -210,10 +210,10 @@ class LocalGenerator:
             raise ConfigError(f"the generator {name} has no chat template; use a chat (instruct) model")
 
     def _ids(self, messages: Messages) -> list[int]:
-        from medsweep.prompts import _adds_bos
+        from medsweep.prompts import adds_bos
 
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        bos = [self.tokenizer.bos_token_id] if _adds_bos(self.tokenizer, prompt) else []
+        bos = [self.tokenizer.bos_token_id] if adds_bos(self.tokenizer, prompt) else []
         return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def chat(self, conversations: list[Messages], max_new_tokens: int) -> list[str]:

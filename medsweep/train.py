@@ -1,5 +1,6 @@
-"""LoRA training with the HF Trainer: tokenized answer-masked examples, dynamic padding, length-grouped
-batches, logits and loss only on answer positions, checkpoints in the run directory for resume."""
+"""LoRA training with the HF Trainer: answer-masked examples (prompts.tokenize), dynamic padding (prompts.collator),
+length-grouped batches, logits and loss only on answer positions (kernels.answer_loss_sum), checkpoints in the run
+directory for resume."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import functools
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import time
@@ -23,112 +23,27 @@ import torch
 from medsweep.hardware import Hardware, process_age_s
 from medsweep.attention import use_block_causal
 from medsweep.errors import TrainingDiverged
-from medsweep.kernels import fast_lora, linear_cross_entropy
-from medsweep.prompts import IGNORE_INDEX, _adds_bos, render_many
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+from medsweep.kernels import answer_loss_sum, fast_lora
+from medsweep.prompts import collator
+from transformers import Trainer, TrainerCallback, TrainingArguments
 # isort: on
 
 log = logging.getLogger(__name__)
-MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
-
-
-def tokenize(records: list[dict[str, Any]], tokenizer, data_cfg: Any, model_cfg: Any, max_seq_length: int):
-    """HF Dataset of answer-masked examples plus counts of dropped (prompt too long) / truncated ones.
-    The same examples as prompts.tokenize_example, record by record, but encoded in two batched calls of the
-    Rust tokenizer (prompts, completions): ~4x faster, which is seconds of every job's start-up."""
-    from datasets import Dataset
-
-    instruction, prompt_format, system_prompt = data_cfg.instruction, model_cfg.prompt_format, model_cfg.system_prompt
-    texts = render_many(tokenizer, records, instruction, prompt_format, system_prompt)
-    prompts_ids = _encode(tokenizer, [prompt for prompt, _ in texts])
-    answers_ids = _encode(tokenizer, [completion for _, completion in texts])
-    columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "length": []}
-    dropped = truncated = answer_tokens = 0
-    for (prompt, _), prompt_ids, answer_ids in zip(texts, prompts_ids, answers_ids, strict=True):
-        # the rules of prompts.tokenize_example (tests/test_speed_paths.py checks they agree)
-        if _adds_bos(tokenizer, prompt):
-            prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
-        room = max_seq_length - len(prompt_ids)
-        if room < 1:
-            dropped += 1
-            continue
-        truncated += len(answer_ids) > room
-        answer_ids = answer_ids[:room]
-        ids = prompt_ids + answer_ids
-        columns["input_ids"].append(ids)
-        columns["attention_mask"].append([1] * len(ids))
-        columns["labels"].append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
-        columns["length"].append(len(ids))
-        answer_tokens += len(answer_ids)
-    stats = {"dropped_prompt_too_long": dropped, "answers_truncated": truncated,
-             "examples": len(columns["length"]), "answer_tokens": answer_tokens, "tokens": sum(columns["length"])}
-    return Dataset.from_dict(columns), stats
-
-
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text without special tokens, as `tokenizer(text, add_special_tokens=False)` gives
-    them: one batched call of the Rust backend (without the offsets transformers would compute) when the
-    tokenizer has one."""
-    if not texts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "encode_batch_fast"):
-        with _tokenizers_parallelism():
-            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-@contextlib.contextmanager
-def _tokenizers_parallelism():
-    """Let the Rust tokenizer use every core for this one batched call (2.4x faster on 2 cores), then set
-    TOKENIZERS_PARALLELISM back (hardware.apply_threads sets it false): processes forked later (DataLoader
-    workers) see it false and never touch the parent's thread pool."""
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
-
-
-def answer_loss_sum(model, input_ids, attention_mask, labels):
-    """(sum of token cross-entropies over answer positions, number of answer tokens), running the LM head
-    only on those positions, in row chunks with the gradient to the hidden states computed on the way
-    (kernels.linear_cross_entropy: the tokens x vocabulary logits are never kept). Works for a PEFT-wrapped
-    or plain causal LM (Llama, Mistral, Gemma, GPT-2)."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if right_padded(attention_mask):  # causal attention alone keeps every real token off the padding after it
-        attention_mask = None
-    hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    # A model split across GPUs (device_map=auto): calling the inner decoder skips the hook that would bring its
-    # output back, so the hidden states sit on the last GPU while labels and a tied head sit on the first. Each op
-    # runs where its operands are: the mask on the hidden states' GPU, the selected rows on the head's.
-    head = lm.get_output_embeddings()
-    head_device = next(head.parameters()).device
-    targets = labels[:, 1:].to(hidden.device)
-    mask = targets != IGNORE_INDEX
-    rows, answer_targets = hidden[:, :-1][mask].to(head_device), targets[mask].to(head_device)
-    return linear_cross_entropy(rows, head, answer_targets).to(labels.device), mask.sum().to(labels.device)
-
-
-def right_padded(attention_mask: torch.Tensor | None) -> bool:
-    """True when every row is real tokens followed only by padding. Then the causal mask alone gives the real
-    positions exactly the attention they get with the padding mask (they never see a later position), the
-    padded positions carry no label, and SDPA can run its causal kernel (half the attention work, grouped-query
-    heads without copies) instead of a dense masked one."""
-    return attention_mask is not None and bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
 class AnswerOnlyTrainer(Trainer):
     """Trainer whose loss runs the LM head only where labels are (the answer tokens): the vocabulary
     projection and log-softmax over every prompt position are skipped. The loss is the same token-mean
     cross-entropy as the model's own, normalised by the answer tokens of the whole accumulated batch, and
-    computed under the run's autocast (bf16 / fp16) like the Trainer's own forward."""
+    computed under the run's autocast (bf16 / fp16) like the Trainer's own forward. `fast_kernels=False`
+    (train.fast_kernels=false): the head and cross-entropy over full logits of the library instead of
+    kernels.linear_cross_entropy."""
 
     loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, fast_kernels: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast_kernels = fast_kernels
 
     def _get_train_sampler(self, train_dataset=None):
         """The length-grouped sampler with its lengths as a plain list: datasets 4 hands over a lazy column,
@@ -143,11 +58,12 @@ class AnswerOnlyTrainer(Trainer):
         # answer_loss_sum does not call (it runs the decoder and the head itself), so enter it here;
         # without this a bf16 run silently computes in fp32.
         batch = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        loss_sum = functools.partial(answer_loss_sum, fast_kernels=self.fast_kernels)
         with self.accelerator.autocast():
             if model is self.model:
-                loss, n_tokens = answer_loss_sum(model, *batch)
+                loss, n_tokens = loss_sum(model, *batch)
             else:  # DDP all-reduces the gradients only of a forward that ran through its wrapper
-                with _forward_as(self.model, answer_loss_sum):
+                with _forward_as(self.model, loss_sum):
                     loss, n_tokens = model(*batch)
         if num_items_in_batch is None:
             num_items_in_batch = n_tokens * self.args.gradient_accumulation_steps
@@ -297,16 +213,6 @@ def _data_parallel_args(profile_cfg: Any, hw: Hardware) -> dict[str, Any]:
     }
 
 
-def collator(tokenizer) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-    """Dynamic padding to the longest example of the batch (labels padded with -100)."""
-    pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-
-    def collate(features):  # drop the `length` column used only by the length-grouped sampler
-        return pad([{k: f[k] for k in MODEL_INPUTS} for f in features])
-
-    return collate
-
-
 def store_frozen_linears_in_bf16(model) -> int:
     """CPU bf16 autocast casts every fp32 weight to bf16 on every forward (a full copy of the model per step:
     ~15% of a step on an AMX CPU). The frozen base Linear weights are stored in bf16 once instead: autocast
@@ -328,15 +234,21 @@ def store_frozen_linears_in_bf16(model) -> int:
     return converted
 
 
-def build_trainer(model, tokenizer, train_ds, args: TrainingArguments, callbacks: list[TrainerCallback]) -> Trainer:
+def build_trainer(model, tokenizer, train_ds, args: TrainingArguments, callbacks: list[TrainerCallback],
+                  fast_kernels: bool = True) -> Trainer:
+    """The AnswerOnlyTrainer of a run. `fast_kernels` (train.fast_kernels): medsweep.kernels' fused LoRA layers
+    and linear cross-entropy and medsweep.attention's block-causal attention where they apply; False: the plain
+    library computations (peft's LoRA forward, full logits, SDPA), for ablations and benchmarks."""
     if args.bf16 and args.use_cpu:  # CPU bf16 autocast: no per-step casts of the frozen weights
         log.info("bf16 on the CPU: %d frozen Linear layers stored in bf16", store_frozen_linears_in_bf16(model))
-    if args.use_cpu:
+    if args.use_cpu and fast_kernels:
         log.info("LoRA on the CPU: %d dropouts draw their masks with numpy's SFC64, %d layers fused", *fast_lora(model))
         if use_block_causal(model):
             log.info("causal attention on the CPU: block-causal matmuls (medsweep.attention) where SDPA would run")
+    if not fast_kernels:
+        log.info("train.fast_kernels=false: the library's LoRA forward, cross-entropy over full logits and attention")
     return AnswerOnlyTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collator(tokenizer),
-                             processing_class=tokenizer, callbacks=callbacks)
+                             processing_class=tokenizer, callbacks=callbacks, fast_kernels=fast_kernels)
 
 
 def _complete(checkpoint: Path, step: int) -> bool:

@@ -9,7 +9,8 @@ In one process, on the same MedQuAD pairs, the same model and the same number of
   naive     HF Trainer, every example padded to --seq, loss over the whole sequence (full-vocabulary logits at
             every position), fp32, random batches; evaluation generates one question at a time.
   medsweep  exactly what `medsweep` runs by default: the default config composed by Hydra (only model, data and
-            max_steps overridden), medsweep.train.tokenize / training_args / build_trainer, medsweep.evaluate.
+            max_steps overridden), medsweep.prompts.tokenize, medsweep.train.training_args / build_trainer,
+            medsweep.evaluate.
 Then a few `python -m medsweep` subprocesses time the job start-up (process start -> first training step).
 
 Reported for each: real (non-padding) and padded training tokens per second, step time, peak memory (RSS
@@ -298,7 +299,7 @@ def epoch_batches(records: list[dict[str, Any]], cfg, steps: int) -> list[dict[s
     tokenizer = models.load_tokenizer(cfg.model)
     per_batch = cfg.train.batch_size * cfg.train.grad_accum
     kept, lengths = [], []
-    for rec in records:  # which records survive tokenization, and their lengths (what train.tokenize keeps)
+    for rec in records:  # which records survive tokenization, and their lengths (what prompts.tokenize keeps)
         example = tokenize_example(tokenizer, rec, cfg.data.instruction, cfg.model.prompt_format,
                                    cfg.train.max_seq_length, cfg.model.system_prompt)
         if example is not None:
@@ -371,39 +372,24 @@ def train_naive(records, cfg, hw, seq: int, batch: int, steps: int, workdir: Pat
     return {"summary": out, "model": model, "tokenizer": tokenizer}
 
 
-@contextlib.contextmanager
-def library_kernels():
-    """medsweep's training path with the plain library computations in place of medsweep.kernels and
-    medsweep.attention."""
-    from medsweep import kernels, train
-
-    saved = train.linear_cross_entropy, train.fast_lora, train.use_block_causal
-    train.linear_cross_entropy = kernels.plain_cross_entropy
-    train.fast_lora = lambda model: (0, 0)
-    train.use_block_causal = lambda model: False
-    try:
-        yield
-    finally:
-        train.linear_cross_entropy, train.fast_lora, train.use_block_causal = saved
-
-
 def train_medsweep(records, cfg, hw, workdir: Path) -> dict[str, Any]:
-    """medsweep's own path, as medsweep/run.py calls it."""
+    """medsweep's own path, as medsweep/run.py calls it (train.fast_kernels=false in `cfg`: the plain library
+    computations in place of medsweep.kernels and medsweep.attention)."""
     import torch
 
-    from medsweep import models, train
+    from medsweep import models, prompts, train
 
     with PeakRSS() as mem:
         tokenizer, base, load_s = load_model_timed(cfg, hw)
         model = models.add_lora(base, cfg.lora, cfg.model)
         tokenizer.padding_side = "right"
         t0 = time.perf_counter()
-        dataset, stats = train.tokenize(records, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
+        dataset, stats = prompts.tokenize(records, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
         tokenize_s = time.perf_counter() - t0
         args = train.training_args(cfg.train, cfg.profile, hw, workdir / "medsweep")
         args.train_sampling_strategy = "sequential"  # `records` already are medsweep's batches (epoch_batches)
         timer = train.StepTimer()
-        trainer = train.build_trainer(model, tokenizer, dataset, args, [timer])
+        trainer = train.build_trainer(model, tokenizer, dataset, args, [timer], fast_kernels=cfg.train.fast_kernels)
         steps_cb = Steps(trainer.data_collator, cfg.train.grad_accum)
         trainer.data_collator = steps_cb
         trainer.add_callback(steps_cb.callback)
@@ -720,9 +706,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # own cross-entropy over full logits, torch's dropout, SDPA) instead of medsweep.kernels and .attention.
         log("medsweep training in fp32 with library kernels (reference loss curve and ablation)")
         ref_cfg = compose(args.model, args.data, args.steps, args.seq, args.batch,
-                          [*args.override, "profile.precision=fp32"])
-        with library_kernels():
-            ref = train_medsweep(records, ref_cfg, hardware.resolve(ref_cfg.profile), workdir)
+                          [*args.override, "profile.precision=fp32", "train.fast_kernels=false"])
+        ref = train_medsweep(records, ref_cfg, hardware.resolve(ref_cfg.profile), workdir)
         reference = ref.pop("summary")
         log(f"  {reference['step_s_median']:.2f} s/step, {reference['real_tokens_per_s']:.1f} real tok/s")
         del ref

@@ -9,7 +9,7 @@ import copy
 import pytest
 from omegaconf import OmegaConf
 
-from medsweep import cache, prompts, train
+from medsweep import cache, prompts
 
 RECORDS = [
     {"question": "What is a fever?", "answer": "A body temperature above the normal range."},
@@ -25,7 +25,7 @@ MODEL = OmegaConf.create({"prompt_format": "chat", "system_prompt": True})
 
 
 def test_hit_equals_tokenizing_and_is_reported(smol_tokenizer, tmp_path):
-    fresh, fresh_stats = train.tokenize(RECORDS, smol_tokenizer, DATA, MODEL, 64)
+    fresh, fresh_stats = prompts.tokenize(RECORDS, smol_tokenizer, DATA, MODEL, 64)
     first, first_stats = cache.tokenize_cached(RECORDS, smol_tokenizer, DATA, MODEL, 64, tmp_path)
     second, second_stats = cache.tokenize_cached(RECORDS, smol_tokenizer, DATA, MODEL, 64, tmp_path)
     assert (first_stats["cache"], second_stats["cache"]) == ("miss", "hit")
@@ -64,7 +64,7 @@ def test_damaged_entry_is_recomputed(smol_tokenizer, tmp_path):
         f.write_bytes(b"not arrow")
     again, stats = cache.tokenize_cached(RECORDS, smol_tokenizer, DATA, MODEL, 64, tmp_path)
     assert stats["cache"] == "miss"
-    assert again.to_list() == train.tokenize(RECORDS, smol_tokenizer, DATA, MODEL, 64)[0].to_list()
+    assert again.to_list() == prompts.tokenize(RECORDS, smol_tokenizer, DATA, MODEL, 64)[0].to_list()
     assert cache.tokenize_cached(RECORDS, smol_tokenizer, DATA, MODEL, 64, tmp_path)[1]["cache"] == "hit"
 
 

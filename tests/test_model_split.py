@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from medsweep import train
+from medsweep import kernels
 from tests.fake_devices import FakeDevices, place, tag, tag_of
 
 
@@ -43,12 +43,12 @@ def test_answer_loss_on_a_model_split_across_two_gpus(tied):
     model = _split_llama(tied)
     ids, mask, labels = _batch()
     with torch.no_grad():
-        expected, n_expected = train.answer_loss_sum(model, ids, mask, labels)  # all on the CPU
+        expected, n_expected = kernels.answer_loss_sum(model, ids, mask, labels)  # all on the CPU
     fake = FakeDevices()
     with fake:
         ids_, mask_, labels_ = (tag(t.clone(), "cuda:0") for t in (ids, mask, labels))
         with torch.no_grad():
-            loss, n = train.answer_loss_sum(model, ids_, mask_, labels_)
+            loss, n = kernels.answer_loss_sum(model, ids_, mask_, labels_)
         assert tag_of(loss) == "cuda:0" and tag_of(n) == "cuda:0"  # the labels' device
     assert not fake.mixed
     assert torch.allclose(loss, expected) and int(n) == int(n_expected) == 14

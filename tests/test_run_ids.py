@@ -57,7 +57,8 @@ def test_attempt_reruns_a_complete_config_into_a_new_directory(compose):
 
 def test_the_hash_is_sha256_of_the_identity_keys(compose):
     """The 8 hex digits: sha256 of the resolved config as sorted JSON, without the keys that do not change what a run
-    computes, profile.parallel / profile.processes left out at their defaults and model.dtype hashed at 'auto'."""
+    computes, profile.parallel / profile.processes / train.fast_kernels left out at their defaults and model.dtype
+    hashed at 'auto'."""
     cfg = compose(["experiment=smoke", "attempt=1"])
     body = OmegaConf.to_container(cfg, resolve=True)
     for key in ("logger", "output_root", "sweep_name", "resume", "plan", "site"):
@@ -65,7 +66,7 @@ def test_the_hash_is_sha256_of_the_identity_keys(compose):
     for group, key in [("model", "cache_dir"), ("train", "cache_tokenized"), ("profile", "time_limit_min"),
                        ("profile", "partition"), ("profile", "memory_gb"), ("profile", "constraint"),
                        ("profile", "dataloader_workers"), ("model", "kv_width"), ("model", "tie_word_embeddings"),
-                       ("profile", "parallel"), ("profile", "processes")]:
+                       ("profile", "parallel"), ("profile", "processes"), ("train", "fast_kernels")]:
         del body[group][key]
     body["model"]["dtype"] = "auto"
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]

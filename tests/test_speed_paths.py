@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medsweep import evaluate, models, train
+from medsweep import evaluate, kernels, models, prompts, train
 from medsweep.hardware import Hardware
 from medsweep.prompts import IGNORE_INDEX
 
@@ -53,8 +53,8 @@ def setup():
 
 def _batch(cfg, tokenizer):
     tokenizer.padding_side = "right"
-    dataset, _ = train.tokenize(RECORDS, tokenizer, cfg.data, cfg.model, 96)
-    return train.collator(tokenizer)(dataset.to_list())
+    dataset, _ = prompts.tokenize(RECORDS, tokenizer, cfg.data, cfg.model, 96)
+    return prompts.collator(tokenizer)(dataset.to_list())
 
 
 def test_answer_only_loss_equals_the_models_masked_loss(setup):
@@ -64,7 +64,7 @@ def test_answer_only_loss_equals_the_models_masked_loss(setup):
     model.eval()
     with torch.no_grad():
         reference = model(**batch).loss  # full-vocabulary logits at every position, mean over answer tokens
-        loss_sum, n = train.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss_sum, n = kernels.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert int(n) == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert abs((loss_sum / n).item() - reference.item()) < 1e-5
 
@@ -77,7 +77,7 @@ def test_answer_only_gradients_equal_the_models(setup):
     model(**batch).loss.backward()
     reference = [p.grad.clone() for p in lora]
     model.zero_grad()
-    loss_sum, n = train.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    loss_sum, n = kernels.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     (loss_sum / n).backward()
     for p, g in zip(lora, reference, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
@@ -141,7 +141,7 @@ def test_bf16_storage_of_frozen_linears_changes_no_number():
             assert model.get_input_embeddings().weight.dtype == torch.float32  # tied head: stays fp32
             assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss_sum, n = train.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            loss_sum, n = kernels.answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         (loss_sum / n).backward()
         results.append((loss_sum.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     assert results[0][0] == results[1][0]
@@ -151,14 +151,14 @@ def test_bf16_storage_of_frozen_linears_changes_no_number():
 
 @pytest.mark.parametrize("prompt_format, max_len", [("chat", 512), ("chat", 60), ("alpaca", 128)])
 def test_batched_tokenize_equals_tokenize_example(setup, prompt_format, max_len):
-    """train.tokenize encodes in two batched calls; it must give exactly prompts.tokenize_example's examples."""
+    """prompts.tokenize encodes in two batched calls; it must give exactly prompts.tokenize_example's examples."""
     from medsweep import data
     from medsweep.prompts import tokenize_example
 
     cfg, tokenizer, _ = setup
     records = data.load_records(cfg.data)[0][:60] + RECORDS
     model_cfg = OmegaConf.merge(cfg.model, {"prompt_format": prompt_format})
-    dataset, stats = train.tokenize(records, tokenizer, cfg.data, model_cfg, max_len)
+    dataset, stats = prompts.tokenize(records, tokenizer, cfg.data, model_cfg, max_len)
     expected = [tokenize_example(tokenizer, r, cfg.data.instruction, prompt_format, max_len, model_cfg.system_prompt)
                 for r in records]
     kept = [e for e in expected if e is not None]
@@ -198,7 +198,7 @@ def test_bf16_cpu_training_step_runs_through_the_trainer(tmp_path):
     model, _ = models.load_model(cfg.model, tokenizer, bf16, seed=0)
     model = models.add_lora(model, cfg.lora, cfg.model)
     tokenizer.padding_side = "right"
-    dataset, _ = train.tokenize(RECORDS * 2, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
+    dataset, _ = prompts.tokenize(RECORDS * 2, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
     args = train.training_args(cfg.train, cfg.profile, bf16, tmp_path / "checkpoints")
     trainer = train.build_trainer(model, tokenizer, dataset, args, [])
     down = model.get_base_model().model.layers[0].mlp.down_proj
@@ -216,5 +216,66 @@ def test_right_padded_masks_are_dropped_only_when_causal_attention_suffices():
     right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     holes = torch.tensor([[1, 0, 1, 0]])
-    assert train.right_padded(right) and not train.right_padded(left) and not train.right_padded(holes)
-    assert not train.right_padded(None)
+    assert kernels.right_padded(right) and not kernels.right_padded(left) and not kernels.right_padded(holes)
+    assert not kernels.right_padded(None)
+
+
+@pytest.fixture
+def cross_entropy_calls(monkeypatch):
+    """Counts the calls of kernels.linear_cross_entropy and kernels.plain_cross_entropy by the answer-only loss."""
+    calls = {"linear": 0, "plain": 0}
+    for name, function in (("linear", kernels.linear_cross_entropy), ("plain", kernels.plain_cross_entropy)):
+        def counted(*args, _name=name, _function=function):
+            calls[_name] += 1
+            return _function(*args)
+
+        monkeypatch.setattr(kernels, f"{name}_cross_entropy", counted)
+    return calls
+
+
+def test_without_fast_kernels_the_trainer_runs_the_library_computations(tmp_path, cross_entropy_calls):
+    """train.fast_kernels=false (build_trainer(fast_kernels=False)): peft's LoRA layers with torch's dropout stay
+    as they are, the model keeps SDPA, and the Trainer's loss is the library's cross-entropy over full logits."""
+    from hydra import compose, initialize_config_dir
+    from peft.tuners.lora.layer import Linear
+
+    from medsweep.run import config_schema  # noqa: F401
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", "train.max_steps=2", "train.logging_steps=1",
+                                           "train.fast_kernels=false"])
+    assert cfg.train.fast_kernels is False
+    tokenizer = models.load_tokenizer(cfg.model)
+    model, _ = models.load_model(cfg.model, tokenizer, CPU, seed=0)
+    model = models.add_lora(model, cfg.lora, cfg.model)
+    tokenizer.padding_side = "right"
+    dataset, _ = prompts.tokenize(RECORDS * 2, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
+    args = train.training_args(cfg.train, cfg.profile, CPU, tmp_path / "checkpoints")
+    trainer = train.build_trainer(model, tokenizer, dataset, args, [], fast_kernels=cfg.train.fast_kernels)
+    lora = [m for m in model.modules() if isinstance(m, Linear)]
+    assert len(lora) == 2 * 7 and all(type(m) is Linear for m in lora)  # not kernels' FusedLoraLinear
+    assert all(type(d) is torch.nn.Dropout for m in lora for d in m.lora_dropout.values())  # not FastDropout
+    assert model.get_base_model().config._attn_implementation == "sdpa"
+    trainer.train()
+    assert cross_entropy_calls == {"linear": 0, "plain": 2}
+    assert len(train.loss_history(trainer)) == 2
+
+
+def test_fast_kernels_false_is_a_run_of_its_own_with_the_same_losses(compose, tmp_path, cross_entropy_calls,
+                                                                    embedded_dir):
+    """The same run with train.fast_kernels=false trains through the plain library computations to the same losses
+    (float rounding apart); it is another computation, so another run id, while the default leaves ids alone."""
+    from medsweep import run
+    from medsweep.record import run_id
+
+    common = ["experiment=smoke", "profile.precision=fp32", "lora.dropout=0", "train.max_steps=3",
+              "eval.num_examples=2", "eval.perplexity=false"]
+    fast_cfg, plain_cfg = compose(common), compose([*common, "train.fast_kernels=false"])
+    assert run_id(compose([*common, "train.fast_kernels=true"])) == run_id(fast_cfg) != run_id(plain_cfg)
+    fast = run.train_eval(fast_cfg, tmp_path / "fast")
+    assert cross_entropy_calls == {"linear": 3, "plain": 0}
+    plain = run.train_eval(plain_cfg, tmp_path / "plain")
+    assert cross_entropy_calls == {"linear": 3, "plain": 3}
+    fast_losses = [h["loss"] for h in fast["train"]["log_history"]]
+    plain_losses = [h["loss"] for h in plain["train"]["log_history"]]
+    assert len(fast_losses) == 3 and plain_losses == pytest.approx(fast_losses, rel=1e-4)
