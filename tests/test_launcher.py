@@ -493,3 +493,15 @@ def test_multirun_yaml_is_scrubbed_of_a_secret_from_a_config(tmp_path, executors
              f"output_root={tmp_path}", "plan=true")
     saved = (tmp_path / "sweeps" / "sweep" / "multirun.yaml").read_text()
     assert "sk-site-secret-9876" not in saved and "api_token" in saved
+
+
+def test_a_sweep_in_batches_submits_each_job_with_its_own_overrides(tmp_path, executors, capsys):
+    """hydra.sweeper.max_batch_size splits a sweep into several launch() calls; the later ones number their jobs from
+    initial_job_idx, and the jobs file keeps every batch's jobs."""
+    multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", f"output_root={tmp_path}",
+             "hydra.sweeper.max_batch_size=2")
+    arrays = [c for e in executors.made for c in e.calls if c[0] == "map_array"]
+    assert [(idxs, [o[1] for o in overrides]) for _, idxs, overrides, _ in arrays] == [
+        ([0, 1], ["lora.r=4", "lora.r=8"]), ([2], ["lora.r=16"])]
+    assert [(j["idx"], j["overrides"][1], j["outcome"]) for j in jobs_file(tmp_path)] == [
+        (0, "lora.r=4", "completed"), (1, "lora.r=8", "completed"), (2, "lora.r=16", "completed")]
