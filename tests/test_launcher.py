@@ -62,12 +62,14 @@ def executors(monkeypatch):
             self.calls.append(("update", kwargs))
 
         def submit(self, fn, *args):
+            assert isinstance(fn, launcher.SweepLauncherMixin)  # the job runs the launcher's __call__ (Hydra's job)
             handle = Handle(self.log, str(next(counter)), failing.get(args[2]))
             self.calls.append(("submit", args[2], dict(self.params)))
             self.log.append(("submit", args[2], self.params.get("local_setup")))
             return handle
 
         def map_array(self, fn, *arrays):
+            assert isinstance(fn, launcher.SweepLauncherMixin)
             overrides, keys, idxs, names, states = arrays
             assert all(k == "hydra.sweep.dir" for k in keys) and list(names) == [f"job_id_for_{i}" for i in idxs]
             self.calls.append(("map_array", list(idxs), [list(o) for o in overrides], dict(self.params)))
@@ -297,7 +299,8 @@ LOCAL_GPU = ["experiment=smoke", "profile=local_gpu", "profile.device=cpu", "pro
 
 def test_local_jobs_get_disjoint_visible_gpus_in_waves(tmp_path, executors, monkeypatch, capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    multirun(*LOCAL_GPU, "lora.r=4,8,16", f"output_root={tmp_path}")
+    (returns,) = multirun(*LOCAL_GPU, "lora.r=4,8,16", f"output_root={tmp_path}")
+    assert [r.return_value for r in returns] == ["1000", "1001", "1002"]  # every wave's results reach Hydra
     (ex,) = executors.made
     assert ex.cluster == "local" and ex.init == {}
     assert ex.calls[0] == ("update", {"timeout_min": 240, "cpus_per_task": 4, "mem_gb": 32, "nodes": 1,
@@ -324,7 +327,8 @@ def test_local_waves_follow_max_parallel_and_gpus_per_job(tmp_path, executors, m
 
 
 def test_local_cpu_jobs_run_in_waves_of_max_parallel(tmp_path, executors, capsys):
-    multirun("experiment=smoke", "site.max_parallel=2", "lora.r=4,8,16", f"output_root={tmp_path}")
+    (returns,) = multirun("experiment=smoke", "site.max_parallel=2", "lora.r=4,8,16", f"output_root={tmp_path}")
+    assert [r.return_value for r in returns] == ["1000", "1001", "1002"]
     assert executors.log == [("map_array", [0, 1]), ("results", "1000"), ("results", "1001"),
                              ("map_array", [2]), ("results", "1002")]
     (ex,) = executors.made
@@ -498,8 +502,9 @@ def test_multirun_yaml_is_scrubbed_of_a_secret_from_a_config(tmp_path, executors
 def test_a_sweep_in_batches_submits_each_job_with_its_own_overrides(tmp_path, executors, capsys):
     """hydra.sweeper.max_batch_size splits a sweep into several launch() calls; the later ones number their jobs from
     initial_job_idx, and the jobs file keeps every batch's jobs."""
-    multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", f"output_root={tmp_path}",
-             "hydra.sweeper.max_batch_size=2")
+    batches = multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", f"output_root={tmp_path}",
+                       "hydra.sweeper.max_batch_size=2")
+    assert [[r.return_value for r in batch] for batch in batches] == [["1000", "1001"], ["1002"]]
     arrays = [c for e in executors.made for c in e.calls if c[0] == "map_array"]
     assert [(idxs, [o[1] for o in overrides]) for _, idxs, overrides, _ in arrays] == [
         ([0, 1], ["lora.r=4", "lora.r=8"]), ([2], ["lora.r=16"])]
