@@ -55,6 +55,24 @@ def equivalents() -> dict[str, str]:
     return named
 
 
+def is_package(module: str) -> bool:
+    return (ROOT / "medsweep" / module / "__init__.py").is_file()
+
+
+def sources(module: str) -> str:
+    """The files of a module as an only_mutate pattern: medsweep/<module>.py, or for a package medsweep/<module>/
+    all of its files (mutmut matches with fnmatch, whose * also spans folders: subpackages included)."""
+    return f"medsweep/{module}/*.py" if is_package(module) else f"medsweep/{module}.py"
+
+
+def metas(workdir: Path, module: str) -> list[Path]:
+    """mutmut's result files of a module: mutants/medsweep/<module>.py.meta, or one per file of a package."""
+    if is_package(module):
+        return sorted((workdir / "mutants" / "medsweep" / module).rglob("*.py.meta"))
+    meta = workdir / "mutants" / "medsweep" / f"{module}.py.meta"
+    return [meta] if meta.exists() else []
+
+
 def prepare(workdir: Path, modules: list[str], fresh: bool) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     if fresh:
@@ -69,7 +87,7 @@ def prepare(workdir: Path, modules: list[str], fresh: bool) -> None:
     tests = sorted({t for m in modules for t in TESTS.get(m, []) if (ROOT / t).exists()})
     settings = {
         "source_paths": ["medsweep/"],
-        "only_mutate": [f"medsweep/{m}.py" for m in modules],
+        "only_mutate": [sources(m) for m in modules],
         "also_copy": ["conf/", "hydra_plugins/", "scripts/"],
         "pytest_add_cli_args_test_selection": tests,
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-m", "not slurm and not labelstudio"],
@@ -83,8 +101,9 @@ def results(workdir: Path, modules: list[str]) -> dict[str, dict[str, str]]:
     """mutant name -> status, per module, from mutmut's .meta files."""
     out: dict[str, dict[str, str]] = {}
     for module in modules:
-        meta = workdir / "mutants" / "medsweep" / f"{module}.py.meta"
-        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        codes: dict[str, int | None] = {}
+        for meta in metas(workdir, module):
+            codes.update(json.loads(meta.read_text())["exit_code_by_key"])
         out[module] = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
     return out
 
@@ -98,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="summarise the last run without running")
     parser.add_argument("--show", action="store_true", help="print the diff of every unexplained survivor")
     args = parser.parse_args(argv)
-    unknown = [m for m in args.modules if not (ROOT / "medsweep" / f"{m}.py").exists()]
+    unknown = [m for m in args.modules if not (ROOT / "medsweep" / f"{m}.py").exists() and not is_package(m)]
     if unknown:
-        print(f"error: no module medsweep/{unknown[0]}.py", file=sys.stderr)
+        print(f"error: no module medsweep/{unknown[0]}.py or package medsweep/{unknown[0]}/", file=sys.stderr)
         return 2
     mutmut = Path(sys.executable).with_name("mutmut")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}

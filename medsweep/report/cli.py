@@ -1,0 +1,79 @@
+"""The ``medsweep-report`` command line and ``report_sweep``: collect the run records under the given paths, write
+figures and tables to ``<out>/report/``, print the report (rendered with rich on a terminal), optionally log it to
+W&B, or print the base -> stage 1 -> stage 2 table of a continued fine-tuning chain (``--stages``). User errors are
+one line on stderr with exit code 2 (or the error's own ``exit_code``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from medsweep import report as package  # the package's functions, looked up on use: replacing report.X replaces it here
+from medsweep.errors import MedsweepError
+from medsweep.report.tables import _atomic_write, _check_metric
+
+
+def report_sweep(sweep_dir, metric: str = "f1") -> Path:
+    """Collect a sweep, write figures and tables to ``sweep_dir/report``; return report.md."""
+    df = package.collect([str(sweep_dir)])
+    figures = package.write_figures(df, sweep_dir, metric)
+    return package.write_tables(df, sweep_dir, metric=metric, figures=figures)[-1]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medsweep-report",
+                                description="Tables and figures for medsweep run records.")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="sweep dirs, run dirs or globs (searched recursively)")
+    p.add_argument("--by", nargs="+", metavar="AXIS", help="axes of the pivot table/heatmap")
+    p.add_argument("--metric", default="f1", help="metric for pivot, best config, figures")
+    p.add_argument("--out", help="output dir (report/ is created in it); "
+                                 "default: the first PATH if it is a directory")
+    p.add_argument("--wandb", action="store_true", help="also log tables to W&B")
+    p.add_argument("--stages", action="store_true", help="PATH is the last run of a continued fine-tuning chain "
+                   "(train.init_adapter): print base -> stage 1 -> stage 2 on the same held-out questions")
+    return p
+
+
+def _print_markdown(text: str) -> None:
+    """Rich rendering on a terminal, the plain markdown otherwise."""
+    if sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.markdown import Markdown
+            Console().print(Markdown(text))
+            return
+        except ImportError:
+            pass
+    print(text)
+
+
+def main(argv=None) -> int:
+    """CLI entry point; returns 0 on success, 2 (one line on stderr) on a user error."""
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="medsweep-report: %(message)s")
+    try:
+        if args.stages:
+            table = package.to_markdown(package.stages(args.paths[0]))
+            print(table)
+            if args.out:
+                _atomic_write(Path(args.out) / "stages.md", table + "\n")
+            return 0
+        df = package.collect(args.paths)
+        _check_metric(df, args.metric)
+        out = Path(args.out) if args.out else (
+            Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path.cwd())
+        figures = package.write_figures(df, out, args.metric, heat_axes=args.by)
+        report = package.write_tables(df, out, by=args.by, metric=args.metric, figures=figures)[-1]
+        _print_markdown(report.read_text(encoding="utf-8"))
+        if args.wandb:
+            package.log_wandb(df, args.metric)
+    except MedsweepError as e:
+        print(f"medsweep-report: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    print(f"medsweep-report: wrote {report}", file=sys.stderr)
+    return 0
