@@ -241,6 +241,12 @@ def test_an_invalid_value_is_refused_and_named(tmp_path, executors, capsys):
     assert exit_.value.code == 2 and executors.made == []
     assert "1 job(s) refused before submission, nothing submitted: #1 train.eval_split=0 is invalid: must be > 0" \
         in err
+    # an invalid job first: the jobs after it are still planned and checked
+    with pytest.raises(SystemExit):
+        multirun("experiment=smoke", "train.eval_split=0,8,-1", f"output_root={tmp_path}")
+    out, err = capsys.readouterr()
+    assert "2 job(s) refused before submission, nothing submitted: #0 train.eval_split=0 is invalid: must be > 0; " \
+           "#2 train.eval_split=-1 is invalid: must be > 0" in err and "3 jobs: 1 to run" in out
 
 
 def test_a_complete_job_is_skipped_and_the_others_run(tmp_path, executors, capsys):
