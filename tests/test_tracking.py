@@ -1,7 +1,7 @@
 """logger=wandb (offline): redaction of secrets, the stable run id, the logged data, and a 2-job sweep end to end.
 
 W&B 0.31 writes no files/config.yaml or files/wandb-summary.json for an offline run: everything is in
-`run-<id>.wandb`, which `tracking.read_offline_run` reads back."""
+`run-<id>.wandb`, which `tests/wandb_offline.py` reads back."""
 
 import json
 import sys
@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from medsweep import report, tracking
 from medsweep.errors import MedsweepError
 from tests.conftest import MEDQUAD_JSONL, need_shared_data, run_medsweep
+from tests.wandb_offline import read_offline_run
 
 pytest.importorskip("wandb")
 
@@ -108,7 +109,7 @@ def test_offline_run_is_redacted_and_complete(compose, wandb_env, monkeypatch, n
     tracker.finish(rec)
     tracker.finish(rec)  # idempotent
 
-    run = tracking.read_offline_run(_offline_run(run_dir))
+    run = read_offline_run(_offline_run(run_dir))
     assert run["id"] == tracking.run_id(run_dir) and run["group"] == "unit" and run["job_type"] == "train-eval"
     assert run["name"] == "job-a" and run["exit_code"] == 0
     assert run["tags"] == ["lora.r=4", "+some_token=***"]
@@ -129,7 +130,7 @@ def test_failed_job_finishes_with_exit_code_1(compose, wandb_env):
     run_dir = wandb_env / "runs" / "job-f"
     tracker = tracking.start(_cfg(compose), run_dir, [])
     tracker.finish({"status": "failed", "error": "RuntimeError: boom"})
-    run = tracking.read_offline_run(_offline_run(run_dir))
+    run = read_offline_run(_offline_run(run_dir))
     assert run["exit_code"] == 1 and run["summary"]["status"] == "failed"
     assert run["summary"]["error"] == "RuntimeError: boom"
 
@@ -143,7 +144,7 @@ def test_resumed_job_continues_its_run(compose, wandb_env):
     second = tracking.start(_cfg(compose), run_dir, [])
     second.finish({"status": "complete"})
     fragments = sorted((run_dir / "wandb").glob("offline-run-*"))
-    runs = [tracking.read_offline_run(f) for f in fragments]
+    runs = [read_offline_run(f) for f in fragments]
     assert len(runs) == 2 and {r["id"] for r in runs} == {tracking.run_id(run_dir)}
     assert sorted(r["exit_code"] for r in runs) == [0, 1]
 
@@ -176,7 +177,7 @@ def test_sweep_logs_one_offline_run_per_job(tmp_path, embedded_dir):
     ids = set()
     for job in jobs:
         assert json.loads((job / "metrics.json").read_text())["status"] == "complete"
-        run = tracking.read_offline_run(_offline_run(job))  # exactly one offline run per job
+        run = read_offline_run(_offline_run(job))  # exactly one offline run per job
         assert run["id"] == tracking.run_id(job) and run["exit_code"] == 0
         assert run["group"] == "wb" and run["name"] == job.name
         assert SUMMARY_KEYS <= set(run["summary"]), SUMMARY_KEYS - set(run["summary"])
