@@ -128,7 +128,7 @@ def _check_output_root(root: Path) -> None:
 def preflight(args: list[str]) -> None:
     """Compose and validate every value of every override (one composition per sweep value, not per
     combination); for a single run, also the fit of the model on the profile."""
-    from medsweep import config, fit
+    from medsweep.checks import check
 
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
     _refuse_secrets(overrides)
@@ -143,11 +143,7 @@ def preflight(args: list[str]) -> None:
         cfg = _compose(variant)
         if n == 0:
             _check_output_root(Path(str(cfg.output_root)))
-        config.validate(cfg)
-        if not sweeps and not cfg.plan:
-            estimate = fit.estimate(cfg)
-            if not estimate.fits:
-                raise ConfigError(f"model={cfg.model.name} profile={cfg.profile.name} does not fit: {estimate.detail}")
+        check(cfg, require_fit=not sweeps)  # a sweep's jobs are refused for their fit by the launcher (its table)
 
 
 def main() -> None:

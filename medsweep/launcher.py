@@ -7,8 +7,9 @@ validates it, computes its run directory (config hash) and its fit; then
 - `plan=true` (`--plan`): prints the table and submits nothing;
 - any refused or invalid job: prints the table and submits nothing (exit 2);
 - otherwise submits the jobs that are not complete, grouped by resources (one submitit array per group),
-  waits for all of them, and writes `sweep_jobs.json`. A failed job does not stop the others; the
-  end-of-multirun callback (medsweep/sweep.py) reports and exits non-zero naming the failures.
+  waits for all of them, and writes `sweep_jobs.json` (medsweep/sweep.py). A failed job does not stop the
+  others; once they are done the sweep ends at once through `sweep.end` (status list, report, the failures named
+  on stderr, exit 1). A sweep without a failed job ends in Hydra's end-of-multirun callback, through the same `end`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,30 +26,14 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig
 
 from medsweep import config as config_schema
-from medsweep import fit, record
+from medsweep import record
+from medsweep.checks import check
 from medsweep.errors import MedsweepError
 from medsweep.runrecord import RunRecord
+from medsweep.sweep import JOBS_FILE as JOBS_FILE  # re-exported: the jobs file (name, format) is sweep.py's
+from medsweep.sweep import PlannedJob, end, write_jobs
 
 log = logging.getLogger("medsweep.launcher")
-JOBS_FILE = "sweep_jobs.json"
-
-
-@dataclass
-class PlannedJob:
-    idx: int
-    overrides: list[str]
-    run_dir: str
-    status: str  # submit | complete (skipped) | refused | invalid
-    reason: str = ""
-    resources: dict[str, Any] = field(default_factory=dict)
-    need_gib: float = 0.0
-    have_gib: float = 0.0
-    mode: str = ""  # cpu | single | data_parallel | model_split (medsweep/fit.py:parallel)
-    processes: int = 1
-    gpu_hours: float = 0.0
-    job_id: str = ""  # submitit / SLURM job id
-    outcome: str = ""  # after the run: completed | failed | skipped
-    error: str = ""
 
 
 def resources(cfg: Any, executor: str, processes: int = 1) -> dict[str, Any]:
@@ -89,12 +73,11 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
         shown = [record.redact_override(o) for o in filter_overrides(overrides) if not o.startswith("plan=")]
         job = PlannedJob(idx=idx, overrides=shown, run_dir=str(run_dir), status="submit")
         try:
-            config_schema.validate(cfg)
+            estimate = check(cfg)
         except MedsweepError as exc:
             job.status, job.reason = "invalid", str(exc)
             jobs.append(job)
             continue
-        estimate = fit.estimate(cfg)
         job.need_gib, job.have_gib, job.gpu_hours = estimate.need_gib, estimate.have_gib, estimate.gpu_hours
         job.mode, job.processes = estimate.mode, estimate.world_size
         job.resources = resources(cfg, executor, estimate.world_size)
@@ -124,14 +107,6 @@ def plan_table(jobs: list[PlannedJob]) -> str:
                f"{counts['refused']} refused (do not fit), {counts['invalid']} invalid; "
                f"estimated {total:.2f} GPU-hours to run")
     return pd.DataFrame(rows).to_markdown(index=False) + "\n" + summary
-
-
-def write_jobs(sweep_dir: Path, jobs: list[PlannedJob]) -> None:
-    path = sweep_dir / JOBS_FILE
-    previous = json.loads(path.read_text()) if path.is_file() else []
-    mine = {j.idx for j in jobs}
-    merged = [p for p in previous if p.get("idx") not in mine] + [asdict(j) for j in jobs]
-    record.atomic_write_json(path, sorted(merged, key=lambda j: j["idx"]))
 
 
 class SweepLauncherMixin:
@@ -219,12 +194,8 @@ class SweepLauncherMixin:
         write_jobs(sweep_dir, jobs)
         returns += _wait(pending)
         write_jobs(sweep_dir, jobs)
-        if any(j.outcome == "failed" for j in jobs):
-            from medsweep.sweep import failure_message, finish
-
-            # the summary alone, then a non-zero exit: an exception here would end in ~20 lines of Hydra's stack
-            print(f"medsweep: error: {failure_message(finish(sweep_dir), len(jobs))}", file=sys.stderr, flush=True)
-            sys.exit(1)
+        if any(j.outcome == "failed" for j in jobs):  # the sweep ends here, through its one end (sweep.py)
+            sys.exit(end(sweep_dir, launched=len(jobs)))
         return returns
 
     def _init_params(self) -> dict[str, Any]:

@@ -27,8 +27,10 @@ try:
 
     from medsweep import CONF_DIR, cache, data, distributed, hardware, metrics, models, preempt, record, tracking, train
     from medsweep import config as config_schema
+    from medsweep.checks import check
     from medsweep.errors import ConfigError, MedsweepError
     from medsweep.evaluate import evaluate
+    from medsweep.fit import Fit
     from medsweep.runlock import RunInUse, RunLock
     from medsweep.runrecord import RunRecord
 finally:
@@ -58,14 +60,14 @@ def train_eval(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, Any]:
     if world.is_main:
         record.scrub_yaml_files([run_dir / ".hydra" / n for n in ("config.yaml", "overrides.yaml", "hydra.yaml")])
-    config_schema.validate(cfg)
+    estimate = check(cfg)
     done = RunRecord.load(run_dir)
     if done and done.is_complete:
         log.info("already complete: %s (attempt=%d re-runs it into a new directory)", run_dir, cfg.attempt + 1)
         return done.to_dict()
 
     started = time.time()
-    hw = _hardware(cfg, world)
+    hw = _hardware(cfg, world, estimate)
     hardware.apply_threads(hw)
     rec = RunRecord(
         status="running", run_name=run_dir.name, run_dir=str(run_dir.resolve()),
@@ -99,12 +101,10 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
     return rec.to_dict()
 
 
-def _hardware(cfg: DictConfig, world: distributed.World) -> hardware.Hardware:
+def _hardware(cfg: DictConfig, world: distributed.World, estimate: Fit) -> hardware.Hardware:
     """The device, precision and parallel mode of this process: the mode the fit estimate chose for the profile,
     run data-parallel only when the job was started with that many processes (a launcher's tasks or torchrun)."""
-    from medsweep import fit
-
-    mode, processes = fit.parallel(cfg)
+    mode, processes = estimate.mode, estimate.world_size
     if world.size != processes and world.distributed:
         raise ConfigError(f"this job runs {world.size} processes ({world.launcher}) but profile {cfg.profile.name} "
                           f"with model {cfg.model.name} runs {mode} with {processes}; use -m (the launcher starts "
@@ -253,10 +253,7 @@ def _remove_if_fresh(run_dir: Path, config_error: bool = False) -> None:
 
 def plan_single(cfg: DictConfig, run_dir: Path) -> None:
     """`plan=true` on a single run: validate, say whether it fits and whether it is already complete."""
-    from medsweep import fit
-
-    config_schema.validate(cfg)
-    estimate = fit.estimate(cfg)
+    estimate = check(cfg)
     done = RunRecord.load(run_dir)
     state = "complete (would be skipped)" if done and done.is_complete else "would run"
     print(f"{run_dir.name}: {state}; {'fits' if estimate.fits else 'REFUSED'}: {estimate.detail}; "
