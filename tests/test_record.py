@@ -324,3 +324,36 @@ def test_a_secret_value_is_masked_under_every_key_that_holds_it():
     """A value held by a secret-looking key (a site YAML's api_key) is masked where a plain key repeats it too."""
     cfg = {"site": {"api_key": "k-9f8e7d6c"}, "data": {"note": "use k-9f8e7d6c here"}, "tags": ["k-9f8e7d6c"]}
     assert record.redact(cfg) == {"site": {"api_key": "***"}, "data": {"note": "use *** here"}, "tags": ["***"]}
+
+
+def test_safe_name_edge_cases():
+    assert record.safe_name("model=a/b c") == "model=a_b_c"
+    assert record.safe_name("..") == "_" and record.safe_name("") == "_" and record.safe_name("...x.") == "x."
+    assert record.safe_name("a:b") == "a_b" and len(record.safe_name("x" * 500)) == record.NAME_MAX
+
+
+def test_secret_values_thresholds_and_sources(monkeypatch):
+    """Well-known tokens count from 4 characters, other secret-looking variables from 8 (shorter values would mask
+    common words everywhere); override secrets are labelled as such; plain variables never count."""
+    for name in list(os.environ):
+        if record.is_secret_key(name) or name in record.SECRET_ENV:
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(record, "_OVERRIDE_SECRETS", {"ovr-secret-1"})
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "12345678")
+    monkeypatch.setenv("OTHER_API_KEY", "1234567")  # 7 characters: not masked
+    monkeypatch.setenv("PLAIN_SETTING", "not-a-secret-value")
+    found = record.secret_values()
+    assert ("HF_TOKEN", "hf_x") in found and ("MY_SERVICE_TOKEN", "12345678") in found
+    assert ("override", "ovr-secret-1") in found and not any(v == "1234567" for _, v in found)
+    assert not any(k == "PLAIN_SETTING" for k, _ in found)
+    assert ("override", "ovr-secret-1") not in record.secret_values(overrides=False)
+
+
+def test_values_under_secret_keys_in_nested_lists_and_longest_first(monkeypatch):
+    obj = {"site": {"api_key": "wxyz", "nested": [{"token": "abwxyzcd"}, "plain"]}, "short": {"token": "abc"}}
+    assert sorted(record._values_under_secret_keys(obj)) == ["abwxyzcd", "wxyz"]  # 4 characters and up
+    monkeypatch.setattr(record, "secret_values", lambda overrides=True: [])
+    # the longer secret is replaced first, so a secret containing a shorter one is masked whole
+    # (not alphabetical order: "wxyz" sorts after "abwxyzcd" and would leave "ab...cd" around the mask)
+    assert record.redact({"note": "x abwxyzcd y", "site": obj["site"]})["note"] == f"x {record.REDACTED} y"
