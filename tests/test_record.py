@@ -311,6 +311,7 @@ def test_environment_lists_the_gpus(monkeypatch):
 
 
 def test_the_run_id_resolver(compose):
+    OmegaConf.clear_resolver("run_id")  # registered by an earlier import: this test's registration must be the one used
     record.register_resolvers()
     record.register_resolvers()  # twice: no error
     assert OmegaConf.has_resolver("run_id")
@@ -357,3 +358,25 @@ def test_values_under_secret_keys_in_nested_lists_and_longest_first(monkeypatch)
     # the longer secret is replaced first, so a secret containing a shorter one is masked whole
     # (not alphabetical order: "wxyz" sorts after "abwxyzcd" and would leave "ab...cd" around the mask)
     assert record.redact({"note": "x abwxyzcd y", "site": obj["site"]})["note"] == f"x {record.REDACTED} y"
+
+
+def test_umask_is_read_without_setting_it_and_the_fallback_restores_it(monkeypatch):
+    """_umask reads /proc/self/status (setting the umask to read it would change it for every thread meanwhile);
+    where that file is unreadable it sets and restores it."""
+    real_umask, real_open = os.umask, open
+    old = real_umask(0o027)
+    try:
+        calls: list[int] = []
+        monkeypatch.setattr(record.os, "umask", lambda mask: calls.append(mask) or real_umask(mask))
+        assert record._umask() == 0o027 and calls == []
+
+        def no_proc(path, *args, **kwargs):
+            if str(path) == "/proc/self/status":
+                raise OSError("no /proc here")
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr("builtins.open", no_proc)
+        assert record._umask() == 0o027 and calls == [0o022, 0o027]
+        assert real_umask(0o027) == 0o027  # restored
+    finally:
+        real_umask(old)
