@@ -101,7 +101,9 @@ def _on_cpu(p: Any) -> bool:
     return p.device == "cpu" or p.gpus == 0
 
 
-def _checkpointing(cfg: Any) -> bool:
+def gradient_checkpointing(cfg: Any) -> bool:
+    """train.gradient_checkpointing with `auto` resolved: the profile's choice (on for GPU profiles that ask for it).
+    The one place `auto` is resolved: the estimate and the training run read this."""
     t = cfg.train
     return bool(cfg.profile.gradient_checkpointing if t.gradient_checkpointing == "auto" else t.gradient_checkpointing)
 
@@ -124,7 +126,7 @@ def memory(cfg: Any, rows: int | None = None) -> dict[str, float]:
     s = t.max_seq_length
     tokens = rows * s
     one_layer = tokens * hidden * LAYER_BYTES * act / 2
-    activations = layers * tokens * hidden * act + one_layer if _checkpointing(cfg) else layers * one_layer
+    activations = layers * tokens * hidden * act + one_layer if gradient_checkpointing(cfg) else layers * one_layer
     loss = min(tokens, LOSS_ROWS) * vocab * LOSS_BYTES
     b = e.batch_size
     kv_per_token = b * layers * 2 * kv_width * act
@@ -170,7 +172,7 @@ def gpu_hours(cfg: Any, mode: str) -> float:
     examples = t.train_size or cfg.data.limit or ASSUMED_TRAIN_EXAMPLES
     epochs = t.epochs if t.max_steps <= 0 else t.max_steps * t.batch_size * t.grad_accum / examples
     train_tokens = examples * t.max_seq_length * MEAN_TOKENS_FRACTION * epochs
-    flops = (6 if _checkpointing(cfg) else 4) * cfg.model.params_b * 1e9 * train_tokens
+    flops = (6 if gradient_checkpointing(cfg) else 4) * cfg.model.params_b * 1e9 * train_tokens
     one_gpu_hours = flops / peak / 3600
     # data parallel: one_gpu_hours / gpus of wall time on each of gpus GPUs; model split: one_gpu_hours of wall time
     # holding all the GPUs (one works at a time)

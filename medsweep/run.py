@@ -25,7 +25,20 @@ try:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from medsweep import CONF_DIR, cache, data, distributed, hardware, metrics, models, preempt, record, tracking, train
+    from medsweep import (
+        CONF_DIR,
+        cache,
+        data,
+        distributed,
+        fit,
+        hardware,
+        metrics,
+        models,
+        preempt,
+        record,
+        tracking,
+        train,
+    )
     from medsweep import config as config_schema
     from medsweep.checks import check
     from medsweep.errors import ConfigError, MedsweepError
@@ -135,8 +148,7 @@ def _train_and_evaluate(cfg, run_dir: Path, hw, rec: RunRecord, tracker: trackin
     splits = data.build(cfg.data, eval_size=cfg.train.eval_split, train_size=cfg.train.train_size)
     rec.data = splits.stats
     eval_records = splits.eval[: cfg.eval.num_examples]
-    grad_ckpt = cfg.train.gradient_checkpointing
-    grad_ckpt = cfg.profile.gradient_checkpointing if grad_ckpt == "auto" else bool(grad_ckpt)
+    grad_ckpt = fit.gradient_checkpointing(cfg)
 
     t0 = time.perf_counter()
     tokenizer = models.load_tokenizer(cfg.model)
