@@ -160,7 +160,7 @@ def hub_rows(
 
 
 def source_rows(
-    path: str | None, hub: str | None, hub_config: str | None, hub_split: str
+    path: str | Path | None, hub: str | None, hub_config: str | None, hub_split: str
 ) -> tuple[list[Row], list[str], str, str]:
     """Rows, columns, a label for messages and an id prefix, from ``path`` or ``hub``.
 
@@ -257,18 +257,12 @@ def read_table(
     ``source`` is a fixed source for every record; ``source_col`` takes it from a column
     (falling back to ``source`` where that cell is empty).
     """
-    p = existing(path)
-    rows, columns = read_rows(p)
-    return map_rows(
-        rows, columns, str(p),
-        question_col=question_col, answer_col=answer_col, id_col=id_col,
-        context_col=context_col, label_col=label_col, source=source, source_col=source_col,
-        id_prefix=f"{p.stem}-",
-    )
+    return load_local(path, question_col=question_col, answer_col=answer_col, id_col=id_col, context_col=context_col,
+                      label_col=label_col, source=source, source_col=source_col)
 
 
 def load_local(
-    path: str | None = None,
+    path: str | Path | None = None,
     hub: str | None = None,
     hub_config: str | None = None,
     hub_split: str = "train",
