@@ -184,23 +184,28 @@ def test_bf16_inference_weights_are_temporary(setup):
     assert lm.lm_head.weight is lm.model.embed_tokens.weight
 
 
-def test_bf16_cpu_training_step_runs_through_the_trainer(tmp_path):
-    """profile precision bf16 on the CPU: build_trainer stores the frozen Linears in bf16 and the Trainer's
-    autocast makes the step run (emulated on CPUs without native bf16: the tiny model keeps it quick)."""
+def _smoke_trainer(tmp_path: Path, hw: Hardware, *overrides: str):
+    """(cfg, model, trainer) of experiment=smoke for two logged steps on `hw`, built as run.py builds them."""
     from hydra import compose, initialize_config_dir
 
     from medsweep.run import config_schema  # noqa: F401
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=smoke", "train.max_steps=2", "train.logging_steps=1"])
-    bf16 = Hardware(device="cpu", precision="bf16", threads=2)
+        cfg = compose("config", overrides=["experiment=smoke", "train.max_steps=2", "train.logging_steps=1",
+                                           *overrides])
     tokenizer = models.load_tokenizer(cfg.model)
-    model, _ = models.load_model(cfg.model, tokenizer, bf16, seed=0)
+    model, _ = models.load_model(cfg.model, tokenizer, hw, seed=0)
     model = models.add_lora(model, cfg.lora, cfg.model)
     tokenizer.padding_side = "right"
     dataset, _ = prompts.tokenize(RECORDS * 2, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
-    args = train.training_args(cfg.train, cfg.profile, bf16, tmp_path / "checkpoints")
-    trainer = train.build_trainer(model, tokenizer, dataset, args, [])
+    args = train.training_args(cfg.train, cfg.profile, hw, tmp_path / "checkpoints")
+    return cfg, model, train.build_trainer(model, tokenizer, dataset, args, [], fast_kernels=cfg.train.fast_kernels)
+
+
+def test_bf16_cpu_training_step_runs_through_the_trainer(tmp_path):
+    """profile precision bf16 on the CPU: build_trainer stores the frozen Linears in bf16 and the Trainer's
+    autocast makes the step run (emulated on CPUs without native bf16: the tiny model keeps it quick)."""
+    _, model, trainer = _smoke_trainer(tmp_path, Hardware(device="cpu", precision="bf16", threads=2))
     down = model.get_base_model().model.layers[0].mlp.down_proj
     assert down.base_layer.weight.dtype == torch.bfloat16
     dtypes = []  # the answer-only loss must run under the Trainer's autocast (it bypasses model.forward)
@@ -236,22 +241,10 @@ def cross_entropy_calls(monkeypatch):
 def test_without_fast_kernels_the_trainer_runs_the_library_computations(tmp_path, cross_entropy_calls):
     """train.fast_kernels=false (build_trainer(fast_kernels=False)): peft's LoRA layers with torch's dropout stay
     as they are, the model keeps SDPA, and the Trainer's loss is the library's cross-entropy over full logits."""
-    from hydra import compose, initialize_config_dir
     from peft.tuners.lora.layer import Linear
 
-    from medsweep.run import config_schema  # noqa: F401
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=smoke", "train.max_steps=2", "train.logging_steps=1",
-                                           "train.fast_kernels=false"])
+    cfg, model, trainer = _smoke_trainer(tmp_path, CPU, "train.fast_kernels=false")
     assert cfg.train.fast_kernels is False
-    tokenizer = models.load_tokenizer(cfg.model)
-    model, _ = models.load_model(cfg.model, tokenizer, CPU, seed=0)
-    model = models.add_lora(model, cfg.lora, cfg.model)
-    tokenizer.padding_side = "right"
-    dataset, _ = prompts.tokenize(RECORDS * 2, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
-    args = train.training_args(cfg.train, cfg.profile, CPU, tmp_path / "checkpoints")
-    trainer = train.build_trainer(model, tokenizer, dataset, args, [], fast_kernels=cfg.train.fast_kernels)
     lora = [m for m in model.modules() if isinstance(m, Linear)]
     assert len(lora) == 2 * 7 and all(type(m) is Linear for m in lora)  # not kernels' FusedLoraLinear
     assert all(type(d) is torch.nn.Dropout for m in lora for d in m.lora_dropout.values())  # not FastDropout
