@@ -16,16 +16,19 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsweep.prompts import tokenize
+
+if TYPE_CHECKING:
+    from medsweep.config import DataConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when prompts.tokenize changes what it produces
 
 
-def tokenize_cached(records: list[dict[str, Any]], tokenizer, data_cfg: Any, model_cfg: Any, max_seq_length: int,
-                    cache_dir: str | os.PathLike | None):
+def tokenize_cached(records: list[dict[str, Any]], tokenizer, data_cfg: DataConfig, model_cfg: ModelConfig,
+                    max_seq_length: int, cache_dir: str | os.PathLike | None):
     """prompts.tokenize's (dataset, stats), from `cache_dir`/tokenized when an entry for exactly these inputs is
     there, else computed and stored. `cache_dir=None` turns the cache off. stats["cache"]: hit | miss | off."""
     if cache_dir is None:
@@ -41,7 +44,8 @@ def tokenize_cached(records: list[dict[str, Any]], tokenizer, data_cfg: Any, mod
     return dataset, {**stats, "cache": "miss"}
 
 
-def key(records: list[dict[str, Any]], tokenizer, data_cfg: Any, model_cfg: Any, max_seq_length: int) -> str:
+def key(records: list[dict[str, Any]], tokenizer, data_cfg: DataConfig, model_cfg: ModelConfig,
+        max_seq_length: int) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     parts = {

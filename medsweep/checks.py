@@ -7,21 +7,23 @@ Cheap to import: the pre-flight imports it before torch or transformers are load
 
 from __future__ import annotations
 
-from typing import Any
+from omegaconf import DictConfig
 
 from medsweep import config, fit
 from medsweep.errors import ConfigError
 
 
-def check(cfg: Any, *, require_fit: bool = False) -> fit.Fit:
+def check(cfg: DictConfig, *, require_fit: bool = False) -> fit.Fit:
     """Validate `cfg` (raises ConfigError, naming the key, on an invalid value) and return its fit estimate: the
     layout (mode, world size), the memory need against what the profile has, the GPU-hours.
 
     A config that does not fit is not invalid: the caller decides (the launcher refuses that job in its plan table,
     a single run's `--plan` reports it). With `require_fit` (the pre-flight of a single run) it raises
     ConfigError("model=<m> profile=<p> does not fit: <detail>"), unless the config is only a plan (plan=true)."""
-    config.validate(cfg)
-    estimate = fit.estimate(cfg)
-    if require_fit and not cfg.plan and not estimate.fits:
-        raise ConfigError(f"model={cfg.model.name} profile={cfg.profile.name} does not fit: {estimate.detail}")
+    config.check_inputs(cfg)
+    run = config.typed(cfg)
+    run.check()
+    estimate = fit.estimate(run)
+    if require_fit and not run.plan and not estimate.fits:
+        raise ConfigError(f"model={run.model.name} profile={run.profile.name} does not fit: {estimate.detail}")
     return estimate

@@ -1,13 +1,15 @@
 """Structured configs: the schema behind every YAML file in `conf/`, and the range checks run at start.
 
-Each dataclass is one config group (`conf/<group>/*.yaml` fills it in). OmegaConf checks the types when
-the config is composed; `validate()` checks the ranges and the cross-field rules and raises a
-`ConfigError` whose one-line message names the key, the bad value and what is allowed.
+Each dataclass is one config group (`conf/<group>/*.yaml` fills it in, listing only what differs from the
+defaults here). OmegaConf checks the types when the config is composed; each dataclass's `check()` holds its
+group's ranges beside its fields, and `validate()` runs them on the composed config (as dataclasses, see
+`typed`). A bad value raises a `ConfigError` whose one-line message names the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,29 @@ class ModelConfig:
     trust_remote_code: bool = False  # run model code from the hub; off unless a model config turns it on
     use_safetensors: bool = True  # refuse pickle (.bin) weights unless set to false
 
+    def check(self, profile: ProfileConfig) -> None:
+        _one_of("model.source", self.source, ["hub", "embedded", "random"])
+        _one_of("model.family", self.family, ["llama", "mistral", "gemma", "gpt2"])
+        _one_of("model.prompt_format", self.prompt_format, ["chat", "alpaca"])
+        _one_of("model.load_in_4bit", self.load_in_4bit, [False, True, "auto"])
+        _require(self.source != "hub" or bool(self.hub_id), "model.hub_id", self.hub_id,
+                 "required when model.source=hub")
+        _require(self.source != "random" or bool(self.tokenizer or self.hub_id), "model.tokenizer", self.tokenizer,
+                 "required when model.source=random (embedded, a hub id or a directory)")
+        _require(self.context_length > 0, "model.context_length", self.context_length, "must be > 0")
+        for key in ("hidden_size", "num_layers", "vocab_size"):
+            value = getattr(self, key)
+            _require(value > 0, f"model.{key}", value, "must be > 0 (the architecture's number, for memory estimates)")
+        _require(self.kv_width >= 0, "model.kv_width", self.kv_width,
+                 "must be >= 0 (KV heads x head_dim; 0: hidden_size)")
+        _require(
+            self.load_in_4bit is not True or profile.device != "cpu",
+            "model.load_in_4bit",
+            self.load_in_4bit,
+            f"QLoRA (bitsandbytes NF4) needs a CUDA GPU and profile {profile.name} runs on the CPU; use "
+            "model.load_in_4bit=auto to fall back to full precision, or a GPU profile",
+        )
+
 
 @dataclass
 class LoraConfig:
@@ -60,6 +85,16 @@ class LoraConfig:
     dropout: float = 0.05  # dropout on the LoRA input, in [0, 1)
     target_modules: list[str] | None = None  # modules to adapt; null: the model's lora_target_modules
     bias: str = "none"  # which biases train: none | all | lora_only
+
+    def check(self, model: ModelConfig) -> None:
+        _require(self.r > 0, "lora.r", self.r, "must be an integer > 0")
+        _require(self.r <= model.hidden_size, "lora.r", self.r,
+                 f"must not exceed the width of the layers it adapts ({model.name}: hidden_size {model.hidden_size})")
+        _require(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
+        _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
+        _one_of("lora.bias", self.bias, ["none", "all", "lora_only"])
+        targets = self.target_modules if self.target_modules is not None else model.lora_target_modules
+        _require(len(targets) > 0, "lora.target_modules", targets, "name at least one module")
 
 
 @dataclass
@@ -86,6 +121,14 @@ class DataConfig:
     # fixed held-out file (question, answer[, id, context, label]) evaluated instead of a split of the data; its
     # questions never train; null: hold out train.eval_split pairs of the data (medsweep/data.py:eval_file)
     eval_path: str | None = None
+
+    def check(self) -> None:
+        from medsweep.loaders import LOADERS
+
+        _one_of("data.loader", self.loader, list(LOADERS))
+        _require(self.loader != "local" or bool(self.path), "data.path", self.path, "required with data=local")
+        _require(self.limit is None or self.limit > 0, "data.limit", self.limit, "must be > 0 or null")
+        _seed("data.split_seed", self.split_seed)
 
 
 @dataclass
@@ -114,6 +157,33 @@ class TrainConfig:
     # where they apply; false: the plain library computations (for ablations and benchmarks)
     fast_kernels: bool = True
 
+    def check(self, model: ModelConfig) -> None:
+        _require(self.max_seq_length > 0, "train.max_seq_length", self.max_seq_length, "must be > 0")
+        _require(
+            self.max_seq_length <= model.context_length,
+            "train.max_seq_length",
+            self.max_seq_length,
+            f"must not exceed the context length of {model.name} ({model.context_length})",
+        )
+        _require(self.epochs > 0 or self.max_steps > 0, "train.epochs", self.epochs,
+                 "must be > 0 (or set train.max_steps)")
+        _require(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", self.max_steps, "must be -1 or > 0")
+        _require(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        _one_of("train.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        _seed("train.seed", self.seed)
+        _require(self.batch_size > 0, "train.batch_size", self.batch_size, "must be > 0")
+        _require(self.grad_accum > 0, "train.grad_accum", self.grad_accum, "must be > 0")
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(self.eval_split > 0, "train.eval_split", self.eval_split, "must be > 0")
+        _require(self.train_size is None or self.train_size > 0, "train.train_size", self.train_size,
+                 "must be > 0 or null")
+        _one_of("train.gradient_checkpointing", self.gradient_checkpointing, [False, True, "auto"])
+        _require(self.logging_steps > 0, "train.logging_steps", self.logging_steps, "must be > 0")
+        _require(self.save_steps > 0, "train.save_steps", self.save_steps, "must be > 0")
+        _require(self.init_adapter is None or Path(str(self.init_adapter)).is_dir(), "train.init_adapter",
+                 self.init_adapter, "must be an existing run directory (or adapter directory) to continue from")
+
 
 @dataclass
 class EvalConfig:
@@ -126,6 +196,21 @@ class EvalConfig:
     baseline: bool = False  # also evaluate the base model before fine-tuning, record both and the deltas
     perplexity: bool = True  # perplexity of the reference answers under the model
     every_epoch: bool = False  # also evaluate after each epoch (metric-vs-epoch figures)
+
+    def check(self, train: TrainConfig) -> None:
+        _require(self.max_new_tokens > 0, "eval.max_new_tokens", self.max_new_tokens, "must be > 0")
+        _require(self.batch_size > 0, "eval.batch_size", self.batch_size, "must be > 0")
+        _one_of("eval.decoding", self.decoding, ["greedy", "sample"])
+        _require(self.temperature > 0, "eval.temperature", self.temperature, "must be > 0")
+        _require(0 < self.top_p <= 1, "eval.top_p", self.top_p, "must be in (0, 1]")
+        _require(self.num_examples is None or self.num_examples > 0, "eval.num_examples", self.num_examples,
+                 "must be > 0 or null")
+        _require(
+            self.num_examples is None or self.num_examples <= train.eval_split,
+            "eval.num_examples",
+            self.num_examples,
+            f"must not exceed train.eval_split ({train.eval_split})",
+        )
 
 
 @dataclass
@@ -152,6 +237,20 @@ class ProfileConfig:
     # over gloo (tests)
     processes: int = 0
 
+    def check(self) -> None:
+        _one_of("profile.device", self.device, ["cpu", "cuda", "auto"])
+        _one_of("profile.precision", self.precision, ["fp32", "bf16", "fp16", "auto"])
+        _require(self.cpus > 0, "profile.cpus", self.cpus, "must be > 0")
+        _require(self.gpus >= 0, "profile.gpus", self.gpus, "must be >= 0")
+        _require(self.dataloader_workers >= 0, "profile.dataloader_workers", self.dataloader_workers, "must be >= 0")
+        _require(self.gpus == 0 or self.gpu_memory_gb > 0, "profile.gpu_memory_gb", self.gpu_memory_gb,
+                 "must be > 0 with GPUs")
+        _one_of("profile.parallel", self.parallel, ["auto", "data", "model"])
+        _require(self.processes >= 0, "profile.processes", self.processes,
+                 "must be >= 0 (0: one per GPU under data parallelism)")
+        _require(self.gpus == 0 or self.processes == 0, "profile.processes", self.processes,
+                 "must be 0 on a GPU profile: profile.parallel chooses one process per GPU (data) or one (model)")
+
 
 @dataclass
 class SiteConfig:
@@ -164,6 +263,10 @@ class SiteConfig:
     max_parallel: int = 64  # jobs of one sweep running at once (SLURM array throttle; waves for the local launcher)
     mfu_assumed: float = 0.3  # model FLOPs utilisation assumed for GPU-hour estimates in --plan
 
+    def check(self) -> None:
+        _one_of("site.gpu_request", self.gpu_request, ["gres", "constraint"])
+        _require(self.max_parallel > 0, "site.max_parallel", self.max_parallel, "must be > 0")
+
 
 @dataclass
 class LoggerConfig:
@@ -174,6 +277,10 @@ class LoggerConfig:
     group: str | None = None  # W&B group (null: the sweep name)
     job_type: str = "train-eval"  # W&B job type
     tags: list[str] = field(default_factory=list)  # extra tags (the overrides are added)
+
+    def check(self) -> None:
+        _one_of("logger.name", self.name, ["none", "wandb"])
+        _one_of("logger.mode", self.mode, ["offline", "online", "disabled"])
 
 
 @dataclass
@@ -192,6 +299,28 @@ class RunConfig:
     resume: bool = True  # resume from the last checkpoint of an interrupted run in the same directory
     plan: bool = False  # multirun: print every job (resources, fit, estimate) and submit nothing (`--plan`)
 
+    def check(self) -> None:
+        """Every group's ranges, then the rules that join groups."""
+        self.model.check(self.profile)
+        self.lora.check(self.model)
+        self.data.check()
+        self.train.check(self.model)
+        self.eval.check(self.train)
+        self.profile.check()
+        self.site.check()
+        self.logger.check()
+        _require(self.attempt >= 0, "attempt", self.attempt, "must be >= 0")
+        _require(re.fullmatch(_PLAIN_NAME, str(self.sweep_name)) is not None, "sweep_name", self.sweep_name,
+                 "must be a plain directory name (letters, digits, . _ = + , -; at most 100 characters)")
+        from medsweep.fit import parallel  # train.batch_size is the global batch: each process takes an equal share
+
+        mode, world = parallel(self)
+        t, p = self.train, self.profile
+        _require(mode != "data_parallel" or t.batch_size % world == 0, "train.batch_size", t.batch_size,
+                 f"must be divisible by the {world} data-parallel processes of profile {p.name} (each takes "
+                 f"batch_size / {world} rows per step); or "
+                 + ("set profile.parallel=model" if p.gpus else "change profile.processes"))
+
 
 def register_configs() -> None:
     """Register the schema the primary config starts from (`- run_schema` in conf/config.yaml): every
@@ -206,6 +335,10 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def _one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
     _require(value in allowed, key, value, "allowed: " + ", ".join(map(str, allowed)))
+
+
+def _seed(key: str, value: int) -> None:
+    _require(0 <= value <= SEED_MAX, key, value, f"must be in [0, {SEED_MAX}] (what numpy and torch accept)")
 
 
 # transformers' SchedulerType values, listed here so the pre-flight need not import transformers (and torch) to
@@ -267,114 +400,24 @@ def unread_keys(cfg: DictConfig) -> list[str]:
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """What the schema's types cannot say: every interpolation resolves, no key is unread, values stay inside what
-    the libraries accept (seeds, scheduler names), names that become paths stay plain."""
+    """What only the composed config can say: every interpolation resolves and no key is unread."""
     _resolve_all(cfg)
     unread = unread_keys(cfg)
     if unread:
         raise ConfigError(f"{unread[0]} is invalid: nothing reads it (misspelt, or an option "
                           f"{'of another loader' if unread[0].startswith('data.options.') else 'medsweep lacks'}); "
                           f"remove it" + (f" ({len(unread) - 1} more: {', '.join(unread[1:4])})" if unread[1:] else ""))
-    import re
-
-    _one_of("train.lr_scheduler", cfg.train.lr_scheduler, LR_SCHEDULERS)
-    for key, value in (("train.seed", cfg.train.seed), ("data.split_seed", cfg.data.split_seed)):
-        _require(0 <= value <= SEED_MAX, key, value, f"must be in [0, {SEED_MAX}] (what numpy and torch accept)")
-    _require(re.fullmatch(_PLAIN_NAME, str(cfg.sweep_name)) is not None, "sweep_name", cfg.sweep_name,
-             "must be a plain directory name (letters, digits, . _ = + , -; at most 100 characters)")
-    m = cfg.model
-    _require(cfg.lora.r <= m.hidden_size, "lora.r", cfg.lora.r,
-             f"must not exceed the width of the layers it adapts ({m.name}: hidden_size {m.hidden_size})")
 
 
-def validate(cfg: Any) -> None:
+def typed(cfg: DictConfig) -> RunConfig:
+    """The composed config as the schema's dataclasses, interpolations resolved (Hydra's own node left out)."""
+    body = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
+    return RunConfig(**OmegaConf.to_object(body))  # type: ignore[arg-type]
+
+
+def validate(cfg: DictConfig | RunConfig) -> None:
     """Range and cross-field checks on a composed config; raises ConfigError naming the key."""
     if isinstance(cfg, DictConfig):
         check_inputs(cfg)
-    m, lo, d, t, e, p = cfg.model, cfg.lora, cfg.data, cfg.train, cfg.eval, cfg.profile
-    _one_of("model.source", m.source, ["hub", "embedded", "random"])
-    _one_of("model.family", m.family, ["llama", "mistral", "gemma", "gpt2"])
-    _one_of("model.prompt_format", m.prompt_format, ["chat", "alpaca"])
-    _one_of("model.load_in_4bit", m.load_in_4bit, [False, True, "auto"])
-    _require(m.source != "hub" or bool(m.hub_id), "model.hub_id", m.hub_id, "required when model.source=hub")
-    _require(m.context_length > 0, "model.context_length", m.context_length, "must be > 0")
-    for key in ("hidden_size", "num_layers", "vocab_size"):
-        value = getattr(m, key)
-        _require(value > 0, f"model.{key}", value, "must be > 0 (the architecture's number, for memory estimates)")
-    _require(m.kv_width >= 0, "model.kv_width", m.kv_width, "must be >= 0 (KV heads x head_dim; 0: hidden_size)")
-    _require(
-        m.load_in_4bit is not True or p.device != "cpu",
-        "model.load_in_4bit",
-        m.load_in_4bit,
-        f"QLoRA (bitsandbytes NF4) needs a CUDA GPU and profile {p.name} runs on the CPU; use "
-        "model.load_in_4bit=auto to fall back to full precision, or a GPU profile",
-    )
-
-    _require(lo.r > 0, "lora.r", lo.r, "must be an integer > 0")
-    _require(lo.alpha > 0, "lora.alpha", lo.alpha, "must be > 0")
-    _require(0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "must be in [0, 1)")
-    _one_of("lora.bias", lo.bias, ["none", "all", "lora_only"])
-    targets = lo.target_modules if lo.target_modules is not None else m.lora_target_modules
-    _require(len(targets) > 0, "lora.target_modules", targets, "name at least one module")
-
-    from medsweep.loaders import LOADERS
-
-    _one_of("data.loader", d.loader, list(LOADERS))
-    _require(d.loader != "local" or bool(d.path), "data.path", d.path, "required with data=local")
-    _require(d.limit is None or d.limit > 0, "data.limit", d.limit, "must be > 0 or null")
-
-    _require(t.max_seq_length > 0, "train.max_seq_length", t.max_seq_length, "must be > 0")
-    _require(
-        t.max_seq_length <= m.context_length,
-        "train.max_seq_length",
-        t.max_seq_length,
-        f"must not exceed the context length of {m.name} ({m.context_length})",
-    )
-    _require(t.epochs > 0 or t.max_steps > 0, "train.epochs", t.epochs, "must be > 0 (or set train.max_steps)")
-    _require(t.max_steps == -1 or t.max_steps > 0, "train.max_steps", t.max_steps, "must be -1 or > 0")
-    _require(t.lr > 0, "train.lr", t.lr, "must be > 0")
-    _require(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
-    _require(t.grad_accum > 0, "train.grad_accum", t.grad_accum, "must be > 0")
-    _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
-    _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
-    _require(t.eval_split > 0, "train.eval_split", t.eval_split, "must be > 0")
-    _require(t.train_size is None or t.train_size > 0, "train.train_size", t.train_size, "must be > 0 or null")
-    _one_of("train.gradient_checkpointing", t.gradient_checkpointing, [False, True, "auto"])
-    _require(t.logging_steps > 0, "train.logging_steps", t.logging_steps, "must be > 0")
-    _require(t.save_steps > 0, "train.save_steps", t.save_steps, "must be > 0")
-    _require(t.init_adapter is None or Path(str(t.init_adapter)).is_dir(), "train.init_adapter", t.init_adapter,
-             "must be an existing run directory (or adapter directory) to continue from")
-
-    _require(e.max_new_tokens > 0, "eval.max_new_tokens", e.max_new_tokens, "must be > 0")
-    _require(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be > 0")
-    _one_of("eval.decoding", e.decoding, ["greedy", "sample"])
-    _require(e.temperature > 0, "eval.temperature", e.temperature, "must be > 0")
-    _require(0 < e.top_p <= 1, "eval.top_p", e.top_p, "must be in (0, 1]")
-    _require(e.num_examples is None or e.num_examples > 0, "eval.num_examples", e.num_examples, "must be > 0 or null")
-    _require(
-        e.num_examples is None or e.num_examples <= t.eval_split,
-        "eval.num_examples",
-        e.num_examples,
-        f"must not exceed train.eval_split ({t.eval_split})",
-    )
-
-    _one_of("profile.device", p.device, ["cpu", "cuda", "auto"])
-    _one_of("profile.precision", p.precision, ["fp32", "bf16", "fp16", "auto"])
-    _require(p.cpus > 0, "profile.cpus", p.cpus, "must be > 0")
-    _require(p.gpus >= 0, "profile.gpus", p.gpus, "must be >= 0")
-    _require(p.dataloader_workers >= 0, "profile.dataloader_workers", p.dataloader_workers, "must be >= 0")
-    _require(p.gpus == 0 or p.gpu_memory_gb > 0, "profile.gpu_memory_gb", p.gpu_memory_gb, "must be > 0 with GPUs")
-    _one_of("profile.parallel", p.parallel, ["auto", "data", "model"])
-    _require(p.processes >= 0, "profile.processes", p.processes, "must be >= 0 (0: one per GPU under data parallelism)")
-    _require(p.gpus == 0 or p.processes == 0, "profile.processes", p.processes,
-             "must be 0 on a GPU profile: profile.parallel chooses one process per GPU (data) or one (model)")
-    _one_of("site.gpu_request", cfg.site.gpu_request, ["gres", "constraint"])
-    _require(cfg.site.max_parallel > 0, "site.max_parallel", cfg.site.max_parallel, "must be > 0")
-    _one_of("logger.name", cfg.logger.name, ["none", "wandb"])
-    _one_of("logger.mode", cfg.logger.mode, ["offline", "online", "disabled"])
-    _require(cfg.attempt >= 0, "attempt", cfg.attempt, "must be >= 0")
-    from medsweep.fit import parallel  # train.batch_size is the global batch: each process takes an equal share
-    mode, world = parallel(cfg)
-    _require(mode != "data_parallel" or t.batch_size % world == 0, "train.batch_size", t.batch_size,
-             f"must be divisible by the {world} data-parallel processes of profile {p.name} (each takes batch_size / "
-             f"{world} rows per step); or " + ("set profile.parallel=model" if p.gpus else "change profile.processes"))
+        cfg = typed(cfg)
+    cfg.check()

@@ -8,10 +8,13 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsweep import loaders
 from medsweep.errors import DataError
+
+if TYPE_CHECKING:
+    from medsweep.config import DataConfig
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -28,7 +31,7 @@ def question_key(question: str) -> str:
     return " ".join(_NON_WORD.sub(" ", question.lower()).split())
 
 
-def load_records(data_cfg: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def load_records(data_cfg: DataConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Read the configured dataset into records {id, question, answer[, context, source, label]} with the
     registered loader: its ordinary parameters come from the data group, its keyword-only ones from data.options
     (the contract in medsweep/loaders/__init__.py)."""
@@ -41,7 +44,7 @@ def load_records(data_cfg: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return loader(**fields, **opts)
 
 
-def _group_value(data_cfg: Any, name: str) -> Any:
+def _group_value(data_cfg: DataConfig, name: str) -> Any:
     """What the data group gives the loader parameter `name`: the same-named field (None when unset or absent, so
     the loader keeps its default), or for `clean` the group's cleaning (the mix cleans each part before its draw)."""
     if name == "clean":
@@ -88,9 +91,10 @@ def split(records: list[dict[str, Any]], eval_size: int, seed: int, train_size: 
     return Splits(train=train, eval=held_out)
 
 
-def eval_file(data_cfg: Any, eval_size: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def eval_file(data_cfg: DataConfig, eval_size: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The first `eval_size` cleaned pairs of `data.eval_path` (columns question, answer, optional id, label, and
     context, used when the data config uses context): the same held-out questions whatever the training data."""
+    assert data_cfg.eval_path, "build() reads an eval file only when data.eval_path is set"
     path = loaders.existing(data_cfg.eval_path)
     rows, columns = loaders.read_rows(path)
     records, stats = loaders.map_rows(
@@ -103,7 +107,7 @@ def eval_file(data_cfg: Any, eval_size: int) -> tuple[list[dict[str, Any]], dict
     return cleaned[:eval_size], {"path": str(path), "load": stats, **clean_stats}
 
 
-def build(data_cfg: Any, eval_size: int, train_size: int | None = None) -> Splits:
+def build(data_cfg: DataConfig, eval_size: int, train_size: int | None = None) -> Splits:
     """Load, clean, limit and split the configured dataset; stats hold every count for the record."""
     records, load_stats = load_records(data_cfg)
     cleaned, clean_stats = clean(records, data_cfg.max_question_words, data_cfg.max_answer_words)

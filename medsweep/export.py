@@ -34,7 +34,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsweep import models, record
 from medsweep.errors import ConfigError, MedsweepError
@@ -44,6 +44,9 @@ from medsweep.gguf_writer import _permute as _permute  # re-exported: export._pe
 from medsweep.hardware import Hardware
 from medsweep.ollama import ollama_template as ollama_template  # re-exported: export.ollama_template
 from medsweep.ollama import write_modelfile
+
+if TYPE_CHECKING:
+    from medsweep.config import ModelConfig
 
 log = logging.getLogger("medsweep.export")
 
@@ -71,7 +74,7 @@ def _adapter_dir(run_dir: Path) -> Path:
     return run_dir / "adapter"
 
 
-def _adapter_tokenizer(adapter_dir: Path, model_cfg: Any):
+def _adapter_tokenizer(adapter_dir: Path, model_cfg: ModelConfig):
     """The tokenizer saved with the adapter (what the run trained with), else the model config's."""
     from transformers import AutoTokenizer
 

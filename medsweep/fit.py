@@ -60,7 +60,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medsweep.config import RunConfig
 
 GIB = 2**30
 BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}
@@ -87,7 +90,7 @@ class Fit:
     parts: dict[str, float] = field(default_factory=dict)  # each term in GiB (weights, training, evaluation, ...)
 
 
-def weight_format(cfg: Any) -> str:
+def weight_format(cfg: RunConfig) -> str:
     if _on_cpu(cfg.profile):
         return "fp32"
     m = cfg.model
@@ -101,14 +104,14 @@ def _on_cpu(p: Any) -> bool:
     return p.device == "cpu" or p.gpus == 0
 
 
-def gradient_checkpointing(cfg: Any) -> bool:
+def gradient_checkpointing(cfg: RunConfig) -> bool:
     """train.gradient_checkpointing with `auto` resolved: the profile's choice (on for GPU profiles that ask for it).
     The one place `auto` is resolved: the estimate and the training run read this."""
     t = cfg.train
     return bool(cfg.profile.gradient_checkpointing if t.gradient_checkpointing == "auto" else t.gradient_checkpointing)
 
 
-def memory(cfg: Any, rows: int | None = None) -> dict[str, float]:
+def memory(cfg: RunConfig, rows: int | None = None) -> dict[str, float]:
     """Every memory term in GiB for one replica training `rows` rows per step (default train.batch_size)."""
     m, t, e = cfg.model, cfg.train, cfg.eval
     fmt = weight_format(cfg)
@@ -144,7 +147,7 @@ def _replica_gib(parts: dict[str, float], gpus: int = 1) -> float:
     return parts["weights"] + OVERHEAD_GIB * gpus + max(parts["training"], parts["evaluation"])
 
 
-def parallel(cfg: Any) -> tuple[str, int]:
+def parallel(cfg: RunConfig) -> tuple[str, int]:
     """(mode, world_size) of the job: cpu | single | data_parallel | model_split, and its number of processes."""
     p = cfg.profile
     processes = int(getattr(p, "processes", 0) or 0)
@@ -161,7 +164,7 @@ def parallel(cfg: Any) -> tuple[str, int]:
     return ("data_parallel", p.gpus) if replica <= p.gpu_memory_gb * USABLE else ("model_split", 1)
 
 
-def gpu_hours(cfg: Any, mode: str) -> float:
+def gpu_hours(cfg: RunConfig, mode: str) -> float:
     """Estimated GPU-hours of training (see the module docstring)."""
     t, p = cfg.train, cfg.profile
     if mode == "cpu" or _on_cpu(p):
@@ -179,7 +182,7 @@ def gpu_hours(cfg: Any, mode: str) -> float:
     return one_gpu_hours * p.gpus if mode == "model_split" else one_gpu_hours
 
 
-def estimate(cfg: Any) -> Fit:
+def estimate(cfg: RunConfig) -> Fit:
     """The job's layout, memory need vs its GPUs' memory, and estimated GPU-hours."""
     m, t, p = cfg.model, cfg.train, cfg.profile
     mode, world = parallel(cfg)

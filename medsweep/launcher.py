@@ -19,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
@@ -33,10 +33,13 @@ from medsweep.runrecord import RunRecord
 from medsweep.sweep import JOBS_FILE as JOBS_FILE  # re-exported: the jobs file (name, format) is sweep.py's
 from medsweep.sweep import PlannedJob, end, write_jobs
 
+if TYPE_CHECKING:
+    from medsweep.config import RunConfig
+
 log = logging.getLogger("medsweep.launcher")
 
 
-def resources(cfg: Any, executor: str, processes: int = 1) -> dict[str, Any]:
+def resources(cfg: RunConfig, executor: str, processes: int = 1) -> dict[str, Any]:
     """submitit parameters of one job, from its profile and the site settings; `processes` (the fit estimate's
     world size): data parallel runs one task per GPU (or per CPU process), on one node."""
     p, site = cfg.profile, cfg.site

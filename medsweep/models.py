@@ -10,13 +10,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medsweep.errors import ConfigError, ModelError
 from medsweep.hardware import Hardware
 from medsweep.prompts import encodes_bos
+
+if TYPE_CHECKING:
+    from medsweep.config import LoraConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +83,14 @@ def _strip_quantization(config_json: Path) -> None:
     config_json.write_text(json.dumps(config, indent=2))
 
 
-def load_tokenizer(model_cfg: Any):
+def load_tokenizer(model_cfg: ModelConfig):
     from transformers import AutoTokenizer
 
+    source: str | Path
     if model_cfg.source == "embedded" or model_cfg.tokenizer == "embedded":
         source = embedded_model_dir(model_cfg.cache_dir)
     else:
-        source = model_cfg.tokenizer or model_cfg.hub_id
+        source = model_cfg.tokenizer or model_cfg.hub_id or ""  # ModelConfig.check requires one of them
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=model_cfg.revision if source == model_cfg.hub_id else None,
@@ -97,7 +101,7 @@ def load_tokenizer(model_cfg: Any):
     return configure_tokenizer(tokenizer, model_cfg)
 
 
-def configure_tokenizer(tokenizer, model_cfg: Any):
+def configure_tokenizer(tokenizer, model_cfg: ModelConfig):
     """Apply the model config's prompt-format facts to a tokenizer: bos / eos tokens, whether ids start with bos,
     the chat template, and a pad token when it has none. The named tokens must already be in its vocabulary."""
     named = {key: getattr(model_cfg, key) for key in ("bos_token", "eos_token", "pad_token", "end_of_turn")}
@@ -126,7 +130,7 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def use_4bit(model_cfg: Any, hw: Hardware) -> bool:
+def use_4bit(model_cfg: ModelConfig, hw: Hardware) -> bool:
     """Whether to load in 4-bit: `true` needs CUDA and pretrained weights (clear error otherwise), `auto` falls
     back to full precision."""
     if model_cfg.load_in_4bit is True:
@@ -142,7 +146,7 @@ def use_4bit(model_cfg: Any, hw: Hardware) -> bool:
     return model_cfg.load_in_4bit == "auto" and hw.device == "cuda" and model_cfg.source != "random"
 
 
-def _quantization(model_cfg: Any, hw: Hardware, quantize: bool) -> str:
+def _quantization(model_cfg: ModelConfig, hw: Hardware, quantize: bool) -> str:
     """What the record says about quantization, including why `auto` fell back."""
     if quantize:
         return "nf4-double-quant"
@@ -152,7 +156,7 @@ def _quantization(model_cfg: Any, hw: Hardware, quantize: bool) -> str:
     return "none"
 
 
-def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_checkpointing: bool = False):
+def load_model(model_cfg: ModelConfig, tokenizer, hw: Hardware, seed: int, gradient_checkpointing: bool = False):
     """The base causal LM on the run's device. Returns (model, info) where info is for the record."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -172,7 +176,8 @@ def load_model(model_cfg: Any, tokenizer, hw: Hardware, seed: int, gradient_chec
         with torch.device(hw.torch_device) if placed_by_loader else contextlib.nullcontext():
             model = AutoModelForCausalLM.from_config(config, dtype=hw.weight_dtype)
     else:
-        source = embedded_model_dir(model_cfg.cache_dir) if model_cfg.source == "embedded" else model_cfg.hub_id
+        source: str | Path = (embedded_model_dir(model_cfg.cache_dir) if model_cfg.source == "embedded"
+                              else model_cfg.hub_id or "")  # ModelConfig.check requires hub_id with source=hub
         kwargs: dict[str, Any] = {"dtype": hw.weight_dtype, "trust_remote_code": model_cfg.trust_remote_code,
                                   "use_safetensors": model_cfg.use_safetensors}
         if model_cfg.source == "hub":
@@ -277,7 +282,7 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def add_lora(model, lora_cfg: Any, model_cfg: Any, init_adapter: str | None = None):
+def add_lora(model, lora_cfg: LoraConfig, model_cfg: ModelConfig, init_adapter: str | None = None):
     """Wrap the model with a trainable LoRA adapter (fresh, or continued from `init_adapter`)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -291,7 +296,8 @@ def add_lora(model, lora_cfg: Any, model_cfg: Any, init_adapter: str | None = No
         adapter_dir = resolve_adapter_dir(init_adapter)
         return fp32_trainable(PeftModel.from_pretrained(model, adapter_dir, is_trainable=True))
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                        target_modules=targets, bias=lora_cfg.bias, task_type="CAUSAL_LM",
+                        target_modules=targets, bias=lora_cfg.bias,  # type: ignore[arg-type]  # checked: peft's three
+                        task_type="CAUSAL_LM",
                         fan_in_fan_out=model_cfg.family == "gpt2")  # GPT-2's Conv1D stores weights transposed
     return fp32_trainable(get_peft_model(model, config))
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medsweep.config import DataConfig, ModelConfig
 
 IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
@@ -112,7 +115,8 @@ def masked_example(prompt_ids: list[int], answer_ids: list[int], max_seq_length:
     }
 
 
-def tokenize(records: list[dict[str, Any]], tokenizer, data_cfg: Any, model_cfg: Any, max_seq_length: int):
+def tokenize(records: list[dict[str, Any]], tokenizer, data_cfg: DataConfig, model_cfg: ModelConfig,
+             max_seq_length: int):
     """HF Dataset of answer-masked examples plus counts of dropped (prompt too long) / truncated ones.
     The same examples as tokenize_example, record by record, but encoded in two batched calls of the
     Rust tokenizer (prompts, completions): ~4x faster, which is seconds of every job's start-up."""

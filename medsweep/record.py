@@ -15,9 +15,12 @@ import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from medsweep.config import RunConfig
 
 # Keys that do not change what a run computes: they never enter the run id, so a site override
 # (longer time limit, other partition) or a new output root finds the same run directory.
@@ -96,7 +99,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", lambda *, _root_: run_id(_root_), use_cache=False)
 
 
-def axes(cfg: DictConfig) -> dict[str, Any]:
+def axes(cfg: DictConfig | RunConfig) -> dict[str, Any]:
     """The comparison axes of a run, as the report tables name them."""
     return {
         "model": cfg.model.name,

@@ -41,6 +41,7 @@ try:
     )
     from medsweep import config as config_schema
     from medsweep.checks import check
+    from medsweep.config import RunConfig
     from medsweep.errors import ConfigError, MedsweepError
     from medsweep.evaluate import evaluate
     from medsweep.fit import Fit
@@ -74,30 +75,31 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
     if world.is_main:
         record.scrub_yaml_files([run_dir / ".hydra" / n for n in ("config.yaml", "overrides.yaml", "hydra.yaml")])
     estimate = check(cfg)
+    run = config_schema.typed(cfg)  # the stages read the schema's dataclasses; `cfg` is kept for config.yaml and W&B
     done = RunRecord.load(run_dir)
     if done and done.is_complete:
-        log.info("already complete: %s (attempt=%d re-runs it into a new directory)", run_dir, cfg.attempt + 1)
+        log.info("already complete: %s (attempt=%d re-runs it into a new directory)", run_dir, run.attempt + 1)
         return done.to_dict()
 
     started = time.time()
-    hw = _hardware(cfg, world, estimate)
+    hw = _hardware(run, world, estimate)
     hardware.apply_threads(hw)
     rec = RunRecord(
         status="running", run_name=run_dir.name, run_dir=str(run_dir.resolve()),
-        axes=record.axes(cfg), overrides=_overrides(),
+        axes=record.axes(run), overrides=_overrides(),
         hardware={"device": hw.device, "precision": hw.precision, "threads": hw.threads, "mode": hw.mode,
                   "world_size": hw.world_size},
         env=record.environment(), started_at=record.now(),
     )
     if not world.is_main:
-        return _train_worker(cfg, run_dir, hw, rec)
+        return _train_worker(run, run_dir, hw, rec)
     record.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(record.redact(
         OmegaConf.to_container(cfg, resolve=True))))
     rec.save(run_dir)
     tracker = tracking.Tracker()
     try:
         tracker = tracking.start(cfg, run_dir, rec.overrides)
-        _train_and_evaluate(cfg, run_dir, hw, rec, tracker)
+        _train_and_evaluate(run, run_dir, hw, rec, tracker)
     except BaseException as exc:  # SystemExit: submitit requeues the job after a checkpoint (preempt.py)
         rec.status = "failed" if isinstance(exc, Exception) else "interrupted"
         rec.error, rec.finished_at = f"{type(exc).__name__}: {exc}", record.now()
@@ -108,13 +110,13 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
         distributed.finish()
     rec.status, rec.finished_at = "complete", record.now()
     rec.wall_time_s = time.time() - started
-    rec.gpu_hours = (time.time() - started) / 3600 * (cfg.profile.gpus if hw.device == "cuda" else 0)
+    rec.gpu_hours = (time.time() - started) / 3600 * (run.profile.gpus if hw.device == "cuda" else 0)
     rec.save(run_dir)
     tracker.finish(rec)
     return rec.to_dict()
 
 
-def _hardware(cfg: DictConfig, world: distributed.World, estimate: Fit) -> hardware.Hardware:
+def _hardware(cfg: RunConfig, world: distributed.World, estimate: Fit) -> hardware.Hardware:
     """The device, precision and parallel mode of this process: the mode the fit estimate chose for the profile,
     run data-parallel only when the job was started with that many processes (a launcher's tasks or torchrun)."""
     mode, processes = estimate.mode, estimate.world_size
@@ -132,7 +134,7 @@ def _hardware(cfg: DictConfig, world: distributed.World, estimate: Fit) -> hardw
                             local_rank=world.local_rank)
 
 
-def _train_worker(cfg: DictConfig, run_dir: Path, hw, rec: RunRecord) -> dict[str, Any]:
+def _train_worker(cfg: RunConfig, run_dir: Path, hw: hardware.Hardware, rec: RunRecord) -> dict[str, Any]:
     """A data-parallel rank other than 0: the same data, model and training steps on its share of each batch;
     nothing written, nothing evaluated."""
     try:
@@ -142,8 +144,8 @@ def _train_worker(cfg: DictConfig, run_dir: Path, hw, rec: RunRecord) -> dict[st
     return {"status": "worker", "rank": hw.rank, "world_size": hw.world_size, "run_dir": rec.run_dir}
 
 
-def _train_and_evaluate(cfg, run_dir: Path, hw, rec: RunRecord, tracker: tracking.Tracker | None = None,
-                        main: bool = True) -> None:
+def _train_and_evaluate(cfg: RunConfig, run_dir: Path, hw: hardware.Hardware, rec: RunRecord,
+                        tracker: tracking.Tracker | None = None, main: bool = True) -> None:
     tracker = tracker or tracking.Tracker()
     splits = data.build(cfg.data, eval_size=cfg.train.eval_split, train_size=cfg.train.train_size)
     rec.data = splits.stats

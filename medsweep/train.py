@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from medsweep.errors import TrainingDiverged
 from medsweep.kernels import answer_loss_sum, fast_lora
 from medsweep.prompts import collator
 from transformers import Trainer, TrainerCallback, TrainingArguments
+
+if TYPE_CHECKING:
+    from medsweep.config import ProfileConfig, TrainConfig
 # isort: on
 
 log = logging.getLogger(__name__)
@@ -166,7 +169,8 @@ class StepTimer(TrainerCallback):
             self.first_step_end = time.perf_counter()
 
 
-def training_args(train_cfg: Any, profile_cfg: Any, hw: Hardware, checkpoint_dir: Path) -> TrainingArguments:
+def training_args(train_cfg: TrainConfig, profile_cfg: ProfileConfig, hw: Hardware, checkpoint_dir: Path
+                  ) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         gradient_accumulation_steps=train_cfg.grad_accum,
@@ -199,7 +203,7 @@ def training_args(train_cfg: Any, profile_cfg: Any, hw: Hardware, checkpoint_dir
     )
 
 
-def _data_parallel_args(profile_cfg: Any, hw: Hardware) -> dict[str, Any]:
+def _data_parallel_args(profile_cfg: ProfileConfig, hw: Hardware) -> dict[str, Any]:
     """train.batch_size is the global batch: the sampler draws the same batches as a single process would and
     accelerate splits each one across the processes, so a data-parallel run sees the same examples in the same
     steps (and, without dropout, ends with the same adapter within float rounding)."""

@@ -103,3 +103,25 @@ def test_scheduler_names_are_the_ones_transformers_accepts():
 
     assert set(LR_SCHEDULERS) <= {s.value for s in SchedulerType}
     assert {"linear", "cosine", "constant_with_warmup"} <= set(LR_SCHEDULERS)
+
+
+def test_a_random_model_needs_a_tokenizer(compose):
+    with pytest.raises(ConfigError, match=r"^model.tokenizer=None is invalid: required when model.source=random"):
+        validate(compose(["model=tiny_random", "model.tokenizer=null"]))
+
+
+def test_the_composed_config_is_the_schema_dataclasses_and_each_checks_its_own_ranges(compose):
+    """config.typed gives the stages real dataclasses (what their signatures say); each group's check sits on its
+    dataclass, so a config built in Python is checked the same way as a composed one."""
+    import dataclasses
+
+    from medsweep import config
+
+    run = config.typed(compose(["lora.r=16"]))
+    assert isinstance(run, config.RunConfig) and isinstance(run.lora, config.LoraConfig)
+    assert run.lora.r == 16 and isinstance(run.model.lora_target_modules, list)
+    run.check()
+    with pytest.raises(ConfigError, match=r"^lora.dropout=1.0 is invalid"):
+        dataclasses.replace(run.lora, dropout=1.0).check(run.model)
+    with pytest.raises(ConfigError, match=r"^train.seed=-1 is invalid"):
+        validate(dataclasses.replace(run, train=dataclasses.replace(run.train, seed=-1)))
