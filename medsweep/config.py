@@ -80,9 +80,9 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = 8  # LoRA rank
-    alpha: int = 16  # LoRA scaling numerator: updates are scaled by alpha / r
-    dropout: float = 0.05  # dropout on the LoRA input, in [0, 1)
+    r: int = 8  # LoRA rank: rank of the update matrices (paper grid: 4, 8, 16, 32)
+    alpha: int = 16  # LoRA scaling numerator: updates are scaled by alpha / r (paper grid: 8, 16, 32, 64)
+    dropout: float = 0.05  # dropout on the LoRA input, in [0, 1) (paper grid: 0, 0.1, 0.25, 0.5)
     target_modules: list[str] | None = None  # modules to adapt; null: the model's lora_target_modules
     bias: str = "none"  # which biases train: none | all | lora_only
 
@@ -133,7 +133,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_seq_length: int = 512  # sequence-length axis: prompt + answer tokens, longer answers are truncated
+    max_seq_length: int = 512  # sequence-length axis (paper: 128 ... 4096): prompt + answer tokens, longer truncated
     epochs: float = 1.0  # passes over the training split (ignored when max_steps > 0)
     max_steps: int = -1  # optimizer steps; -1: run `epochs` epochs
     lr: float = 2e-4  # peak learning rate
@@ -188,7 +188,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     max_new_tokens: int = 64  # generation budget per answer
-    batch_size: int = 8  # questions per generation batch (left-padded, length-sorted)
+    # questions per generation batch (left-padded, length-sorted; per token ~9x cheaper than one at a time on a CPU)
+    batch_size: int = 32
     decoding: str = "greedy"  # greedy | sample
     temperature: float = 0.7  # sampling temperature (decoding=sample)
     top_p: float = 0.9  # nucleus sampling (decoding=sample)
@@ -273,7 +274,7 @@ class LoggerConfig:
     name: str = "none"  # none | wandb
     project: str = "medsweep"  # W&B project
     entity: str | None = None  # W&B entity (team or user)
-    mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
+    mode: str = "offline"  # offline (compute nodes often lack internet; sync later: `wandb sync`) | online | disabled
     group: str | None = None  # W&B group (null: the sweep name)
     job_type: str = "train-eval"  # W&B job type
     tags: list[str] = field(default_factory=list)  # extra tags (the overrides are added)
@@ -293,7 +294,7 @@ class RunConfig:
     profile: ProfileConfig = MISSING
     logger: LoggerConfig = MISSING
     site: SiteConfig = MISSING
-    output_root: str = "results"  # where run and sweep directories go
+    output_root: str = "results"  # run dirs go to <output_root>/runs/<run id>, sweeps to <output_root>/sweeps/<name>
     sweep_name: str = "sweep"  # multirun directory name under results/sweeps
     attempt: int = 0  # bump to re-run a completed configuration into a new directory
     resume: bool = True  # resume from the last checkpoint of an interrupted run in the same directory
@@ -324,8 +325,11 @@ class RunConfig:
 
 def register_configs() -> None:
     """Register the schema the primary config starts from (`- run_schema` in conf/config.yaml): every
-    group file is merged into its typed field, so a wrong type or an unknown key fails at composition."""
+    group file is merged into its typed field, so a wrong type or an unknown key fails at composition. Also
+    `model_schema`, the model group's schema alone, for conf/synth.yaml (`- model_schema@model`): the model files
+    list only what differs from ModelConfig's defaults, so every config that reads them starts from the schema."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="model_schema", node=ModelConfig)
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:

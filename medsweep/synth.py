@@ -432,6 +432,11 @@ def _hydra_main():
     import hydra
     from omegaconf import DictConfig
 
+    from medsweep import config
+
+    config.register_configs()  # model_schema: conf/synth.yaml types its `model` node (the model files list only
+    # what differs from ModelConfig's defaults)
+
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="synth")
     def _main(cfg: DictConfig) -> None:
         for noisy in ("transformers", "peft", "urllib3"):
