@@ -315,6 +315,16 @@ def test_read_table_missing_column(tmp_path):
     assert records == [{"id": "cols-0", "question": "q", "answer": "a"}]
 
 
+def test_a_header_with_a_line_break_is_quoted_in_the_one_line_error(tmp_path):
+    """Found by tests/test_hostile_input.py: a CSV header cell may hold a quoted line break."""
+    path = tmp_path / "odd.csv"
+    path.write_text('"que\nstion",answer\nq,a\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_table(path)
+    assert "\n" not in str(err.value)
+    assert str(err.value).endswith("missing column(s) question; available columns: 'que\\nstion', answer")
+
+
 def test_read_table_unknown_extension_and_missing_file(tmp_path):
     path = tmp_path / "data.txt"
     path.write_text("question,answer\nq,a\n")

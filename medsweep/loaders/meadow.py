@@ -12,6 +12,7 @@ from medsweep.loaders.tables import (
     Record,
     Stats,
     as_text,
+    column_list,
     load_local,
     map_rows,
     require_columns,
@@ -36,7 +37,7 @@ def load_wikidoc(
     if "input" not in columns and "instruction" not in columns:
         raise DataError(
             f"{where}: missing column(s) input, instruction (need one); "
-            f"available columns: {', '.join(columns)}"
+            f"available columns: {column_list(columns)}"
         )
     qa_rows = [
         {"question": row.get("input") if as_text(row.get("input")) else row.get("instruction"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -183,10 +184,13 @@ def require_columns(where: str, columns: list[str], wanted: list[str | None]) ->
     """DataError naming every wanted column that the data lacks."""
     missing = [c for c in dict.fromkeys(wanted) if c is not None and c not in columns]
     if missing:
-        raise DataError(
-            f"{where}: missing column(s) {', '.join(missing)}; "
-            f"available columns: {', '.join(columns) or '(none)'}"
-        )
+        raise DataError(f"{where}: missing column(s) {', '.join(missing)}; available columns: {column_list(columns)}")
+
+
+def column_list(columns: Sequence[str]) -> str:
+    """Column names for a one-line message: a name holding a line break or other unprintable character is quoted
+    (a CSV header cell may hold anything)."""
+    return ", ".join(c if c.isprintable() else repr(c) for c in columns) or "(none)"
 
 
 def map_rows(
