@@ -416,7 +416,10 @@ def check_inputs(cfg: DictConfig) -> None:
 def typed(cfg: DictConfig) -> RunConfig:
     """The composed config as the schema's dataclasses, interpolations resolved (Hydra's own node left out)."""
     body = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
-    return RunConfig(**OmegaConf.to_object(body))  # type: ignore[arg-type]
+    # merged onto the schema: a config rebuilt from plain containers (a saved config.yaml) gets its types back too
+    run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), body))
+    assert isinstance(run, RunConfig)
+    return run
 
 
 def validate(cfg: DictConfig | RunConfig) -> None:

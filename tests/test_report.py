@@ -16,6 +16,7 @@ import pytest
 
 from medsweep import report
 from medsweep.errors import MedsweepError
+from medsweep.report import figures, tables
 
 T_DF1 = 12.706  # two-sided 95% Student-t critical value, df = 1
 
@@ -148,7 +149,7 @@ def drawn(monkeypatch) -> dict:
         Path(path).write_bytes(b"placeholder")
         return Path(path)
 
-    monkeypatch.setattr(report, "_save", fake_save)
+    monkeypatch.setattr(report.figures, "_save", fake_save)
     return figs
 
 
@@ -760,12 +761,12 @@ def test_check_axes_with_no_axes(tmp_path: Path):
 # ------------------------------------------------------------------------- formatting
 
 def test_num_and_cell_formatting():
-    assert [report._num(x) for x in [None, pd.NA, math.nan, True, np.bool_(False), 3, np.int64(4), 2.0,
+    assert [tables._num(x) for x in [None, pd.NA, math.nan, True, np.bool_(False), 3, np.int64(4), 2.0,
                                      0.123456, np.float32(0.5), "abc"]] == [
         "", "", "", "True", "False", "3", "4", "2", "0.1235", "0.5", "abc"]
-    assert report._cell(0.5, 0.4, 0.7, "t over seeds (n=2)") == "0.5 ± 0.15"
-    assert report._cell(0.5, 0.4, 0.7, "bootstrap over examples (n=9)") == "0.5 [0.4, 0.7]"
-    assert report._cell(0.5, math.nan, 0.7, "t") == report._cell(0.5, 0.4, None, "t") == "0.5"
+    assert tables._cell(0.5, 0.4, 0.7, "t over seeds (n=2)") == "0.5 ± 0.15"
+    assert tables._cell(0.5, 0.4, 0.7, "bootstrap over examples (n=9)") == "0.5 [0.4, 0.7]"
+    assert tables._cell(0.5, math.nan, 0.7, "t") == tables._cell(0.5, 0.4, None, "t") == "0.5"
 
 
 def test_display_markdown_and_latex(df: pd.DataFrame):
@@ -983,7 +984,7 @@ def test_saved_png_is_a_real_figure(tmp_path: Path):
 
     fig = Figure(figsize=(2, 1))
     fig.subplots().plot([0, 1], [0, 1])
-    path = report._save(fig, tmp_path / "deep" / "er" / "x.png")
+    path = figures._save(fig, tmp_path / "deep" / "er" / "x.png")
     assert path == tmp_path / "deep" / "er" / "x.png"
     assert list(path.parent.iterdir()) == [path]  # no temp file left
     with Image.open(path) as image:
@@ -1317,7 +1318,7 @@ def test_cli_returns_the_error_exit_code(sweep: Path, monkeypatch, capsys):
     def fail(paths):
         raise error
 
-    monkeypatch.setattr(report, "collect", fail)
+    monkeypatch.setattr(report.cli, "collect", fail)
     assert report.main([str(sweep)]) == 5
     assert capsys.readouterr().err == "medsweep-report: error: disk full\n"
 
@@ -1351,6 +1352,7 @@ def test_log_wandb_indexed_view_keeps_its_index(df: pd.DataFrame, monkeypatch):
     run = types.SimpleNamespace(log=lambda data: None, finish=lambda: None)
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(
         init=lambda **kw: run, Table=lambda dataframe: frames.append(dataframe)))
-    monkeypatch.setattr(report, "by_model", lambda df, metric: report.pivot(df, by=["model"], metric=metric))
+    monkeypatch.setattr(report.wandb_upload, "by_model",
+                        lambda df, metric: report.pivot(df, by=["model"], metric=metric))
     report.log_wandb(df, "f1")
     assert list(frames[0]["model"]) == ["qwen2_0.5b", "smollm2_135m", "tiny"]

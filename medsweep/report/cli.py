@@ -11,16 +11,18 @@ import logging
 import sys
 from pathlib import Path
 
-from medsweep import report as package  # the package's functions, looked up on use: replacing report.X replaces it here
 from medsweep.errors import MedsweepError
-from medsweep.report.tables import _atomic_write, _check_metric
+from medsweep.report.collect import collect
+from medsweep.report.figures import write_figures
+from medsweep.report.tables import _atomic_write, _check_metric, stages, to_markdown, write_tables
+from medsweep.report.wandb_upload import log_wandb
 
 
 def report_sweep(sweep_dir, metric: str = "f1") -> Path:
     """Collect a sweep, write figures and tables to ``sweep_dir/report``; return report.md."""
-    df = package.collect([str(sweep_dir)])
-    figures = package.write_figures(df, sweep_dir, metric)
-    return package.write_tables(df, sweep_dir, metric=metric, figures=figures)[-1]
+    df = collect([str(sweep_dir)])
+    figures = write_figures(df, sweep_dir, metric)
+    return write_tables(df, sweep_dir, metric=metric, figures=figures)[-1]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,20 +60,20 @@ def main(argv=None) -> int:
         logging.basicConfig(level=logging.INFO, format="medsweep-report: %(message)s")
     try:
         if args.stages:
-            table = package.to_markdown(package.stages(args.paths[0]))
+            table = to_markdown(stages(args.paths[0]))
             print(table)
             if args.out:
                 _atomic_write(Path(args.out) / "stages.md", table + "\n")
             return 0
-        df = package.collect(args.paths)
+        df = collect(args.paths)
         _check_metric(df, args.metric)
         out = Path(args.out) if args.out else (
             Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path.cwd())
-        figures = package.write_figures(df, out, args.metric, heat_axes=args.by)
-        report = package.write_tables(df, out, by=args.by, metric=args.metric, figures=figures)[-1]
+        figures = write_figures(df, out, args.metric, heat_axes=args.by)
+        report = write_tables(df, out, by=args.by, metric=args.metric, figures=figures)[-1]
         _print_markdown(report.read_text(encoding="utf-8"))
         if args.wandb:
-            package.log_wandb(df, args.metric)
+            log_wandb(df, args.metric)
     except MedsweepError as e:
         print(f"medsweep-report: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)

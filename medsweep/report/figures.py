@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medsweep import report as package  # _save is looked up on the package: replacing report._save replaces it here
 from medsweep.record import atomic_write_bytes
 from medsweep.report.collect import LATENCY, SEED, _as_dict, complete, config_axes, varying_axes
 from medsweep.report.tables import _check_axes, _num, by_config, by_profile
@@ -68,7 +67,7 @@ def plot_metric_vs_epoch(df: pd.DataFrame, path: Path, metric: str = "f1") -> Pa
     table.plot(ax=ax, marker="o")
     ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch (best config per model)")
     ax.set_xticks(table.index)
-    return package._save(fig, path)
+    return _save(fig, path)
 
 
 def plot_latency_by_profile(df: pd.DataFrame, path: Path) -> Path | None:
@@ -87,7 +86,7 @@ def plot_latency_by_profile(df: pd.DataFrame, path: Path) -> Path | None:
     fig, ax = _figure()
     bars.plot.bar(ax=ax, rot=0)
     ax.set(xlabel="profile", ylabel="seconds per answer", title="Inference latency")
-    return package._save(fig, path)
+    return _save(fig, path)
 
 
 def plot_heatmap(df: pd.DataFrame, path: Path, metric: str, ax1: str, ax2: str) -> Path:
@@ -103,7 +102,7 @@ def plot_heatmap(df: pd.DataFrame, path: Path, metric: str, ax1: str, ax2: str) 
             ax.text(j, i, f"{v:.3g}", ha="center", va="center", color=color)
     ax.set(xlabel=ax2, ylabel=ax1, title=f"mean {metric}")
     fig.colorbar(image, ax=ax)
-    return package._save(fig, path)
+    return _save(fig, path)
 
 
 def write_figures(df: pd.DataFrame, out_dir, metric: str = "f1",

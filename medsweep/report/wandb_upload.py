@@ -9,8 +9,8 @@ import os
 
 import pandas as pd
 
-from medsweep import report as package  # views looked up on the package: replacing report.by_model replaces it here
 from medsweep.errors import MedsweepError
+from medsweep.report.tables import by_model, runs_table
 
 
 def log_wandb(df: pd.DataFrame, metric: str = "f1") -> None:
@@ -29,5 +29,5 @@ def log_wandb(df: pd.DataFrame, metric: str = "f1") -> None:
                          project=os.environ.get("WANDB_PROJECT", "medsweep"))
     except Exception as e:  # e.g. online mode without a login
         raise MedsweepError(f"wandb.init failed (set WANDB_MODE=offline?): {e}") from e
-    run.log({"by_model": table(package.by_model(df, metric)), "runs": table(package.runs_table(df))})
+    run.log({"by_model": table(by_model(df, metric)), "runs": table(runs_table(df))})
     run.finish()
