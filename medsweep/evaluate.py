@@ -1,5 +1,6 @@
-"""Evaluation on held-out pairs: batched greedy generation (left padding, length-sorted, KV cache, each
-sequence stops at its end-of-turn token), answer-quality metrics, perplexity of the references, latency.
+"""Evaluation on held-out pairs: batched greedy generation (medsweep/generation.py: left padding, length-sorted,
+KV cache, each sequence stops at its end-of-turn token), answer-quality metrics, perplexity of the references,
+latency.
 
 Speed (scripts/bench.py): one decode step of a small model on a CPU is dominated by reading the weights and
 by per-operator overhead, so a step for 32 sequences costs only ~3-4x one for a single sequence (SmolLM2-135M,
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from statistics import quantiles
 from typing import Any
 
 import torch
 
 from medsweep import metrics
-from medsweep.hardware import Hardware
+from medsweep.generation import decoding, generate_batched
+from medsweep.hardware import Hardware, autocast
 from medsweep.kernels import answer_loss_sum
 from medsweep.prompts import collator, prompt_ids, tokenize
 
@@ -85,75 +86,27 @@ def inference(model, hw: Hardware):
         model.train(was_training)
 
 
-def autocast(hw: Hardware):
-    """bf16/fp16 autocast on the run's device, or nothing for fp32."""
-    if hw.precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(hw.device, dtype=torch.bfloat16 if hw.precision == "bf16" else torch.float16)
-
-
 def _percentile(values: list[float], q: int) -> float:
     if len(values) == 1:
         return values[0]
     return quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def stop_ids(tokenizer, model) -> list[int]:
-    """The tokenizer's eos and every eos of the model's generation config (e.g. an end-of-turn token)."""
-    ids = {tokenizer.eos_token_id}
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    ids.update(eos if isinstance(eos, list) else [eos])
-    return sorted(i for i in ids if i is not None)
-
-
-def decoding(sample: bool, temperature: float | None = None, top_p: float | None = None) -> dict[str, Any]:
-    """generate() keyword arguments: sampling at `temperature` / `top_p`, or greedy (with the sampling settings a
-    model's generation_config may carry unset, so that they neither apply nor warn)."""
-    if sample:
-        return {"do_sample": True, "temperature": temperature, "top_p": top_p}
-    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-
-
-def until_stop(tokens: list[int], stop: list[int]) -> tuple[list[int], bool]:
-    """The generated tokens before the first stop token, and whether there was one."""
-    end = next((k for k, t in enumerate(tokens) if t in stop), None)
-    return (tokens, False) if end is None else (tokens[:end], True)
-
-
 def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, model_cfg: Any, eval_cfg: Any,
              hw: Hardware) -> tuple[list[str], list[float], list[int]]:
-    """Answers for `records` in their order, the amortized seconds per answer of each, and generated tokens."""
+    """Answers for `records` in their order (stripped), the amortized seconds per answer of each, and generated
+    tokens (a stop token that ended an answer counted)."""
     prompts = [prompt_ids(tokenizer, r, data_cfg.instruction, model_cfg.prompt_format, model_cfg.system_prompt)
                for r in records]
-    order = sorted(range(len(records)), key=lambda i: len(prompts[i]), reverse=True)  # similar lengths per batch
-    answers, seconds, n_tokens = [""] * len(records), [0.0] * len(records), [0] * len(records)
-    stop = stop_ids(tokenizer, model)
-    sampling = decoding(eval_cfg.decoding == "sample", eval_cfg.temperature, eval_cfg.top_p)
-    tokenizer.padding_side = "left"
+    options = decoding(eval_cfg.decoding == "sample", eval_cfg.temperature, eval_cfg.top_p)
     try:
         with inference(model, hw):
-            _generate_batches(model, tokenizer, prompts, order, stop, sampling, eval_cfg, hw, answers, seconds,
-                              n_tokens)
+            done = generate_batched(model, tokenizer, prompts, hw, eval_cfg.batch_size, eval_cfg.max_new_tokens,
+                                    options)
     finally:
+        # right, not the side it had: training shares this tokenizer and its collator pads on the right
         tokenizer.padding_side = "right"
-    return answers, seconds, n_tokens
-
-
-def _generate_batches(model, tokenizer, prompts, order, stop, sampling, eval_cfg, hw, answers, seconds, n_tokens):
-    for start in range(0, len(order), eval_cfg.batch_size):
-        idx = order[start:start + eval_cfg.batch_size]
-        batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(hw.device)
-        t0 = time.perf_counter()
-        with autocast(hw):
-            out = model.generate(**batch, max_new_tokens=eval_cfg.max_new_tokens, eos_token_id=stop,
-                                 pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
-        elapsed = time.perf_counter() - t0
-        new = out[:, batch["input_ids"].shape[1]:]
-        for row, i in enumerate(idx):
-            tokens, ended = until_stop(new[row].tolist(), stop)
-            answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            seconds[i] = elapsed / len(idx)
-            n_tokens[i] = len(tokens) + int(ended)
+    return [g.text.strip() for g in done], [g.seconds for g in done], [g.tokens + int(g.ended) for g in done]
 
 
 PERPLEXITY_TOKENS = 8192  # padded tokens per teacher-forced batch (the LM head runs in chunks: bounded memory)

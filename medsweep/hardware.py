@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -126,14 +127,21 @@ def native_bf16(gpus: list[int]) -> bool:
     return all(tuple(torch.cuda.get_device_capability(i)) >= (8, 0) for i in gpus)
 
 
+def pick_device(requested: str, setting: str, hint: str = "") -> str:
+    """`requested` (auto | cpu | cuda) made concrete: auto is cuda when a GPU is visible. cuda without one is
+    refused, naming the `setting` it came from (profile.device, generator.device), then `hint`."""
+    cuda = torch.cuda.is_available()
+    device = requested if requested != "auto" else ("cuda" if cuda else "cpu")
+    if device == "cuda" and not cuda:
+        raise ConfigError(f"{setting}=cuda is invalid: no CUDA GPU is visible{hint}")
+    return device
+
+
 def resolve(profile, *, mode: str = "single", world_size: int = 1, rank: int = 0, local_rank: int = 0) -> Hardware:
     """Pick the device and precision the profile asks for, checking the machine can do them. `mode`, `world_size`,
     `rank` and `local_rank` describe the job's processes (data parallelism) and are stored as given."""
-    cuda = torch.cuda.is_available()
-    device = profile.device if profile.device != "auto" else ("cuda" if cuda else "cpu")
-    if device == "cuda" and not cuda:
-        raise ConfigError(f"profile.device=cuda is invalid: no CUDA GPU is visible on this machine "
-                          f"(profile {profile.name}); use profile=local_cpu or run on a GPU node")
+    device = pick_device(profile.device, "profile.device", f" on this machine (profile {profile.name}); use "
+                         f"profile=local_cpu or run on a GPU node")
     gpus = gpu_indices(mode, local_rank) if device == "cuda" else []
     if device == "cuda":
         check_cuda_arch(gpus)
@@ -153,6 +161,13 @@ def resolve(profile, *, mode: str = "single", world_size: int = 1, rank: int = 0
     threads = max(1, min(profile.cpus // max(1, world_size), usable_cores()))
     return Hardware(device=device, precision=precision, threads=threads, mode=mode, world_size=world_size,
                     rank=rank, local_rank=local_rank)
+
+
+def autocast(hw: Hardware):
+    """bf16/fp16 autocast on the run's device, or nothing for fp32."""
+    if hw.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(hw.device, dtype=torch.bfloat16 if hw.precision == "bf16" else torch.float16)
 
 
 def apply_threads(hw: Hardware) -> None:

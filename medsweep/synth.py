@@ -6,12 +6,13 @@
     OPENAI_API_KEY=... medsweep-synth synth/generator=openai generator.base_url=https://api.openai.com/v1 \\
         generator.model=gpt-4o-mini                                       # or Ollama / vLLM: their /v1 URL
 
-Step 1 asks the generator for several stand-alone questions per abstract (prompt: conf/synth/prompts/*.yaml);
-step 2 answers each question from its abstract only. Cleaning keeps one question per line, strips numbering
-and bullets, drops lines without a letter or digit, headers ("Questions:"), answer lines, too short or too long
-lines, lines not ending with "?" and lines pointing at their source ("this study", "the text"; both
-configurable), and de-duplicates (normalised text, across all abstracts). Answers that are empty (or the
-prompt's "not stated" reply) are flagged ``empty``; answers sharing no content word with the abstract are
+This module is the pipeline: abstracts in, the two steps, the files out, the command. Step 1 asks the generator
+(medsweep/generators.py) for several stand-alone questions per abstract (prompt: conf/synth/prompts/*.yaml);
+step 2 answers each question from its abstract only. Cleaning (medsweep/synth_text.py) keeps one question per
+line, strips numbering and bullets, drops lines without a letter or digit, headers ("Questions:"), answer lines,
+too short or too long lines, lines not ending with "?" and lines pointing at their source ("this study", "the
+text"; both configurable), and de-duplicates (normalised text, across all abstracts). Answers that are empty (or
+the prompt's "not stated" reply) are flagged ``empty``; answers sharing no content word with the abstract are
 flagged ``ungrounded``. Flagged pairs are kept for the reviewer to see (medsweep/labelstudio.py).
 
 Writes to ``out_dir`` (default results/synth): ``synthetic.jsonl`` (id, abstract_id, source, question, answer,
@@ -21,130 +22,20 @@ the API key is read from the environment variable named by generator.key_env and
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from medsweep import CONF_DIR, loaders, record
 from medsweep.data import question_key
 from medsweep.errors import ConfigError, DataError, MedsweepError
-from medsweep.hardware import Hardware
+from medsweep.generators import Generator, Messages, OpenAIGenerator, build_generator
+from medsweep.synth_text import clean_answer, clean_questions, grounding
 
 log = logging.getLogger("medsweep.synth")
-
-Messages = list[dict[str, str]]
-
-# --------------------------------------------------------------------------- cleaning
-
-_BULLET = re.compile(
-    r"^\s*(?:[-*\u2022\u00b7>#]+\s*|\(?\d{1,3}\s*[.):\]]\s*|\(?[a-zA-Z][.)]\s+|(?:Q|Ques|Question)\s*\d*\s*[:.)-]\s*)+"
-)
-_SPLIT_NUMBERED = re.compile(r"(?<=[?.!])\s+(?=\(?\d{1,3}[.)]\s)")
-_ANSWER_LINE = re.compile(r"^\s*(?:A|Answer)\s*\d*\s*[:.)-]", re.IGNORECASE)
-_ALNUM = re.compile(r"[^\W_]", re.UNICODE)
-_NOT_STANDALONE = re.compile(r"\b(?:this|the|these|above|given)\s+(?:text|abstract|study|studies|article|paper|passage|"
-                             r"authors?|research|trial|findings|results)\b", re.IGNORECASE)
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
-STOPWORDS = frozenset("""
-a about above after again against all also am an and any are as at be because been before being below between both
-but by can could did do does doing down during each few for from further had has have having he her here hers him
-his how i if in into is it its itself just may me might more most must my no nor not now of off on once only or
-other our ours out over own same shall she should so some such than that the their theirs them then there these they
-this those through to too under until up very was we were what when where which while who whom why will with would
-you your yours yes used use using study studies patient patients result results
-""".split())
-
-
-def strip_numbering(line: str) -> str:
-    """A line without leading bullets, numbering ("1.", "2)", "(3)", "a)", "Q1:", "Question 2 -") or markdown."""
-    line = _BULLET.sub("", line.strip())
-    return line.strip().strip("*_`").strip().strip('"\u201c\u201d').strip()
-
-
-def clean_questions(text: str, limit: int, min_words: int = 3, seen: set[str] | None = None,
-                    max_words: int = 40, require_question_mark: bool = True, standalone: bool = True
-                    ) -> tuple[list[str], dict[str, int]]:
-    """Questions from a generation: one per line, no numbering, at least one alphanumeric character, between
-    `min_words` and `max_words` words, ending with "?" (unless `require_question_mark` is off), no header or answer
-    lines, with `standalone` none pointing at its source ("this study", "the text", "the authors"), de-duplicated
-    (also against `seen`, which is updated), at most `limit`. Returns (questions, counts of lines dropped per
-    reason)."""
-    seen = set() if seen is None else seen
-    counts = {"lines": 0, "no_alnum": 0, "header": 0, "answer_line": 0, "too_short": 0, "too_long": 0,
-              "not_a_question": 0, "not_standalone": 0, "duplicate": 0, "over_limit": 0}
-    kept: list[str] = []
-    lines = [part for line in text.splitlines() for part in _SPLIT_NUMBERED.split(line)]
-    for raw in lines:
-        if not raw.strip():
-            continue
-        counts["lines"] += 1
-        if _ANSWER_LINE.match(raw):
-            counts["answer_line"] += 1
-            continue
-        line = " ".join(strip_numbering(raw).split())
-        if not _ALNUM.search(line):
-            counts["no_alnum"] += 1
-        elif line.endswith(":"):
-            counts["header"] += 1
-        elif len(line.split()) < min_words:
-            counts["too_short"] += 1
-        elif len(line.split()) > max_words:
-            counts["too_long"] += 1
-        elif require_question_mark and not line.endswith("?"):
-            counts["not_a_question"] += 1
-        elif standalone and _NOT_STANDALONE.search(line):
-            counts["not_standalone"] += 1
-        elif question_key(line) in seen:
-            counts["duplicate"] += 1
-        elif len(kept) >= limit:
-            counts["over_limit"] += 1
-        else:
-            seen.add(question_key(line))
-            kept.append(line)
-    return kept, counts
-
-
-def clean_answer(text: str, not_stated: str | None = None) -> str:
-    """The answer without an "Answer:" prefix, a run-on next question, or extra whitespace; "" when the model
-    said the text does not answer it (`not_stated`)."""
-    text = re.split(r"(?:^|\s)(?:Q|Question)\s*\d*\s*:", text.strip(), maxsplit=1)[0]
-    text = re.sub(r"^\s*(?:A|Answer)\s*[:.)-]\s*", "", text, flags=re.IGNORECASE)
-    text = " ".join(text.split())
-    if not_stated and text.lower().strip(" .!").startswith(not_stated.lower().strip(" .!")):
-        return ""
-    return text
-
-
-def content_words(text: str) -> set[str]:
-    """Lower-cased words of 3+ characters (any number) that are not stopwords; a trailing plural s is dropped."""
-    words = set()
-    for w in _WORD.findall(text.lower()):
-        if w in STOPWORDS or (len(w) < 3 and not w.isdigit()):
-            continue
-        words.add(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w)
-    return words
-
-
-def grounding(answer: str, abstract: str, min_overlap: float = 0.0) -> tuple[list[str], float]:
-    """(flags, overlap): ``empty`` for no answer; ``ungrounded`` when the answer shares no content word with the
-    abstract (or the shared fraction of its content words is below `min_overlap`)."""
-    if not answer.strip():
-        return ["empty"], 0.0
-    words = content_words(answer)
-    if not words:
-        return ["ungrounded"], 0.0
-    shared = len(words & content_words(abstract))
-    overlap = shared / len(words)
-    return (["ungrounded"] if shared == 0 or overlap < min_overlap else []), round(overlap, 3)
-
 
 # --------------------------------------------------------------------------- abstracts
 
@@ -187,152 +78,6 @@ def load_abstracts(inp: Any) -> list[dict[str, str]]:
         out.append({**it, "text": text})
     out = out[inp.offset:]
     return out[: inp.limit] if inp.limit else out
-
-
-# --------------------------------------------------------------------------- generators
-
-
-class Generator(Protocol):
-    name: str
-
-    def chat(self, conversations: list[Messages], max_new_tokens: int) -> list[str]: ...
-
-
-class LocalGenerator:
-    """A transformers causal LM with a chat template: batched, left-padded generation."""
-
-    def __init__(self, model, tokenizer, hw: Hardware, name: str, batch_size: int = 4, temperature: float = 0.0,
-                 top_p: float = 0.9, repetition_penalty: float = 1.0):
-        self.model, self.tokenizer, self.hw, self.name = model, tokenizer, hw, name
-        self.batch_size, self.temperature, self.top_p = batch_size, temperature, top_p
-        self.repetition_penalty = repetition_penalty
-        if not tokenizer.chat_template:
-            raise ConfigError(f"the generator {name} has no chat template; use a chat (instruct) model")
-
-    def _ids(self, messages: Messages) -> list[int]:
-        from medsweep.prompts import adds_bos
-
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        bos = [self.tokenizer.bos_token_id] if adds_bos(self.tokenizer, prompt) else []
-        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-    def chat(self, conversations: list[Messages], max_new_tokens: int) -> list[str]:
-        import torch
-
-        from medsweep.evaluate import autocast, decoding, stop_ids, until_stop
-
-        prompts = [self._ids(m) for m in conversations]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-        out = [""] * len(prompts)
-        stop = stop_ids(self.tokenizer, self.model)
-        sampling = decoding(self.temperature > 0, self.temperature, self.top_p)
-        side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"
-        self.model.eval()
-        try:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                batch = self.tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(
-                    self.hw.device)
-                with torch.no_grad(), autocast(self.hw):
-                    gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=stop,
-                                              pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
-                                              repetition_penalty=self.repetition_penalty, **sampling)
-                new = gen[:, batch["input_ids"].shape[1]:]
-                for row, i in enumerate(idx):
-                    out[i] = self.tokenizer.decode(until_stop(new[row].tolist(), stop)[0], skip_special_tokens=True)
-        finally:
-            self.tokenizer.padding_side = side
-        return out
-
-
-class OpenAIGenerator:
-    """Any OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, ...): POST {base_url}/chat/completions with
-    urllib. The key comes from the environment variable `key_env` only; without it no Authorization header is
-    sent (Ollama and local vLLM need none)."""
-
-    def __init__(self, base_url: str, model: str, key_env: str | None = "OPENAI_API_KEY", temperature: float = 0.0,
-                 top_p: float = 1.0, timeout_s: float = 120.0, retries: int = 2):
-        if not base_url or not model:
-            raise ConfigError("generator.base_url and generator.model are required with synth/generator=openai")
-        if not re.match(r"^https?://", base_url):
-            raise ConfigError(f"generator.base_url={base_url!r} is invalid: expected http(s)://host[:port]/v1")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.key_env, self.temperature, self.top_p = model, key_env, temperature, top_p
-        self.timeout_s, self.retries = timeout_s, retries
-        self.name = f"openai:{model}"
-
-    def _key(self) -> str | None:
-        return os.environ.get(self.key_env) if self.key_env else None
-
-    def _scrub(self, text: str) -> str:
-        key = self._key()
-        return text.replace(key, record.REDACTED) if key else text
-
-    def complete(self, messages: Messages, max_new_tokens: int) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "max_tokens": max_new_tokens,
-                           "temperature": self.temperature, "top_p": self.top_p, "stream": False}).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = self._key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    payload = json.loads(response.read().decode("utf-8"))
-                return str(payload["choices"][0]["message"]["content"] or "")
-            except urllib.error.HTTPError as exc:
-                detail = self._scrub(exc.read().decode("utf-8", "replace")[:300])
-                if exc.code in (429, 500, 502, 503, 504) and attempt < self.retries:
-                    time.sleep(2 ** attempt)
-                    continue
-                hint = f" (is ${self.key_env} set?)" if exc.code in (401, 403) and self.key_env else ""
-                raise MedsweepError(f"{self.url}: HTTP {exc.code}{hint}: {' '.join(detail.split())}") from None
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                if attempt < self.retries:
-                    time.sleep(2 ** attempt)
-                    continue
-                raise MedsweepError(f"{self.url}: cannot reach the endpoint: {self._scrub(str(exc))}") from None
-            except (KeyError, IndexError, TypeError, ValueError):
-                raise MedsweepError(f"{self.url}: not an OpenAI chat completion response") from None
-        raise AssertionError("unreachable")
-
-    def chat(self, conversations: list[Messages], max_new_tokens: int) -> list[str]:
-        return [self.complete(m, max_new_tokens) for m in conversations]
-
-
-def _device(gen_cfg: Any) -> Hardware:
-    import torch
-
-    device = gen_cfg.device if gen_cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("generator.device=cuda is invalid: no CUDA GPU is visible")
-    precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
-    return Hardware(device=device, precision=precision, threads=max(1, min(2, os.cpu_count() or 1)))
-
-
-def build_generator(cfg: Any) -> Generator:
-    """The generator the config names: local (the `model` config or generator.model_dir) or openai."""
-    g = cfg.generator
-    if g.backend == "openai":
-        return OpenAIGenerator(g.base_url, g.model, g.key_env, g.temperature, g.top_p, g.timeout_s, g.retries)
-    if g.backend != "local":
-        raise ConfigError(f"generator.backend={g.backend!r} is invalid: allowed local, openai")
-    from medsweep import models
-
-    hw = _device(g)
-    if g.model_dir:
-        from medsweep.export import load_generator_model
-
-        model, tokenizer = load_generator_model(g.model_dir, hw)
-        name = Path(g.model_dir).name
-    else:
-        tokenizer = models.load_tokenizer(cfg.model)
-        model, _ = models.load_model(cfg.model, tokenizer, hw, seed=cfg.seed)
-        name = cfg.model.name
-    return LocalGenerator(model, tokenizer, hw, name, batch_size=g.batch_size, temperature=g.temperature,
-                          top_p=g.top_p, repetition_penalty=g.repetition_penalty)
 
 
 # --------------------------------------------------------------------------- the two steps

@@ -33,12 +33,17 @@ COPIED = ("medsweep", "conf", "hydra_plugins", "scripts", "tests", "pyproject.to
 TESTS: dict[str, list[str]] = {
     "report": ["tests/test_report.py"],
     "synth": ["tests/test_synth.py"],
+    "synth_text": ["tests/test_synth.py"],  # split out of synth: the cleaning and grounding rules
+    "generators": ["tests/test_synth.py"],  # split out of synth: the local and OpenAI-compatible generators
+    # the decode loop evaluation and synth share: evaluate.generate's tests (test_zoo: the stop token ends and
+    # counts) and the local generator's
+    "generation": ["tests/test_evaluate.py", "tests/test_speed_paths.py", "tests/test_zoo.py", "tests/test_synth.py"],
     "sweep": ["tests/test_sweep.py", "tests/test_launcher.py"],
     "launcher": ["tests/test_launcher.py", "tests/test_sweep.py", "tests/test_launcher_local_gpus.py"],
     "fit": ["tests/test_fit.py", "tests/test_sweep.py"],
     "record": ["tests/test_run_ids.py", "tests/test_errors.py", "tests/test_record.py"],
     "labelstudio": ["tests/test_labelstudio.py"],
-    "export": ["tests/test_export.py", "tests/test_synth.py"],  # synth loads its generator through export
+    "export": ["tests/test_export.py", "tests/test_synth.py"],  # synth's generators load a model dir through export
     "gguf_writer": ["tests/test_export.py"],  # split out of export: the GGUF files export writes
     "ollama": ["tests/test_export.py"],  # split out of export: the Modelfile
 }

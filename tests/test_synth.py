@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from medsweep import data, report, synth
+from medsweep import data, generators, report, synth, synth_text
 from medsweep.errors import ConfigError, DataError, MedsweepError
 from tests.conftest import CONF_DIR, MEDQUAD_JSONL, SHARED_DATA, run_medsweep
 
@@ -60,7 +60,7 @@ Q6: Who is at risk of iron deficiency anemia? 7. Does iron deficiency anemia cau
 
 
 def test_questions_one_per_line_without_numbering_deduplicated():
-    questions, counts = synth.clean_questions(GENERATION, limit=10)
+    questions, counts = synth_text.clean_questions(GENERATION, limit=10)
     assert questions == [
         "What are the symptoms of iron deficiency anemia?",
         "How is iron deficiency anemia treated?",
@@ -76,17 +76,17 @@ def test_questions_one_per_line_without_numbering_deduplicated():
 
 def test_question_limit_dedup_across_abstracts_and_options():
     seen: set[str] = set()
-    first, _ = synth.clean_questions("What is anemia?\nWhat causes anemia?\nHow is anemia treated?", 2, seen=seen)
+    first, _ = synth_text.clean_questions("What is anemia?\nWhat causes anemia?\nHow is anemia treated?", 2, seen=seen)
     assert first == ["What is anemia?", "What causes anemia?"]
-    second, counts = synth.clean_questions("what is ANEMIA ?\nWhat is a fever?", 5, seen=seen)
+    second, counts = synth_text.clean_questions("what is ANEMIA ?\nWhat is a fever?", 5, seen=seen)
     assert second == ["What is a fever?"] and counts["duplicate"] == 1
-    statements, _ = synth.clean_questions("List the symptoms of anemia", 5, require_question_mark=False)
+    statements, _ = synth_text.clean_questions("List the symptoms of anemia", 5, require_question_mark=False)
     assert statements == ["List the symptoms of anemia"]
     long_line = "Why " + "very " * 50 + "long?"
-    assert synth.clean_questions(long_line, 5)[1]["too_long"] == 1
-    assert synth.clean_questions("Why?", 5, min_words=1)[0] == ["Why?"]
-    assert synth.clean_questions("What does the text discuss?", 5)[1]["not_standalone"] == 1
-    assert synth.clean_questions("What does the text discuss?", 5, standalone=False)[0]
+    assert synth_text.clean_questions(long_line, 5)[1]["too_long"] == 1
+    assert synth_text.clean_questions("Why?", 5, min_words=1)[0] == ["Why?"]
+    assert synth_text.clean_questions("What does the text discuss?", 5)[1]["not_standalone"] == 1
+    assert synth_text.clean_questions("What does the text discuss?", 5, standalone=False)[0]
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -99,22 +99,22 @@ def test_question_limit_dedup_across_abstracts_and_options():
     ("**Is it vitamin X**", "Is it vitamin X"), ('"Is it vitamin X"', "Is it vitamin X"),
 ])
 def test_strip_numbering(raw, clean):
-    assert synth.strip_numbering(raw) == clean
+    assert synth_text.strip_numbering(raw) == clean
 
 
 def test_answers_cleaned_and_flagged():
     abstract = "Iron supplements treat iron deficiency anemia. Fatigue is the commonest symptom."
-    assert synth.clean_answer("Answer: Iron supplements.\nQuestion: What else?") == "Iron supplements."
-    assert synth.clean_answer("  Fatigue   is common. Q: next?") == "Fatigue is common."
-    assert synth.clean_answer("Not stated.", "not stated") == ""
-    assert synth.grounding("", abstract) == (["empty"], 0.0)
-    assert synth.grounding("The moon is made of cheese.", abstract) == (["ungrounded"], 0.0)
-    flags, overlap = synth.grounding("Fatigue.", abstract)
+    assert synth_text.clean_answer("Answer: Iron supplements.\nQuestion: What else?") == "Iron supplements."
+    assert synth_text.clean_answer("  Fatigue   is common. Q: next?") == "Fatigue is common."
+    assert synth_text.clean_answer("Not stated.", "not stated") == ""
+    assert synth_text.grounding("", abstract) == (["empty"], 0.0)
+    assert synth_text.grounding("The moon is made of cheese.", abstract) == (["ungrounded"], 0.0)
+    flags, overlap = synth_text.grounding("Fatigue.", abstract)
     assert flags == [] and overlap == 1.0
-    flags, overlap = synth.grounding("Fatigue, nausea and headaches.", abstract)
+    flags, overlap = synth_text.grounding("Fatigue, nausea and headaches.", abstract)
     assert flags == [] and 0 < overlap < 1
-    assert synth.grounding("Fatigue, nausea and headaches.", abstract, min_overlap=0.5)[0] == ["ungrounded"]
-    assert synth.grounding("It is the.", abstract) == (["ungrounded"], 0.0)  # stopwords only: nothing grounded
+    assert synth_text.grounding("Fatigue, nausea and headaches.", abstract, min_overlap=0.5)[0] == ["ungrounded"]
+    assert synth_text.grounding("It is the.", abstract) == (["ungrounded"], 0.0)  # stopwords only: nothing grounded
 
 
 # --------------------------------------------------------------------------- abstracts
@@ -219,8 +219,8 @@ def test_local_generator_tiny_random_writes_outputs(tmp_path, embedded_dir):
                     "generator.max_new_tokens_questions=10", "generator.max_new_tokens_answer=6",
                     "generator.device=cpu", "input.max_words=40",
                     "require_question_mark=false", "min_question_words=1")
-    gen = synth.build_generator(cfg)
-    assert isinstance(gen, synth.LocalGenerator) and gen.name == "tiny_random"
+    gen = generators.build_generator(cfg)
+    assert isinstance(gen, generators.LocalGenerator) and gen.name == "tiny_random"
     assert (gen.batch_size, gen.temperature, gen.top_p, gen.repetition_penalty) == (4, 0.0, 0.9, 1.15)
     assert gen.hw.device == "cpu" and gen.hw.precision == "fp32"
     newlines = _reference_generation(gen.model, gen.tokenizer, [{"role": "user", "content": "Hi"}], 4, 1.15)
@@ -310,7 +310,7 @@ def test_local_generator_batches_left_pads_and_keeps_the_order(tiny_tokenizer):
     replies = {"short one": "Reply A.", "a much longer second prompt that pads the others": "Reply B\nline two.",
                "third": "Reply C."}
     lm = ScriptedLM(tok, replies)
-    gen = synth.LocalGenerator(lm, tok, _cpu(), "scripted", batch_size=2, repetition_penalty=1.3)
+    gen = generators.LocalGenerator(lm, tok, _cpu(), "scripted", batch_size=2, repetition_penalty=1.3)
     conversations = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "short one"}],
                      [{"role": "system", "content": "Be brief."},
                       {"role": "user", "content": "a much longer second prompt that pads the others"}],
@@ -326,7 +326,7 @@ def test_local_generator_batches_left_pads_and_keeps_the_order(tiny_tokenizer):
     assert call["repetition_penalty"] == 1.3 and call["use_cache"] is True
     assert (call["do_sample"], call["temperature"], call["top_p"]) == (False, None, None)
     assert gen.chat(conversations[:1], 2) == [tok.decode(tok("Reply A.")["input_ids"][:2])]  # max_new_tokens
-    sampled = synth.LocalGenerator(lm, tok, _cpu(), "s", temperature=0.7, top_p=0.8)
+    sampled = generators.LocalGenerator(lm, tok, _cpu(), "s", temperature=0.7, top_p=0.8)
     sampled.chat(conversations[:1], 8)
     assert (lm.calls[-1]["do_sample"], lm.calls[-1]["temperature"], lm.calls[-1]["top_p"]) == (True, 0.7, 0.8)
     assert sampled.batch_size == 4 and sampled.repetition_penalty == 1.0  # the defaults
@@ -338,7 +338,7 @@ def test_local_generator_needs_a_chat_template(tiny_tokenizer):
     tok = copy.deepcopy(tiny_tokenizer)
     tok.chat_template = None
     with pytest.raises(ConfigError, match="the generator plain has no chat template; use a chat"):
-        synth.LocalGenerator(ScriptedLM(tiny_tokenizer, {}), tok, _cpu(), "plain")
+        generators.LocalGenerator(ScriptedLM(tiny_tokenizer, {}), tok, _cpu(), "plain")
 
 
 def test_local_generator_batched_equals_one_by_one_on_the_tiny_model(embedded_dir):
@@ -352,7 +352,7 @@ def test_local_generator_batched_equals_one_by_one_on_the_tiny_model(embedded_di
                      [{"role": "system", "content": "Be brief."},
                       {"role": "user", "content": "Tell me about statins and cholesterol in adults."}],
                      [{"role": "user", "content": "Why?"}]]
-    got = synth.LocalGenerator(model, tok, _cpu(), "tiny", batch_size=2).chat(conversations, 12)
+    got = generators.LocalGenerator(model, tok, _cpu(), "tiny", batch_size=2).chat(conversations, 12)
     expected = [_reference_generation(model, tok, c, 12) for c in conversations]
     assert got == expected and all(e.strip() for e in expected) and len(set(expected)) == 3
 
@@ -366,7 +366,7 @@ def test_run_with_a_local_generator_writes_exactly_the_scripted_pairs(tmp_path, 
                "Question: Is gout painful?": "Yes. Q2: next",
                "Question: What do statins lower?": "not stated"}
     tok = tiny_tokenizer
-    gen = synth.LocalGenerator(ScriptedLM(tok, replies), tok, _cpu(), "scripted")
+    gen = generators.LocalGenerator(ScriptedLM(tok, replies), tok, _cpu(), "scripted")
     cfg = synth_cfg("input.loader=table", f"input.path={abstracts}", "input.text_col=abstract", "input.id_col=pmid",
                     f"out_dir={tmp_path / 'out'}")
     summary = synth.run(cfg, generator=gen)
@@ -494,7 +494,7 @@ def test_openai_endpoint_key_from_env_never_written(tmp_path, endpoint, monkeypa
 
 def test_openai_endpoint_errors_and_no_key(tmp_path, endpoint, monkeypatch):
     monkeypatch.delenv("MEDSWEEP_TEST_LLM_KEY", raising=False)
-    gen = synth.OpenAIGenerator(endpoint, "fake-llm", key_env="MEDSWEEP_TEST_LLM_KEY", retries=0)
+    gen = generators.OpenAIGenerator(endpoint, "fake-llm", key_env="MEDSWEEP_TEST_LLM_KEY", retries=0)
     assert gen.chat([[{"role": "user", "content": "Question: x"}]], 8) == ["Statins."]
     assert FakeOpenAI.requests[-1]["auth"] is None  # no key in the environment: no Authorization header
     monkeypatch.setenv("MEDSWEEP_TEST_LLM_KEY", "sk-wrong-key-987654")
@@ -502,11 +502,11 @@ def test_openai_endpoint_errors_and_no_key(tmp_path, endpoint, monkeypatch):
     with pytest.raises(MedsweepError, match=r"HTTP 401 \(is \$MEDSWEEP_TEST_LLM_KEY set\?\)") as err:
         gen.complete([{"role": "user", "content": "x"}], 8)
     assert "sk-wrong-key-987654" not in str(err.value)
-    closed = synth.OpenAIGenerator("http://127.0.0.1:9/v1", "m", retries=0, timeout_s=2)
+    closed = generators.OpenAIGenerator("http://127.0.0.1:9/v1", "m", retries=0, timeout_s=2)
     with pytest.raises(MedsweepError, match="cannot reach the endpoint"):
         closed.complete([{"role": "user", "content": "x"}], 8)
     with pytest.raises(ConfigError, match="generator.base_url"):
-        synth.OpenAIGenerator("127.0.0.1:11434", "m")
+        generators.OpenAIGenerator("127.0.0.1:11434", "m")
 
 
 def test_required_settings_are_named(tmp_path):
@@ -691,8 +691,8 @@ def test_console_script_medsweep_synth(tmp_path, endpoint):
 
 def test_openai_request_body_headers_and_retries(endpoint, monkeypatch):
     sleeps: list[float] = []
-    monkeypatch.setattr(synth.time, "sleep", sleeps.append)
-    gen = synth.OpenAIGenerator(endpoint + "/", "m", key_env=None, temperature=0.3, top_p=0.7)
+    monkeypatch.setattr(generators.time, "sleep", sleeps.append)
+    gen = generators.OpenAIGenerator(endpoint + "/", "m", key_env=None, temperature=0.3, top_p=0.7)
     assert gen.url == endpoint + "/chat/completions" and gen.name == "openai:m"
     assert (gen.key_env, gen.timeout_s, gen.retries) == (None, 120.0, 2)
     messages = [{"role": "user", "content": "Question: x"}]
@@ -717,7 +717,7 @@ def test_openai_request_body_headers_and_retries(endpoint, monkeypatch):
     with pytest.raises(MedsweepError) as err:  # no key variable configured: no hint about one
         gen.complete(messages, 5)
     assert f"{gen.url}: HTTP 401: " in str(err.value) and "is $" not in str(err.value)
-    keyed = synth.OpenAIGenerator(endpoint, "m", key_env="MEDSWEEP_TEST_LLM_KEY", retries=0)
+    keyed = generators.OpenAIGenerator(endpoint, "m", key_env="MEDSWEEP_TEST_LLM_KEY", retries=0)
     FakeOpenAI.statuses = [403]
     with pytest.raises(MedsweepError, match=r"HTTP 403 \(is \$MEDSWEEP_TEST_LLM_KEY set\?\): "):
         keyed.complete(messages, 5)
@@ -730,15 +730,15 @@ def test_openai_request_body_headers_and_retries(endpoint, monkeypatch):
     with pytest.raises(MedsweepError) as err:  # not UTF-8, long: decoded with replacement, cut at 300 characters
         keyed.complete(messages, 5)
     assert str(err.value) == f"{keyed.url}: HTTP 500: \ufffd" + "E" * 299
-    assert synth.OpenAIGenerator("http://h/apiX/", "m").url == "http://h/apiX/chat/completions"
-    defaults = synth.OpenAIGenerator("https://example.org/v1", "m")
+    assert generators.OpenAIGenerator("http://h/apiX/", "m").url == "http://h/apiX/chat/completions"
+    defaults = generators.OpenAIGenerator("https://example.org/v1", "m")
     assert (defaults.key_env, defaults.temperature, defaults.top_p) == ("OPENAI_API_KEY", 0.0, 1.0)
 
 
 def test_openai_odd_replies_and_unreachable(endpoint, monkeypatch):
     sleeps: list[float] = []
-    monkeypatch.setattr(synth.time, "sleep", sleeps.append)
-    gen = synth.OpenAIGenerator(endpoint, "m", key_env=None, retries=1)
+    monkeypatch.setattr(generators.time, "sleep", sleeps.append)
+    gen = generators.OpenAIGenerator(endpoint, "m", key_env=None, retries=1)
     for raw in (b"not json", b'{"choices": []}', b'{"choices": [{"message": {}}]}', b'{"choices": "x"}'):
         FakeOpenAI.raw = raw
         with pytest.raises(MedsweepError) as err:
@@ -748,10 +748,10 @@ def test_openai_odd_replies_and_unreachable(endpoint, monkeypatch):
     assert gen.chat([[{"role": "user", "content": "x"}], [{"role": "user", "content": "y"}]], 4) == ["", ""]
     assert sleeps == []
     timeouts = []
-    real = synth.urllib.request.urlopen
-    monkeypatch.setattr(synth.urllib.request, "urlopen",
+    real = generators.urllib.request.urlopen
+    monkeypatch.setattr(generators.urllib.request, "urlopen",
                         lambda request, timeout: timeouts.append(timeout) or real(request, timeout=timeout))
-    closed = synth.OpenAIGenerator("http://127.0.0.1:9/v1", "m", retries=2, timeout_s=3)
+    closed = generators.OpenAIGenerator("http://127.0.0.1:9/v1", "m", retries=2, timeout_s=3)
     with pytest.raises(MedsweepError) as err:
         closed.complete([{"role": "user", "content": "x"}], 8)
     assert str(err.value).startswith("http://127.0.0.1:9/v1/chat/completions: cannot reach the endpoint: ")
@@ -762,16 +762,16 @@ def test_openai_odd_replies_and_unreachable(endpoint, monkeypatch):
 def test_openai_settings_are_checked_and_the_key_is_scrubbed(monkeypatch):
     for base_url, model in (("", "m"), ("http://h/v1", ""), (None, "m")):
         with pytest.raises(ConfigError) as err:
-            synth.OpenAIGenerator(base_url, model)
+            generators.OpenAIGenerator(base_url, model)
         assert str(err.value) == "generator.base_url and generator.model are required with synth/generator=openai"
     with pytest.raises(ConfigError) as err:
-        synth.OpenAIGenerator("ftp://h/v1", "m")
+        generators.OpenAIGenerator("ftp://h/v1", "m")
     assert str(err.value) == "generator.base_url='ftp://h/v1' is invalid: expected http(s)://host[:port]/v1"
-    assert synth.OpenAIGenerator("https://h/v1", "m").url == "https://h/v1/chat/completions"
+    assert generators.OpenAIGenerator("https://h/v1", "m").url == "https://h/v1/chat/completions"
     monkeypatch.setenv("MEDSWEEP_TEST_LLM_KEY", "sk-abcdef")
-    keyed = synth.OpenAIGenerator("http://h/v1", "m", key_env="MEDSWEEP_TEST_LLM_KEY")
+    keyed = generators.OpenAIGenerator("http://h/v1", "m", key_env="MEDSWEEP_TEST_LLM_KEY")
     assert keyed._scrub("key sk-abcdef here") == "key *** here"
-    assert synth.OpenAIGenerator("http://h/v1", "m", key_env=None)._scrub("sk-abcdef") == "sk-abcdef"
+    assert generators.OpenAIGenerator("http://h/v1", "m", key_env=None)._scrub("sk-abcdef") == "sk-abcdef"
     monkeypatch.delenv("MEDSWEEP_TEST_LLM_KEY")
     assert keyed._scrub("sk-abcdef") == "sk-abcdef"
 
@@ -780,14 +780,14 @@ def test_build_generator_from_the_config(tmp_path, embedded_dir):
     cfg = synth_cfg("synth/generator=openai", "generator.base_url=http://h:1/v1", "generator.model=llm",
                     "generator.key_env=K", "generator.temperature=0.5", "generator.top_p=0.8",
                     "generator.timeout_s=7", "generator.retries=4", "input.path=x")
-    gen = synth.build_generator(cfg)
-    assert isinstance(gen, synth.OpenAIGenerator)
+    gen = generators.build_generator(cfg)
+    assert isinstance(gen, generators.OpenAIGenerator)
     assert (gen.url, gen.model, gen.key_env, gen.temperature, gen.top_p, gen.timeout_s, gen.retries) == (
         "http://h:1/v1/chat/completions", "llm", "K", 0.5, 0.8, 7, 4)
     cfg = synth_cfg("input.path=x", "model=tiny_random", "generator.device=cpu")
     cfg.generator.backend = "vllm"
     with pytest.raises(ConfigError) as err:
-        synth.build_generator(cfg)
+        generators.build_generator(cfg)
     assert str(err.value) == "generator.backend='vllm' is invalid: allowed local, openai"
 
 
@@ -805,14 +805,14 @@ def test_build_generator_from_a_model_dir(tmp_path, embedded_dir):
     cfg = synth_cfg("input.path=x", "model=tiny_random", f"generator.model_dir={saved}", "generator.device=cpu",
                     "generator.batch_size=3", "generator.temperature=0.4", "generator.top_p=0.6",
                     "generator.repetition_penalty=1.05")
-    gen = synth.build_generator(cfg)
-    assert isinstance(gen, synth.LocalGenerator) and gen.name == "my-model"
+    gen = generators.build_generator(cfg)
+    assert isinstance(gen, generators.LocalGenerator) and gen.name == "my-model"
     assert (gen.batch_size, gen.temperature, gen.top_p, gen.repetition_penalty) == (3, 0.4, 0.6, 1.05)
     reference = model.state_dict()
     assert all(torch.equal(t, reference[k]) for k, t in gen.model.state_dict().items())
     cfg.generator.model_dir = str(tmp_path / "nothing-here")
     with pytest.raises(ConfigError, match="generator.model_dir=.* is invalid: neither a run directory"):
-        synth.build_generator(cfg)
+        generators.build_generator(cfg)
 
 
 def test_generator_device(monkeypatch):
@@ -820,21 +820,21 @@ def test_generator_device(monkeypatch):
 
     cfg = synth_cfg("input.path=x").generator
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    hw = synth._device(cfg)  # auto without a GPU
+    hw = generators._device(cfg)  # auto without a GPU
     assert (hw.device, hw.precision) == ("cpu", "fp32") and hw.threads == max(1, min(2, os.cpu_count() or 1))
     cfg.device = "cuda"
     with pytest.raises(ConfigError) as err:
-        synth._device(cfg)
+        generators._device(cfg)
     assert str(err.value) == "generator.device=cuda is invalid: no CUDA GPU is visible"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for bf16, precision in ((True, "bf16"), (False, "fp16")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
         for device in ("cuda", "auto"):
             cfg.device = device
-            hw = synth._device(cfg)
+            hw = generators._device(cfg)
             assert (hw.device, hw.precision) == ("cuda", precision)
     cfg.device = "cpu"
-    assert synth._device(cfg).precision == "fp32"
+    assert generators._device(cfg).precision == "fp32"
 
 
 # --------------------------------------------------------------------------- abstracts and run(): the details
@@ -1043,26 +1043,28 @@ def test_synthesize_passes_every_setting_and_reports_progress(monkeypatch):
 
 
 def test_cleaning_edge_cases():
-    kept, counts = synth.clean_questions("What is gout?\nWhat is anemia?\nWhat is asthma?", 1)
+    kept, counts = synth_text.clean_questions("What is gout?\nWhat is anemia?\nWhat is asthma?", 1)
     assert kept == ["What is gout?"] and counts["over_limit"] == 2
-    assert synth.clean_questions("Questions:\nA1: The answer.\nAnswer 2) Yes.", 5)[1] == {
+    assert synth_text.clean_questions("Questions:\nA1: The answer.\nAnswer 2) Yes.", 5)[1] == {
         "lines": 3, "no_alnum": 0, "header": 1, "answer_line": 2, "too_short": 0, "too_long": 0,
         "not_a_question": 0, "not_standalone": 0, "duplicate": 0, "over_limit": 0}
     four = "Why is gout painful?"
-    assert synth.clean_questions(four, 5, min_words=4)[0] == [four]
-    assert synth.clean_questions(four, 5, min_words=5)[1]["too_short"] == 1
-    assert synth.clean_questions(four, 5, max_words=4)[0] == [four]
-    assert synth.clean_questions(four, 5, max_words=3)[1]["too_long"] == 1
-    assert synth.clean_questions("What did the authors find about gout?", 5)[1]["not_standalone"] == 1
-    assert synth.clean_questions("1. What is gout? 2. What is anemia?", 5)[0] == ["What is gout?", "What is anemia?"]
-    assert synth.clean_answer("A - Rest and fluids.") == "Rest and fluids."
-    assert synth.clean_answer("Not stated!  ", "not stated.") == ""
-    assert synth.clean_answer("Not stated in the text.", None) == "Not stated in the text."
-    assert synth.clean_answer("The text does not say.", "not stated") == "The text does not say."
-    assert synth.content_words("Glass gas 5 mg x2 viruses is the") == {"glass", "gas", "5", "viruse"}
-    assert synth.grounding("Gout and joints and anemia.", "Gout hurts joints.") == ([], 0.667)
-    assert synth.grounding("Gout and joints and anemia.", "Gout hurts joints.", min_overlap=2 / 3) == ([], 0.667)
-    assert synth.grounding("Gout and joints and anemia.", "Gout hurts joints.", min_overlap=0.667)[0] == ["ungrounded"]
+    assert synth_text.clean_questions(four, 5, min_words=4)[0] == [four]
+    assert synth_text.clean_questions(four, 5, min_words=5)[1]["too_short"] == 1
+    assert synth_text.clean_questions(four, 5, max_words=4)[0] == [four]
+    assert synth_text.clean_questions(four, 5, max_words=3)[1]["too_long"] == 1
+    assert synth_text.clean_questions("What did the authors find about gout?", 5)[1]["not_standalone"] == 1
+    assert synth_text.clean_questions("1. What is gout? 2. What is anemia?", 5)[0] == ["What is gout?",
+                                                                                      "What is anemia?"]
+    assert synth_text.clean_answer("A - Rest and fluids.") == "Rest and fluids."
+    assert synth_text.clean_answer("Not stated!  ", "not stated.") == ""
+    assert synth_text.clean_answer("Not stated in the text.", None) == "Not stated in the text."
+    assert synth_text.clean_answer("The text does not say.", "not stated") == "The text does not say."
+    assert synth_text.content_words("Glass gas 5 mg x2 viruses is the") == {"glass", "gas", "5", "viruse"}
+    assert synth_text.grounding("Gout and joints and anemia.", "Gout hurts joints.") == ([], 0.667)
+    assert synth_text.grounding("Gout and joints and anemia.", "Gout hurts joints.", min_overlap=2 / 3) == ([], 0.667)
+    assert synth_text.grounding("Gout and joints and anemia.", "Gout hurts joints.",
+                                min_overlap=0.667)[0] == ["ungrounded"]
 
 
 def test_cleaning_counts_every_dropped_line():
@@ -1070,16 +1072,16 @@ def test_cleaning_counts_every_dropped_line():
             + ("Why " + "very " * 40 + "long?\n") * 2 + "Gout is common.\nAnemia is common.\n"
             "What does the text say?\nWhat did this study find?\nwhat is GOUT?\nWhat is gout ?\n"
             "What is asthma?\nWhat is eczema?")
-    kept, counts = synth.clean_questions(text, 3)
+    kept, counts = synth_text.clean_questions(text, 3)
     assert kept == ["What is gout?", "What is anemia?", "What is asthma?"]
     assert counts == {"lines": 20, "no_alnum": 2, "header": 2, "answer_line": 2, "too_short": 2, "too_long": 2,
                       "not_a_question": 2, "not_standalone": 2, "duplicate": 2, "over_limit": 1}
     forty = "Why " + "so " * 38 + "long?"  # 40 words: the default limit keeps it, 41 do not
-    assert synth.clean_questions(forty, 5)[0] == [forty]
-    assert synth.clean_questions("Why " + forty, 5)[1]["too_long"] == 1
-    assert synth.clean_answer("answer: Rest.") == "Rest." and synth.clean_answer("a) Rest.") == "Rest."
-    assert synth.clean_answer("... Not stated", "not stated") == ""
-    assert synth.content_words("legs gas") == {"leg", "gas"}
+    assert synth_text.clean_questions(forty, 5)[0] == [forty]
+    assert synth_text.clean_questions("Why " + forty, 5)[1]["too_long"] == 1
+    assert synth_text.clean_answer("answer: Rest.") == "Rest." and synth_text.clean_answer("a) Rest.") == "Rest."
+    assert synth_text.clean_answer("... Not stated", "not stated") == ""
+    assert synth_text.content_words("legs gas") == {"leg", "gas"}
 
 
 def test_synthesize_prompts_roles_defaults_and_counts():

@@ -1,0 +1,75 @@
+"""Batched generation from token-id prompts: the one decode loop that evaluation (medsweep/evaluate.py) and
+medsweep-synth's local generator (medsweep/generators.py) share.
+
+Prompts go longest first into batches of similar length (little padding), left-padded so that every row's new
+tokens start at the same column, and are generated with the KV cache; each sequence stops at its first stop token
+(the tokenizer's eos or any eos of the model's generation config, e.g. an end-of-turn token)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from medsweep.hardware import Hardware, autocast
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What one prompt generated."""
+
+    text: str  # decoded without special tokens, not stripped: evaluation strips, synth's cleaning does its own
+    seconds: float  # its batch's generate() time shared equally by the batch's rows (amortized)
+    tokens: int  # generated tokens before the stop token
+    ended: bool  # a stop token ended it (else max_new_tokens did)
+
+
+def stop_ids(tokenizer, model) -> list[int]:
+    """The tokenizer's eos and every eos of the model's generation config (e.g. an end-of-turn token)."""
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def decoding(sample: bool, temperature: float | None = None, top_p: float | None = None) -> dict[str, Any]:
+    """generate() keyword arguments: sampling at `temperature` / `top_p`, or greedy (with the sampling settings a
+    model's generation_config may carry unset, so that they neither apply nor warn)."""
+    if sample:
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def until_stop(tokens: list[int], stop: list[int]) -> tuple[list[int], bool]:
+    """The generated tokens before the first stop token, and whether there was one."""
+    end = next((k for k, t in enumerate(tokens) if t in stop), None)
+    return (tokens, False) if end is None else (tokens[:end], True)
+
+
+def generate_batched(model, tokenizer, prompts: list[list[int]], hw: Hardware, batch_size: int, max_new_tokens: int,
+                     options: dict[str, Any]) -> list[Generated]:
+    """One `Generated` per prompt, in the order of `prompts`. `options`: further model.generate() keyword arguments
+    (`decoding()`'s, a repetition_penalty ...). The tokenizer pads on the left meanwhile; its padding side is
+    restored afterwards. Grad mode, eval mode and weights are the caller's."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)  # similar lengths per batch
+    stop = stop_ids(tokenizer, model)
+    done: dict[int, Generated] = {}
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(hw.device)
+            t0 = time.perf_counter()
+            with autocast(hw):
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=stop,
+                                     pad_token_id=tokenizer.pad_token_id, use_cache=True, **options)
+            elapsed = time.perf_counter() - t0
+            new = out[:, batch["input_ids"].shape[1]:]
+            for row, i in enumerate(idx):
+                tokens, ended = until_stop(new[row].tolist(), stop)
+                done[i] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), elapsed / len(idx),
+                                    len(tokens), ended)
+    finally:
+        tokenizer.padding_side = side
+    return [done[i] for i in range(len(prompts))]
