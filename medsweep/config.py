@@ -2,15 +2,13 @@
 
 Each dataclass is one config group (`conf/<group>/*.yaml` fills it in, listing only what differs from the
 defaults here). OmegaConf checks the types when the config is composed; each dataclass's `check()` holds its
-group's ranges beside its fields, and `validate()` runs them on the composed config (as dataclasses, see
-`typed`). A bad value raises a `ConfigError` whose one-line message names the key, the value and what is allowed.
+group's ranges beside its fields (medsweep/checks.py runs them on the composed config, as dataclasses: `typed`).
+A bad value raises a `ConfigError` whose one-line message names the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,6 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from medsweep.errors import ConfigError
 
@@ -301,7 +298,7 @@ class RunConfig:
     plan: bool = False  # multirun: print every job (resources, fit, estimate) and submit nothing (`--plan`)
 
     def check(self) -> None:
-        """Every group's ranges, then the rules that join groups."""
+        """Every group's ranges and the rules that join groups (the parallel layout's rule: checks.validate)."""
         self.model.check(self.profile)
         self.lora.check(self.model)
         self.data.check()
@@ -313,14 +310,6 @@ class RunConfig:
         _require(self.attempt >= 0, "attempt", self.attempt, "must be >= 0")
         _require(re.fullmatch(_PLAIN_NAME, str(self.sweep_name)) is not None, "sweep_name", self.sweep_name,
                  "must be a plain directory name (letters, digits, . _ = + , -; at most 100 characters)")
-        from medsweep.fit import parallel  # train.batch_size is the global batch: each process takes an equal share
-
-        mode, world = parallel(self)
-        t, p = self.train, self.profile
-        _require(mode != "data_parallel" or t.batch_size % world == 0, "train.batch_size", t.batch_size,
-                 f"must be divisible by the {world} data-parallel processes of profile {p.name} (each takes "
-                 f"batch_size / {world} rows per step); or "
-                 + ("set profile.parallel=model" if p.gpus else "change profile.processes"))
 
 
 def register_configs() -> None:
@@ -355,64 +344,6 @@ SEED_MAX = 2**32 - 1  # numpy's limit (transformers' set_seed seeds numpy too); 
 _PLAIN_NAME = r"[A-Za-z0-9][A-Za-z0-9._=+,-]{0,99}"
 
 
-def _resolve_all(cfg: DictConfig) -> None:
-    """Every interpolation resolves (a missing key or env variable fails here, not after the model loaded)."""
-    try:
-        for key in cfg:
-            if key != "hydra":  # Hydra's own node (present at launch) resolves at run time
-                node = cfg[key]
-                if isinstance(node, DictConfig):
-                    OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "a value"
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise ConfigError(f"{key} is invalid: {reason}") from None
-
-
-def _loader_options(loader: str) -> set[str] | None:
-    """The data.options a loader reads (None: it takes any, or the loader is unknown and reported by its own check):
-    the keyword-only parameters of the registered loader (medsweep/loaders/__init__.py)."""
-    from medsweep import loaders
-
-    func = loaders.LOADERS.get(loader)
-    return None if func is None else loaders.options(func)
-
-
-def unread_keys(cfg: DictConfig) -> list[str]:
-    """Keys in the composed config that no code reads: added with `+`, misspelt in a YAML file, or a loader option
-    the chosen loader does not take. Free-form mappings (model.random_config, site.additional_parameters) are
-    passed through to libraries and not checked."""
-    found: list[str] = []
-
-    def walk(node: Any, schema: type, prefix: str) -> None:
-        hints = typing.get_type_hints(schema)
-        names = {f.name for f in dataclasses.fields(schema)}
-        for key in node:
-            dotted = f"{prefix}{key}"
-            if dotted == "hydra":
-                continue
-            if key not in names:
-                found.append(dotted)
-            elif dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
-                walk(node[key], hints[key], dotted + ".")
-
-    walk(cfg, RunConfig, "")
-    options = _loader_options(str(cfg.data.loader))
-    if options is not None and cfg.data.options:
-        found += [f"data.options.{k}" for k in cfg.data.options if k not in options]
-    return found
-
-
-def check_inputs(cfg: DictConfig) -> None:
-    """What only the composed config can say: every interpolation resolves and no key is unread."""
-    _resolve_all(cfg)
-    unread = unread_keys(cfg)
-    if unread:
-        raise ConfigError(f"{unread[0]} is invalid: nothing reads it (misspelt, or an option "
-                          f"{'of another loader' if unread[0].startswith('data.options.') else 'medsweep lacks'}); "
-                          f"remove it" + (f" ({len(unread) - 1} more: {', '.join(unread[1:4])})" if unread[1:] else ""))
-
-
 def typed(cfg: DictConfig) -> RunConfig:
     """The composed config as the schema's dataclasses, interpolations resolved (Hydra's own node left out)."""
     body = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
@@ -420,11 +351,3 @@ def typed(cfg: DictConfig) -> RunConfig:
     run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), body))
     assert isinstance(run, RunConfig)
     return run
-
-
-def validate(cfg: DictConfig | RunConfig) -> None:
-    """Range and cross-field checks on a composed config; raises ConfigError naming the key."""
-    if isinstance(cfg, DictConfig):
-        check_inputs(cfg)
-        cfg = typed(cfg)
-    cfg.check()

@@ -235,14 +235,6 @@ def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(redact(r), ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run's metrics.json as a plain dict, or None if absent or unreadable (runrecord.RunRecord.load)."""
-    from medsweep.runrecord import RunRecord  # here: runrecord writes through this module
-
-    rec = RunRecord.load(run_dir)
-    return rec.to_dict() if rec is not None else None
-
-
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

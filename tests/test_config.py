@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from medsweep.config import validate
+from medsweep.checks import validate
 from medsweep.errors import ConfigError
 from tests.conftest import CONF_DIR, MEDQUAD_JSONL
 

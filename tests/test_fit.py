@@ -4,7 +4,7 @@ the parallel layout it picks for each profile. Expected values come from the cit
 import pytest
 
 from medsweep import fit, kernels
-from medsweep.config import validate
+from medsweep.checks import validate
 from medsweep.errors import ConfigError
 
 GB, GIB, MIB, KIB = 1e9, 2**30, 2**20, 2**10

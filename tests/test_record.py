@@ -181,13 +181,20 @@ def test_a_failed_write_leaves_no_temp_file_and_raises(tmp_path, monkeypatch):
 
 
 def test_read_record(tmp_path):
-    assert record.read_record(tmp_path) is None
+    """A metrics.json is read through RunRecord.load (record.py's one-time read_record helper folded into it)."""
+    from medsweep.runrecord import RunRecord
+
+    def read_record(run_dir):
+        rec = RunRecord.load(run_dir)
+        return rec.to_dict() if rec is not None else None
+
+    assert read_record(tmp_path) is None
     (tmp_path / "metrics.json").write_text('{"status": "running"')
-    assert record.read_record(tmp_path) is None
+    assert read_record(tmp_path) is None
     (tmp_path / "metrics.json").write_text('{"status": "complete", "n": 1}')
-    assert record.read_record(str(tmp_path)) == {"status": "complete", "n": 1}
+    assert read_record(str(tmp_path)) == {"status": "complete", "n": 1}
     (tmp_path / "metrics.json").write_bytes(b"\xff\xfe")
-    assert record.read_record(tmp_path) is None
+    assert read_record(tmp_path) is None
 
 
 def test_now_is_utc_seconds(monkeypatch):

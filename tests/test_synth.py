@@ -963,10 +963,10 @@ def test_init_adapter_loads_the_saved_weights_and_bad_paths_are_one_clear_error(
                         init_adapter=str(tmp_path / "empty"))
     assert str(err.value) == (f"train.init_adapter={str(tmp_path / 'empty')!r} is invalid: no adapter_config.json "
                               "in it or in its adapter/")
-    from medsweep import config
+    from medsweep import checks
 
     with pytest.raises(ConfigError) as err:
-        config.validate(compose(["model=tiny_random", f"train.init_adapter={tmp_path / 'missing'}"]))
+        checks.validate(compose(["model=tiny_random", f"train.init_adapter={tmp_path / 'missing'}"]))
     assert str(err.value) == (f"train.init_adapter={str(tmp_path / 'missing')!r} is invalid: must be an existing run "
                               "directory (or adapter directory) to continue from")
 

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from medsweep import data, models
-from medsweep.config import validate
+from medsweep.checks import validate
 from medsweep.errors import ConfigError, DataError, ModelError
 from medsweep.hardware import Hardware
 from medsweep.prompts import IGNORE_INDEX, prompt_ids, render, tokenize_example

@@ -23,20 +23,20 @@ Every data problem raises :class:`~medsweep.errors.DataError` with a one-line me
 that names the file (and the 1-based line for JSONL).
 
 One file per family: ``tables`` (the generic readers, ``local`` and the bundled ``sample``),
-``medquad``, ``pubmedqa``, ``meadow`` (``wikidoc``, ``medchat``), ``medal`` and ``mix``.
+``medquad``, ``pubmedqa``, ``meadow`` (``wikidoc``, ``medchat``), ``medal`` and ``mix``; ``registry`` names the
+dataset loaders (what a ``mix`` part may name).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any
 
 from medsweep.loaders.meadow import MEDCHAT_HUB, WIKIDOC_HUB, load_medchat, load_wikidoc
 from medsweep.loaders.medal import MEDAL_HUB, load_medal
 from medsweep.loaders.medquad import MEDQUAD_HUB, load_medquad
 from medsweep.loaders.mix import load_mix, load_mixture
 from medsweep.loaders.pubmedqa import PUBMEDQA_HUB, PUBMEDQA_SPLITS, load_pubmedqa
+from medsweep.loaders.registry import DATASETS, Loader
 from medsweep.loaders.tables import (
     TABLE_EXTENSIONS,
     Record,
@@ -50,18 +50,6 @@ from medsweep.loaders.tables import (
     read_table,
     sample_path,
 )
-
-Loader = Callable[..., tuple[list[Record], dict[str, Any]]]
-
-# One dataset each, from a local file or the hub: the loaders a mix part may name.
-DATASETS: dict[str, Loader] = {
-    "local": load_local,
-    "medquad": load_medquad,
-    "pubmedqa": load_pubmedqa,
-    "wikidoc": load_wikidoc,
-    "medchat": load_medchat,
-    "medal": load_medal,
-}
 
 # Every value of data.loader, in the order error messages list them.
 LOADERS: dict[str, Loader] = {"sample": load_sample, **DATASETS, "mix": load_mixture}

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from medsweep.errors import DataError
+from medsweep.loaders.registry import DATASETS
 from medsweep.loaders.tables import Record
 
 Cleaner = Callable[[list[Record]], tuple[list[Record], dict[str, int]]]
@@ -42,8 +43,6 @@ def load_mixture(
     shared across parts, dropped later as duplicates). The stats hold ``read`` (all parts) and, per part,
     ``part<i>_<loader>``: its loader's counts, its cleaning counts (``clean``) and ``drawn``.
     """
-    from medsweep.loaders import DATASETS  # the registry imports this module
-
     drawn_from: list[tuple[list[Record], int]] = []
     stats: dict[str, Any] = {"read": 0}
     for index, part in enumerate(parts, start=1):
