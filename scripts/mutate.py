@@ -39,9 +39,9 @@ TESTS: dict[str, list[str]] = {
     # counts) and the local generator's
     "generation": ["tests/test_evaluate.py", "tests/test_speed_paths.py", "tests/test_zoo.py", "tests/test_synth.py"],
     "sweep": ["tests/test_sweep.py", "tests/test_launcher.py"],
-    "launcher": ["tests/test_launcher.py", "tests/test_sweep.py", "tests/test_launcher_local_gpus.py"],
-    "fit": ["tests/test_fit.py", "tests/test_sweep.py"],
-    "record": ["tests/test_run_ids.py", "tests/test_errors.py", "tests/test_record.py"],
+    "launcher": ["tests/test_launcher.py", "tests/test_launcher_local_gpus.py", "tests/test_cli.py"],
+    "fit": ["tests/test_fit.py", "tests/test_launcher.py"],  # launcher: the plan of the published grid
+    "record": ["tests/test_run_ids.py", "tests/test_errors.py", "tests/test_record.py", "tests/test_cli.py"],
     "labelstudio": ["tests/test_labelstudio.py"],
     "export": ["tests/test_export.py", "tests/test_synth.py"],  # synth's generators load a model dir through export
     "gguf_writer": ["tests/test_export.py"],  # split out of export: the GGUF files export writes

@@ -1,4 +1,5 @@
-"""Shared fixtures: offline environment, the real data in ../shared/data, Hydra composition, tiny models."""
+"""Shared fixtures: offline environment, the real data in ../shared/data, Hydra composition, tiny models, a few QA
+records, and a counter of the answer-only loss's cross-entropy calls."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 MEDQUAD_JSONL = SHARED_DATA / "medquad" / "medquad_2000.jsonl"
 CONF_DIR = ROOT / "conf"
+
+
+# Five QA pairs of varied length (one question far longer than the others): the training and evaluation records of
+# the tiny-model tests in test_speed_paths.py and test_train.py.
+RECORDS = [
+    {"question": "What is a fever?", "answer": "A body temperature above the normal range, often from infection."},
+    {"question": "How is high blood pressure treated?",
+     "answer": "With lifestyle changes such as less salt and more exercise, and with medicines when needed."},
+    {"question": "What causes asthma attacks, and what can a patient do to prevent them at home?",
+     "answer": "Triggers such as allergens, smoke or cold air narrow the airways; avoid triggers, use inhalers."},
+    {"question": "Is insomnia serious?", "answer": "It can be; see a doctor if it lasts."},
+    {"question": "What are the symptoms of the common cold in adults and in children?",
+     "answer": "Runny nose, sore throat, cough, sneezing and sometimes a mild fever."},
+]
 
 
 def need_shared_data() -> None:
@@ -125,3 +140,18 @@ def smol_tokenizer(embedded_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(embedded_dir)
+
+
+@pytest.fixture
+def cross_entropy_calls(monkeypatch):
+    """Counts the calls of kernels.linear_cross_entropy and kernels.plain_cross_entropy by the answer-only loss."""
+    from medsweep import kernels
+
+    calls = {"linear": 0, "plain": 0}
+    for name, function in (("linear", kernels.linear_cross_entropy), ("plain", kernels.plain_cross_entropy)):
+        def counted(*args, _name=name, _function=function):
+            calls[_name] += 1
+            return _function(*args)
+
+        monkeypatch.setattr(kernels, f"{name}_cross_entropy", counted)
+    return calls

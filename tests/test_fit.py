@@ -331,6 +331,34 @@ def test_llama3_8b_qlora_on_one_v100_in_gib(compose):
         "tokens, prefill 2.1) + logits 0.0 + head cast 1.0]; has 1 x 16 GB (usable 15.2 GiB)")
 
 
+def test_fit_arithmetic_llama3_on_one_v100(compose):
+    cfg = compose(["model=llama3_8b", "profile=1cpu_1v100"])
+    est = fit.estimate(cfg)
+    # Llama 3 8B (8.03e9 parameters, hidden 4096, 32 layers, 128,256 tokens, 8 KV heads x 128), fp16 on a V100:
+    #   weights     8.03e9 x 2 B = 16.06e9 B                                                  = 14.957 GiB
+    #   training    32 saved layer inputs 4x512x4096x2 B each (0.5 GiB) + one layer recomputed 4x512x4096x34 B
+    #               (0.266 GiB) + the loss on 1024-row chunks of 128,256 logits x 6 B (0.734 GiB) =  1.4995 GiB
+    #   evaluation  prefill of 32 prompts x 512 tokens: K/V 32 x 2 x 1024 x 2 B = 128 KiB per token (2 GiB) + one
+    #               layer 32x512x4096x34 B (2.125 GiB); + last-position logits 32 x 128,256 x 6 B (0.023 GiB)
+    #                                                                                         =  4.1479 GiB
+    #   need        14.957 + 1.5 + 4.148                                                      = 20.605 GiB
+    assert est.parts["evaluation"] == pytest.approx(4.147934, rel=1e-6)
+    assert est.parts["training"] == pytest.approx(1.499512, rel=1e-6)
+    assert est.parts["evaluation"] > est.parts["training"]  # the eval batch of 32 is the largest term after weights
+    assert est.need_gib == pytest.approx(20.604975, rel=1e-6)
+    assert est.have_gib == pytest.approx(16 * 0.95)
+    assert not est.fits and "llama3_8b" in est.detail and "1cpu_1v100" in est.detail
+    # 6 x 8.03e9 FLOPs x 1,900 examples x 307.2 tokens = 2.812e16 FLOPs at 125 TFLOPs x 0.3 = 750 s
+    assert est.gpu_hours == pytest.approx(0.2083089, rel=1e-5)
+
+
+def test_4bit_makes_a_7b_model_fit_one_v100(compose):
+    est = fit.estimate(compose(["model=mistral_7b", "profile=1cpu_1v100", "model.load_in_4bit=true"]))
+    assert est.fits and est.mode == "single" and est.need_gib < 16 * 0.95
+    # 6 x 7.24e9 x 583,680 tokens / (125e12 x 0.3) / 3600 = 0.18782 h: 4-bit weights do not change the FLOPs
+    assert est.gpu_hours == pytest.approx(0.1878153, rel=1e-5)
+
+
 def test_smollm2_on_the_cpu_in_gib(compose):
     est = estimate(compose, "model=smollm2_135m", "profile=local_cpu")
     # fp32 on the CPU: 0.135e9 x 4 B = 0.5029 GiB; no checkpointing: 30 layers x 4x512x576x34x4/2 B = 2.2412 GiB;

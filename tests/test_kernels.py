@@ -1,5 +1,6 @@
 """medsweep.kernels: the fused LM-head cross-entropy equals the plain one (loss and gradient), and the numpy
-LoRA dropout is inverted dropout with the right rate, reproducible from torch's seed."""
+LoRA dropout is inverted dropout with the right rate, reproducible from torch's seed; an attention mask is dropped
+(right padding) only where causal attention alone gives the same result."""
 
 import pytest
 import torch
@@ -189,3 +190,11 @@ def tiny_lora_model(request):
     model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, lora_dropout=request.param,
                                                                 target_modules=["q_proj", "down_proj"]))
     return model, request.param
+
+
+def test_right_padded_masks_are_dropped_only_when_causal_attention_suffices():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    holes = torch.tensor([[1, 0, 1, 0]])
+    assert kernels.right_padded(right) and not kernels.right_padded(left) and not kernels.right_padded(holes)
+    assert not kernels.right_padded(None)

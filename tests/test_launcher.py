@@ -1,7 +1,9 @@
 """The sweep launcher in-process: the resources each job asks submitit for, the plan table, grouping into arrays,
 local GPU waves, skip-if-complete, refusal before submission, and failures. Hydra's multirun runs here in the test
 process with submitit's AutoExecutor replaced by a recorder: what the launcher would submit is checked, nothing is
-submitted, no SLURM is needed."""
+submitted, no SLURM is needed. Also the plan of the published grid (5 models x 9 VM profiles: what is refused for
+its fit, and each job's layout), and two sweeps end to end through the console script (a refused job stops the
+sweep; a failing local job fails it)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 
 from medsweep import launcher, record
 from tests.conftest import CONF_DIR, SECRET_ENV, assert_no_secret, run_medsweep
@@ -516,3 +519,69 @@ def test_a_sweep_in_batches_submits_each_job_with_its_own_overrides(tmp_path, ex
         ([0, 1], ["lora.r=4", "lora.r=8"]), ([2], ["lora.r=16"])]
     assert [(j["idx"], j["overrides"][1], j["outcome"]) for j in jobs_file(tmp_path)] == [
         (0, "lora.r=4", "completed"), (1, "lora.r=8", "completed"), (2, "lora.r=16", "completed")]
+
+
+# --- the plan of the published grid: 5 models x 9 VM profiles ---------------------------------------------------------
+
+MODELS = ["distilgpt2", "llama2_7b", "llama3_8b", "mistral_7b", "gemma_1.1_7b"]
+PROFILES = [f"{c}cpu_{n}{g}" for g in ("v100", "a100", "rtx8000") for c, n in ((1, 1), (2, 1), (4, 2))]
+
+
+class _Loader:
+    """Hydra's config loader for plan_jobs, for `model=<m> profile=<p>` jobs: the composed base config with the
+    composed model and profile groups put in, and the sweep's run-dir keys, so 1 + 5 + 9 compositions make the 45 job
+    configs (one Hydra composition per job is most of the subprocess plan's minute)."""
+
+    def __init__(self, compose, root):
+        self.compose = compose
+        base = compose([f"output_root={root}"], return_hydra_config=True)
+        self.base = OmegaConf.to_container(base, resolve=False)
+        self.base["hydra"] = {"sweep": {"dir": str(base.hydra.sweep.dir), "subdir": "${run_id:}"}}
+        self.groups: dict = {}
+
+    def load_sweep_config(self, config, overrides):
+        cfg = dict(self.base)
+        for override in overrides:
+            key, _, _ = override.partition("=")
+            if override not in self.groups:
+                self.groups[override] = OmegaConf.to_container(self.compose([override])[key], resolve=True)
+            cfg[key] = self.groups[override]
+        return OmegaConf.create(cfg)
+
+
+@pytest.mark.slow
+def test_plan_of_the_published_grid_refuses_exactly_what_does_not_fit(compose, tmp_path):
+    """The planning step of `medsweep -m model=... profile=... --plan` on the published grid, in-process (the launcher
+    composes each job, checks its fit and plans its layout; the CLI's --plan is covered end to end below)."""
+    grid = [[f"model={m}", f"profile={p}"] for m in MODELS for p in PROFILES]
+    loader = type("Launcher", (), {"config": None, "hydra_context": type("Ctx", (), {"config_loader": None})()})()
+    loader.hydra_context.config_loader = _Loader(compose, tmp_path)
+    jobs = launcher.plan_jobs(loader, grid, 0, "slurm")
+    assert len(jobs) == 45
+    status = {(j.overrides[0][6:], j.overrides[1][8:]): j for j in jobs}
+    refused = {k for k, j in status.items() if j.status == "refused"}
+    # fp16 7-8B models need 19-27 GiB (weights + the evaluation KV cache of batch 32): more than one 16 GB V100;
+    # the 2-V100 profile splits them across both (30.4 GiB usable), the others fit one GPU
+    assert refused == {(m, p) for m in MODELS[1:] for p in ("1cpu_1v100", "2cpu_1v100")}
+    assert {j.status for k, j in status.items() if k not in refused} == {"submit"}
+    for (model, profile), job in status.items():
+        assert job.reason.startswith(f"does not fit: {model} (") == ((model, profile) in refused)
+        if profile.startswith("4cpu_2"):
+            # distilgpt2 data parallel on every 2-GPU profile, the 7-8B models on 2 x A100 and 2 x RTX 8000 too, and
+            # split across the two 16 GB V100s
+            split = model != "distilgpt2" and profile == "4cpu_2v100"
+            assert (job.mode, job.processes) == (("model_split", 1) if split else ("data_parallel", 2)), job
+        else:
+            assert (job.mode, job.processes) == ("single", 1)
+        assert job.gpu_hours > 0 and job.resources["slurm_gres"] == f"gpu:{profile.split('_')[1][1:]}:{profile[5]}"
+    summary = launcher.plan_table(jobs).splitlines()[-1]
+    assert summary.startswith("45 jobs: 37 to run, 0 complete (skipped), 8 refused (do not fit), 0 invalid")
+    assert not list(tmp_path.rglob("*"))  # nothing written
+
+
+def test_sweep_with_a_refused_job_submits_nothing(tmp_path):
+    proc = run_medsweep("model=distilgpt2,llama3_8b", "profile=1cpu_1v100", f"output_root={tmp_path}",
+                        multirun=True, timeout=300)
+    assert proc.returncode == 2
+    assert "refused before submission, nothing submitted" in proc.stderr and "llama3_8b" in proc.stderr
+    assert not list(tmp_path.rglob(".submitit"))

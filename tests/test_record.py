@@ -1,9 +1,11 @@
 """medsweep.record: the comparison axes, secret redaction (keys, environment values, command-line values), Hydra's
-saved configs scrubbed, atomic writes, reading a record back, timestamps, and the environment block of a record.
-Run ids are in test_run_ids.py."""
+saved configs scrubbed, atomic writes (under the umask; a writer killed at any moment leaves the old record or the
+new one, whole), reading a record back, timestamps, and the environment block of a record. Run ids are in
+test_run_ids.py."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -18,6 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from medsweep import record
+from tests.conftest import ROOT
 
 ENV_SECRET = "hf_envsecret_1234"
 
@@ -178,6 +181,61 @@ def test_a_failed_write_leaves_no_temp_file_and_raises(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         record.atomic_write_text(tmp_path / "a.txt", "x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_records_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        record.atomic_write_json(tmp_path / "metrics.json", {"status": "running"})
+        assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644  # colleagues can read the record
+        os.umask(0o077)
+        record.atomic_write_json(tmp_path / "private.json", {"status": "running"})
+        assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_atomic_write_never_leaves_a_half_file(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    record.atomic_write_json(target, {"status": "complete", "x": 1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed between write and rename
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        record.atomic_write_json(target, {"status": "running", "x": 2})
+    assert json.loads(target.read_text()) == {"status": "complete", "x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+# The writer child SIGKILLs itself at one exact point of atomic_write_text, so every point is hit on every run.
+_KILL_AT = {
+    # half of the new text reached the disk
+    "mid-write": "_open = os.fdopen\nclass Half:\n    def __init__(s, fh): s.fh = fh\n"
+                 "    def __enter__(s): return s\n    def __exit__(s, *a): s.fh.close()\n"
+                 "    def write(s, text):\n"
+                 "        s.fh.write(text[:len(text) // 2]); s.fh.flush(); os.kill(os.getpid(), 9)\n"
+                 "os.fdopen = lambda *a, **k: Half(_open(*a, **k))\n",
+    # the new text is complete and synced, not yet renamed over the record
+    "before-rename": "def replace(*a):\n    os.kill(os.getpid(), 9)\nos.replace = replace\n",
+    # renamed: the new record is in place
+    "after-rename": "_r = os.replace\ndef replace(*a):\n    _r(*a); os.kill(os.getpid(), 9)\nos.replace = replace\n",
+}
+
+
+@pytest.mark.parametrize("moment, expected", [("mid-write", 0), ("before-rename", 0), ("after-rename", 1)])
+def test_killed_writer_process_leaves_old_or_new_record(tmp_path, moment, expected):
+    """SIGKILL inside the writer at each moment: the record is the old one or the new one, whole, never a mix."""
+    target = tmp_path / "metrics.json"
+    record.atomic_write_json(target, {"status": "running", "n": 0, "pad": "x" * 200_000})
+    code = ("import os, sys\nfrom pathlib import Path\nfrom medsweep import record\n" + _KILL_AT[moment]
+            + "record.atomic_write_json(Path(sys.argv[1]), {'status': 'running', 'n': 1, 'pad': 'y' * 200000})\n"
+            + "print('not killed')\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # the writer ran and died at that point, not before
+    rec = json.loads(target.read_text())
+    assert rec["n"] == expected and set(rec["pad"]) == {"xy"[expected]}
 
 
 def test_read_record(tmp_path):

@@ -1,7 +1,8 @@
 """Run ids are stable across schema changes: a key added later is left out of the hash at its default, a key
 removed is hashed at the value it always had, so a sweep re-run after an upgrade still finds its complete jobs.
 The ids below were computed by the code before profile.parallel / profile.processes / model.kv_width /
-model.tie_word_embeddings were added and model.dtype removed."""
+model.tie_word_embeddings were added and model.dtype removed. Whatever names a config holds, a run's name stays one
+bounded directory name."""
 
 import hashlib
 import json
@@ -98,3 +99,15 @@ def test_a_non_identity_key_keeps_the_id(compose, override):
 def test_an_identity_key_changes_the_id(compose, override, readable):
     new = run_id(compose(["experiment=smoke", override]))
     assert new.rsplit("-", 1)[0] == readable and new != SMOKE_ID and len(new.rsplit("-", 1)[1]) == 8
+
+
+def test_run_names_stay_one_bounded_directory_name(compose):
+    from medsweep.record import NAME_MAX, run_id
+
+    for overrides in (["data.name=../../etc"], ["model.name=a/b/c"], ["data.name=" + "x" * 400],
+                      ["data.name=.hidden"]):
+        name = run_id(compose(["experiment=smoke", *overrides], return_hydra_config=True))
+        readable, digest = name.rsplit("-", 1)
+        assert "/" not in name and not name.startswith(".") and len(readable) <= NAME_MAX and len(digest) == 8, name
+    plain = run_id(compose(["experiment=smoke"], return_hydra_config=True))
+    assert plain.startswith("tiny_random_sample_r8_a16_d0.05_L128_s0_local_cpu-")  # ordinary names unchanged

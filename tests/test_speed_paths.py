@@ -1,12 +1,12 @@
 """The fast paths compute the same thing as the plain ones (tiny random model, seconds):
 answer-only loss = the model's own loss on answer-masked labels; batched left-padded greedy generation with
 the adapter folded into the weights = one question at a time through the unmerged adapter; the folding
-leaves the model bit-identical; the bf16 storage of frozen weights changes no number under autocast."""
+leaves the model bit-identical; the bf16 storage of frozen weights changes no number under autocast; batched
+tokenization = one example at a time; train.fast_kernels=false trains to the losses of the default kernels."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 
 import pytest
@@ -16,20 +16,11 @@ from omegaconf import OmegaConf
 from medsweep import evaluate, kernels, models, prompts, train
 from medsweep.hardware import Hardware
 from medsweep.prompts import IGNORE_INDEX
+from tests.conftest import RECORDS
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 CPU = Hardware(device="cpu", precision="fp32", threads=2)
-RECORDS = [
-    {"question": "What is a fever?", "answer": "A body temperature above the normal range, often from infection."},
-    {"question": "How is high blood pressure treated?",
-     "answer": "With lifestyle changes such as less salt and more exercise, and with medicines when needed."},
-    {"question": "What causes asthma attacks, and what can a patient do to prevent them at home?",
-     "answer": "Triggers such as allergens, smoke or cold air narrow the airways; avoid triggers, use inhalers."},
-    {"question": "Is insomnia serious?", "answer": "It can be; see a doctor if it lasts."},
-    {"question": "What are the symptoms of the common cold in adults and in children?",
-     "answer": "Runny nose, sore throat, cough, sneezing and sometimes a mild fever."},
-]
 
 
 @pytest.fixture(scope="module")
@@ -182,76 +173,6 @@ def test_bf16_inference_weights_are_temporary(setup):
         assert lm.model.embed_tokens.weight.dtype == torch.float32
     assert all(p is before[n] for n, p in model.named_parameters())
     assert lm.lm_head.weight is lm.model.embed_tokens.weight
-
-
-def _smoke_trainer(tmp_path: Path, hw: Hardware, *overrides: str):
-    """(cfg, model, trainer) of experiment=smoke for two logged steps on `hw`, built as run.py builds them."""
-    from hydra import compose, initialize_config_dir
-
-    from medsweep.run import config_schema  # noqa: F401
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=smoke", "train.max_steps=2", "train.logging_steps=1",
-                                           *overrides])
-    tokenizer = models.load_tokenizer(cfg.model)
-    model, _ = models.load_model(cfg.model, tokenizer, hw, seed=0)
-    model = models.add_lora(model, cfg.lora, cfg.model)
-    tokenizer.padding_side = "right"
-    dataset, _ = prompts.tokenize(RECORDS * 2, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
-    args = train.training_args(cfg.train, cfg.profile, hw, tmp_path / "checkpoints")
-    return cfg, model, train.build_trainer(model, tokenizer, dataset, args, [], fast_kernels=cfg.train.fast_kernels)
-
-
-def test_bf16_cpu_training_step_runs_through_the_trainer(tmp_path):
-    """profile precision bf16 on the CPU: build_trainer stores the frozen Linears in bf16 and the Trainer's
-    autocast makes the step run (emulated on CPUs without native bf16: the tiny model keeps it quick)."""
-    _, model, trainer = _smoke_trainer(tmp_path, Hardware(device="cpu", precision="bf16", threads=2))
-    down = model.get_base_model().model.layers[0].mlp.down_proj
-    assert down.base_layer.weight.dtype == torch.bfloat16
-    dtypes = []  # the answer-only loss must run under the Trainer's autocast (it bypasses model.forward)
-    hook = down.lora_A["default"].register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
-    trainer.train()
-    hook.remove()
-    assert dtypes and set(dtypes) == {torch.bfloat16}
-    losses = [h["loss"] for h in train.loss_history(trainer)]
-    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
-
-
-def test_right_padded_masks_are_dropped_only_when_causal_attention_suffices():
-    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
-    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
-    holes = torch.tensor([[1, 0, 1, 0]])
-    assert kernels.right_padded(right) and not kernels.right_padded(left) and not kernels.right_padded(holes)
-    assert not kernels.right_padded(None)
-
-
-@pytest.fixture
-def cross_entropy_calls(monkeypatch):
-    """Counts the calls of kernels.linear_cross_entropy and kernels.plain_cross_entropy by the answer-only loss."""
-    calls = {"linear": 0, "plain": 0}
-    for name, function in (("linear", kernels.linear_cross_entropy), ("plain", kernels.plain_cross_entropy)):
-        def counted(*args, _name=name, _function=function):
-            calls[_name] += 1
-            return _function(*args)
-
-        monkeypatch.setattr(kernels, f"{name}_cross_entropy", counted)
-    return calls
-
-
-def test_without_fast_kernels_the_trainer_runs_the_library_computations(tmp_path, cross_entropy_calls):
-    """train.fast_kernels=false (build_trainer(fast_kernels=False)): peft's LoRA layers with torch's dropout stay
-    as they are, the model keeps SDPA, and the Trainer's loss is the library's cross-entropy over full logits."""
-    from peft.tuners.lora.layer import Linear
-
-    cfg, model, trainer = _smoke_trainer(tmp_path, CPU, "train.fast_kernels=false")
-    assert cfg.train.fast_kernels is False
-    lora = [m for m in model.modules() if isinstance(m, Linear)]
-    assert len(lora) == 2 * 7 and all(type(m) is Linear for m in lora)  # not kernels' FusedLoraLinear
-    assert all(type(d) is torch.nn.Dropout for m in lora for d in m.lora_dropout.values())  # not FastDropout
-    assert model.get_base_model().config._attn_implementation == "sdpa"
-    trainer.train()
-    assert cross_entropy_calls == {"linear": 0, "plain": 2}
-    assert len(train.loss_history(trainer)) == 2
 
 
 def test_fast_kernels_false_is_a_run_of_its_own_with_the_same_losses(compose, tmp_path, cross_entropy_calls,

@@ -1,10 +1,14 @@
-"""End to end: the real entrypoint (subprocess, as a user runs it) on tiny_random and real MedQuAD pairs."""
+"""medsweep.run, the train-eval recipe. End to end through the real entrypoint (`python -m medsweep` in a subprocess,
+as a user runs it) on tiny_random and real MedQuAD pairs: the record holds every metric, the predictions and the
+adapter are written, a re-run of a complete config is skipped, evaluation every epoch reuses the last epoch's, a
+single run's plan writes nothing; and in-process (run.train_eval): a complete record is never overwritten."""
 
 import json
 import re
 
 import pytest
 
+from medsweep import run
 from tests.conftest import MEDQUAD_JSONL, need_shared_data, run_medsweep
 
 METRICS = {"exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "perplexity", "seconds_per_answer",
@@ -97,3 +101,17 @@ def test_single_run_plan_says_what_would_happen_and_writes_no_run(smoke_run, tmp
     assert ": would run; REFUSED: llama3_8b (8.03B, fp16) on 1cpu_1v100 (1 GPU)" in line
     assert float(re.search(r"estimated ([\d.]+) GPU-hours$", line).group(1)) > 0.05  # a full epoch of 8B
     assert not list((tmp_path / "runs").glob("*")), "plan=true left a run directory"
+
+
+def _cfg(compose, overrides=()):
+    return compose(["experiment=smoke", "train.max_steps=6", "train.save_steps=100", "eval.num_examples=4",
+                    *overrides])
+
+
+def test_complete_record_is_never_overwritten(compose, tmp_path, embedded_dir):
+    cfg = _cfg(compose)
+    first = run.train_eval(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    again = run.train_eval(cfg, tmp_path / "run")
+    assert again == json.loads(before) and (tmp_path / "run" / "metrics.json").read_bytes() == before
+    assert first["status"] == "complete"

@@ -1,0 +1,134 @@
+"""medsweep.cli, the console script's pre-flight: a bad override (unknown config name, wrong type, value out of range,
+a key nothing reads, an unwritable output_root, a secret on the command line, a model that does not fit the profile,
+a bad value anywhere in a sweep) is one line on stderr and exit 2 before Hydra creates any run directory;
+HYDRA_FULL_ERROR=1 shows the traceback; a sweep may supply a key the fixed overrides require. In-process through
+cli.main, and through the console script in a subprocess."""
+
+import sys
+
+import pytest
+
+from tests.conftest import run_medsweep
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model=gpt5", "model=gpt5"),
+    ("data=pubmed", "data=pubmed"),
+    ("profile=8xh100", "profile=8xh100"),
+    ("lora.r=0", "lora.r=0"),
+    ("lora.r=-8", "lora.r=-8"),
+    ("lora.r=eight", "lora.r='eight'"),
+    ("lora.r=1.5", "lora.r"),
+    ("lora.alpha=0", "lora.alpha=0"),
+    ("lora.dropout=1", "lora.dropout=1.0"),
+    ("lora.dropout=-0.2", "lora.dropout=-0.2"),
+    ("train.max_seq_length=0", "train.max_seq_length=0"),
+    ("train.max_seq_length=9000", "context length"),
+    ("train.lr=0", "train.lr=0"),
+    ("train.batch_size=0", "train.batch_size=0"),
+    ("eval.num_examples=50", "eval.num_examples=50"),
+    ("model.load_in_4bit=true", "model.load_in_4bit"),
+    # values the schema's types allow but the libraries or the code would reject after the model loaded
+    ("train.lr_scheduler=cosine_annealing", "train.lr_scheduler='cosine_annealing'"),
+    ("train.seed=-1", "train.seed=-1"),
+    ("train.seed=4294967296", "train.seed=4294967296"),
+    ("data.split_seed=-3", "data.split_seed=-3"),
+    ("lora.r=100000", "lora.r=100000"),
+    ("train.lr=${nope}", "train.lr is invalid: Interpolation key 'nope' not found"),
+    ("data.instruction=${oc.env:MEDSWEEP_UNSET_VARIABLE}", "MEDSWEEP_UNSET_VARIABLE"),
+    ("sweep_name=../elsewhere", "sweep_name='../elsewhere'"),
+    # keys nothing reads
+    ("+lora.rank=8", "lora.rank is invalid: nothing reads it"),
+    ("+foo=1", "foo is invalid: nothing reads it"),
+    ("+data.options.split=test", "data.options.split is invalid: nothing reads it"),  # the sample data has none
+])
+def test_config_errors_are_one_line_exit_2_no_run_dir(tmp_path, monkeypatch, capsys, override, key):
+    """The console script's own main(), in-process (the pre-flight needs no subprocess; one subprocess case below
+    proves the installed entrypoint)."""
+    from medsweep import cli, run
+
+    monkeypatch.setattr(sys, "argv", ["medsweep", override, f"output_root={tmp_path}"])
+    monkeypatch.setattr(run, "hydra_main", lambda: pytest.fail("the pre-flight let the value through"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 2
+    assert len(lines) == 1 and lines[0].startswith("medsweep: error: ") and key in lines[0], lines
+    assert not any(tmp_path.rglob("*")), "a run directory was left behind"
+
+
+@pytest.mark.parametrize("root, reason", [("/proc/medsweep-results", "cannot write in /proc"),
+                                          ("/etc/hostname/results", "/etc/hostname is not a directory")])
+def test_unwritable_output_root_is_one_line(monkeypatch, capsys, root, reason):
+    from medsweep import cli, run
+
+    monkeypatch.setattr(sys, "argv", ["medsweep", f"output_root={root}"])
+    monkeypatch.setattr(run, "hydra_main", lambda: pytest.fail("the pre-flight let the value through"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and err == f"medsweep: error: output_root='{root}' is invalid: " + \
+        err.split("is invalid: ", 1)[1] and reason in err and "\n" not in err
+
+
+def test_a_secret_on_the_command_line_is_refused_unechoed(tmp_path, monkeypatch, capsys):
+    from medsweep import cli, run
+
+    for override, env in (("+data.options.api_key=override-secret-55aa", {}),
+                          ("data.instruction=say hf_secret_9d8c7b6a", {"HF_TOKEN": "hf_secret_9d8c7b6a"})):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(sys, "argv", ["medsweep", "experiment=smoke", override, f"output_root={tmp_path}"])
+        monkeypatch.setattr(run, "hydra_main", lambda: pytest.fail("a secret got past the pre-flight"))
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        err = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and len(err.splitlines()) == 1 and "is refused" in err, err
+        assert "override-secret-55aa" not in err and "hf_secret_9d8c7b6a" not in err
+        assert not any(tmp_path.rglob("*"))
+
+
+# ---- through the console script (a subprocess) -----------------------------------------------------------------------
+
+def _fails_cleanly(tmp_path, *overrides, key: str, multirun: bool = False):
+    proc = run_medsweep(*overrides, f"output_root={tmp_path}", multirun=multirun, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("medsweep: error: "), proc.stderr
+    assert key in lines[0] and "Traceback" not in proc.stderr
+    assert not any(tmp_path.rglob("*")), "a run directory was left behind"
+    return lines[0]
+
+
+def test_config_error_through_the_console_script(tmp_path):
+    _fails_cleanly(tmp_path, "lora.dropout=1", key="lora.dropout=1.0")
+
+
+def test_sweep_value_errors_are_caught_before_submission(tmp_path):
+    line = _fails_cleanly(tmp_path, "lora.r=4,0", key="lora.r=0", multirun=True)
+    assert "must be an integer > 0" in line
+
+
+def test_model_that_does_not_fit_the_profile(tmp_path):
+    line = _fails_cleanly(tmp_path, "model=llama3_8b", "profile=1cpu_1v100", key="does not fit")
+    assert "llama3_8b" in line and "1cpu_1v100" in line and "GiB" in line
+
+
+def test_full_traceback_on_request(tmp_path):
+    proc = run_medsweep("lora.r=0", f"output_root={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_a_sweep_may_supply_a_key_the_fixed_overrides_require(tmp_path):
+    """data=local needs data.path; here the sweep over data.path supplies it, and each value is checked."""
+    good = tmp_path / "a.jsonl"
+    good.write_text('{"question": "q?", "answer": "a."}\n')
+    proc = run_medsweep("experiment=smoke", "data=local", f"data.path={good},{tmp_path / 'b.jsonl'}",
+                        f"output_root={tmp_path / 'out'}", "--plan", multirun=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 jobs: 2 to run" in proc.stdout and "b.jsonl" in proc.stdout
+    assert not (tmp_path / "out" / "sweeps" / "sweep" / "sweep_jobs.json").exists()  # --plan: nothing launched
+    bad = run_medsweep("experiment=smoke", "data=local", "data.path=a.jsonl,b.jsonl", "lora.r=4,0",
+                       f"output_root={tmp_path / 'out'}", "--plan", multirun=True, timeout=300)
+    assert bad.returncode == 2 and "lora.r=0" in bad.stderr
