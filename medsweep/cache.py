@@ -16,42 +16,37 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from medsweep.prompts import tokenize
-
-if TYPE_CHECKING:
-    from medsweep.config import DataConfig, ModelConfig
+from medsweep.prompts import PromptStyle, tokenize
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when prompts.tokenize changes what it produces
 
 
-def tokenize_cached(records: list[dict[str, Any]], tokenizer, data_cfg: DataConfig, model_cfg: ModelConfig,
-                    max_seq_length: int, cache_dir: str | os.PathLike | None):
+def tokenize_cached(records: list[dict[str, Any]], tokenizer, style: PromptStyle, max_seq_length: int,
+                    cache_dir: str | os.PathLike | None):
     """prompts.tokenize's (dataset, stats), from `cache_dir`/tokenized when an entry for exactly these inputs is
     there, else computed and stored. `cache_dir=None` turns the cache off. stats["cache"]: hit | miss | off."""
     if cache_dir is None:
-        dataset, stats = tokenize(records, tokenizer, data_cfg, model_cfg, max_seq_length)
+        dataset, stats = tokenize(records, tokenizer, style, max_seq_length)
         return dataset, {**stats, "cache": "off"}
-    entry = Path(os.path.expanduser(str(cache_dir))) / "tokenized" / key(records, tokenizer, data_cfg, model_cfg,
-                                                                          max_seq_length)
+    entry = Path(os.path.expanduser(str(cache_dir))) / "tokenized" / key(records, tokenizer, style, max_seq_length)
     hit = _load(entry)
     if hit is not None:
         return hit[0], {**hit[1], "cache": "hit"}
-    dataset, stats = tokenize(records, tokenizer, data_cfg, model_cfg, max_seq_length)
+    dataset, stats = tokenize(records, tokenizer, style, max_seq_length)
     _store(entry, dataset, stats)
     return dataset, {**stats, "cache": "miss"}
 
 
-def key(records: list[dict[str, Any]], tokenizer, data_cfg: DataConfig, model_cfg: ModelConfig,
-        max_seq_length: int) -> str:
+def key(records: list[dict[str, Any]], tokenizer, style: PromptStyle, max_seq_length: int) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     parts = {
         "version": VERSION,
         "max_seq_length": max_seq_length,
-        "prompt": [data_cfg.instruction, model_cfg.prompt_format, bool(model_cfg.system_prompt)],
+        "prompt": [style.instruction, style.format, style.system_prompt],
         "tokenizer": [type(tokenizer).__name__, tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token,
                       tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer)],
     }

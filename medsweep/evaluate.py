@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from statistics import quantiles
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,7 +23,10 @@ from medsweep import metrics
 from medsweep.generation import decoding, generate_batched
 from medsweep.hardware import Hardware, autocast
 from medsweep.kernels import answer_loss_sum
-from medsweep.prompts import collator, prompt_ids, tokenize
+from medsweep.prompts import PromptStyle, collator, prompt_ids, tokenize
+
+if TYPE_CHECKING:
+    from medsweep.config import EvalConfig, RunConfig
 
 
 @contextlib.contextmanager
@@ -92,12 +95,11 @@ def _percentile(values: list[float], q: int) -> float:
     return quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, model_cfg: Any, eval_cfg: Any,
+def generate(model, tokenizer, records: list[dict[str, Any]], style: PromptStyle, eval_cfg: EvalConfig,
              hw: Hardware) -> tuple[list[str], list[float], list[int]]:
     """Answers for `records` in their order (stripped), the amortized seconds per answer of each, and generated
     tokens (a stop token that ended an answer counted)."""
-    prompts = [prompt_ids(tokenizer, r, data_cfg.instruction, model_cfg.prompt_format, model_cfg.system_prompt)
-               for r in records]
+    prompts = [prompt_ids(tokenizer, r, style.instruction, style.format, style.system_prompt) for r in records]
     options = decoding(eval_cfg.decoding == "sample", eval_cfg.temperature, eval_cfg.top_p)
     try:
         with inference(model, hw):
@@ -112,12 +114,12 @@ def generate(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, mod
 PERPLEXITY_TOKENS = 8192  # padded tokens per teacher-forced batch (the LM head runs in chunks: bounded memory)
 
 
-def perplexity(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, model_cfg: Any, max_seq_length: int,
+def perplexity(model, tokenizer, records: list[dict[str, Any]], style: PromptStyle, max_seq_length: int,
                hw: Hardware, batch_size: int) -> float:
     """exp(mean token NLL) of the reference answers given their prompts (teacher forcing). Length-sorted
     batches of at most `batch_size` rows and PERPLEXITY_TOKENS padded tokens (little padding), the LM head
     only on the answer positions, the adapter folded into the weights."""
-    dataset, _ = tokenize(records, tokenizer, data_cfg, model_cfg, max_seq_length)
+    dataset, _ = tokenize(records, tokenizer, style, max_seq_length)
     rows = sorted(dataset.to_list(), key=lambda r: r["length"], reverse=True)
     batches, start = [], 0
     while start < len(rows):
@@ -136,10 +138,11 @@ def perplexity(model, tokenizer, records: list[dict[str, Any]], data_cfg: Any, m
     return math.exp(total / count) if count else float("nan")
 
 
-def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: Any, hw: Hardware
+def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: RunConfig, hw: Hardware
              ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Corpus metrics and one prediction row per record (question, reference, generated, scores)."""
-    answers, seconds, n_tokens = generate(model, tokenizer, records, cfg.data, cfg.model, cfg.eval, hw)
+    style = PromptStyle.of(cfg)
+    answers, seconds, n_tokens = generate(model, tokenizer, records, style, cfg.eval, hw)
     references = [r["answer"] for r in records]
     corpus, per_example = metrics.score_corpus(answers, references)
     total_s = sum(seconds)
@@ -157,7 +160,7 @@ def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: Any, hw: Hard
     if labelled:
         result.update(metrics.decision_scores([p for p, _ in labelled], [g for _, g in labelled]))
     if cfg.eval.perplexity:
-        result["perplexity"] = perplexity(model, tokenizer, records, cfg.data, cfg.model, cfg.train.max_seq_length,
+        result["perplexity"] = perplexity(model, tokenizer, records, style, cfg.train.max_seq_length,
                                           hw, cfg.eval.batch_size)
     rows = [
         {"id": r.get("id"), "question": r["question"], "reference": r["answer"], "generated": a,

@@ -38,12 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 from medsweep import models, record
 from medsweep.errors import ConfigError, MedsweepError
-from medsweep.errors import ModelError as ModelError  # `x as x`: re-exported, export.ModelError as before the split
 from medsweep.gguf_writer import GGUF_TYPES, write_gguf
-from medsweep.gguf_writer import _permute as _permute  # re-exported: export._permute
 from medsweep.hardware import Hardware
-from medsweep.ollama import ollama_template as ollama_template  # re-exported: export.ollama_template
 from medsweep.ollama import write_modelfile
+from medsweep.prompts import PromptStyle
 
 if TYPE_CHECKING:
     from medsweep.config import ModelConfig
@@ -209,7 +207,7 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, ggu
         ggufs = {g["type"]: Path(g["path"]).name for g in summary["gguf"]}
         chosen = ggufs.get("q8_0") or next(iter(ggufs.values()))
         summary["modelfile"] = str(write_modelfile(out_dir / "Modelfile", chosen, tokenizer.chat_template,
-                                                   system=cfg.data.instruction))
+                                                   system=PromptStyle.of(cfg).instruction))
     if push_repo:
         folder = merged_dir if push_what == "merged" else adapter_dir
         summary["pushed"] = {"repo": push_repo, "what": push_what, "commit": push_to_hub(folder, push_repo, private)}

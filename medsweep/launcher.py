@@ -30,7 +30,6 @@ from medsweep import record
 from medsweep.checks import check
 from medsweep.errors import MedsweepError
 from medsweep.runrecord import RunRecord
-from medsweep.sweep import JOBS_FILE as JOBS_FILE  # re-exported: the jobs file (name, format) is sweep.py's
 from medsweep.sweep import PlannedJob, end, write_jobs
 
 if TYPE_CHECKING:

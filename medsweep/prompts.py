@@ -10,14 +10,33 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from medsweep.config import DataConfig, ModelConfig
+    from omegaconf import DictConfig
+
+    from medsweep.config import RunConfig
 
 IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """The prompt settings, read from the config in one place (`of`): the task's instruction, which the data group
+    sets (PubMedQA asks for a decision, MeDAL for an expansion), in the architecture's format, which the model
+    group sets (its chat template or Alpaca, with or without a system turn). Training, evaluation, the
+    tokenized-set cache and the Ollama export take one of these."""
+
+    instruction: str
+    format: str = "chat"  # chat: the tokenizer's chat template | alpaca: ### Instruction / Input / Response
+    system_prompt: bool = True  # the instruction as a system turn (else it opens the user turn: Gemma 1.1)
+
+    @classmethod
+    def of(cls, cfg: RunConfig | DictConfig) -> PromptStyle:
+        return cls(str(cfg.data.instruction), str(cfg.model.prompt_format), bool(cfg.model.system_prompt))
 
 
 def user_input(record: dict[str, Any]) -> str:
@@ -115,15 +134,13 @@ def masked_example(prompt_ids: list[int], answer_ids: list[int], max_seq_length:
     }
 
 
-def tokenize(records: list[dict[str, Any]], tokenizer, data_cfg: DataConfig, model_cfg: ModelConfig,
-             max_seq_length: int):
+def tokenize(records: list[dict[str, Any]], tokenizer, style: PromptStyle, max_seq_length: int):
     """HF Dataset of answer-masked examples plus counts of dropped (prompt too long) / truncated ones.
     The same examples as tokenize_example, record by record, but encoded in two batched calls of the
     Rust tokenizer (prompts, completions): ~4x faster, which is seconds of every job's start-up."""
     from datasets import Dataset
 
-    instruction, prompt_format, system_prompt = data_cfg.instruction, model_cfg.prompt_format, model_cfg.system_prompt
-    texts = render_many(tokenizer, records, instruction, prompt_format, system_prompt)
+    texts = render_many(tokenizer, records, style.instruction, style.format, style.system_prompt)
     prompts_ids = _encode(tokenizer, [prompt for prompt, _ in texts])
     answers_ids = _encode(tokenizer, [completion for _, completion in texts])
     columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "length": []}

@@ -45,6 +45,7 @@ try:
     from medsweep.errors import ConfigError, MedsweepError
     from medsweep.evaluate import evaluate
     from medsweep.fit import Fit
+    from medsweep.prompts import PromptStyle
     from medsweep.runlock import RunInUse, RunLock
     from medsweep.runrecord import RunRecord
 finally:
@@ -169,7 +170,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, hw: hardware.Hardware, re
     rec.model["trainable_params"] = models.trainable_params(model)
     tokenizer.padding_side = "right"
     train_ds, rec.data["tokenized"] = cache.tokenize_cached(
-        splits.train, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length,
+        splits.train, tokenizer, PromptStyle.of(cfg), cfg.train.max_seq_length,
         cfg.model.cache_dir if cfg.train.cache_tokenized else None)
     if len(train_ds) == 0:
         raise MedsweepError(f"no training example fits train.max_seq_length={cfg.train.max_seq_length}: every "

@@ -384,7 +384,7 @@ def train_medsweep(records, cfg, hw, workdir: Path) -> dict[str, Any]:
         model = models.add_lora(base, cfg.lora, cfg.model)
         tokenizer.padding_side = "right"
         t0 = time.perf_counter()
-        dataset, stats = prompts.tokenize(records, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
+        dataset, stats = prompts.tokenize(records, tokenizer, prompts.PromptStyle.of(cfg), cfg.train.max_seq_length)
         tokenize_s = time.perf_counter() - t0
         args = train.training_args(cfg.train, cfg.profile, hw, workdir / "medsweep")
         args.train_sampling_strategy = "sequential"  # `records` already are medsweep's batches (epoch_batches)
@@ -462,12 +462,13 @@ def answer_check(model, tokenizer, records, cfg, hw, fast_answers: list[str]) ->
     from omegaconf import OmegaConf
 
     from medsweep import evaluate
+    from medsweep.prompts import PromptStyle
 
     one = OmegaConf.merge(cfg.eval, {"batch_size": 1})
     real = evaluate.inference_weights
     evaluate.inference_weights = lambda m, hw: contextlib.nullcontext(m)
     try:
-        slow, _, _ = evaluate.generate(model, tokenizer, records, cfg.data, cfg.model, one, hw)
+        slow, _, _ = evaluate.generate(model, tokenizer, records, PromptStyle.of(cfg), one, hw)
     finally:
         evaluate.inference_weights = real
     same = [a == b for a, b in zip(fast_answers, slow, strict=True)]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from medsweep import attention, kernels, models, prompts, train
 from medsweep.hardware import Hardware
+from medsweep.prompts import PromptStyle
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -68,7 +69,7 @@ def tiny():
     records = [{"question": "What is a fever?", "answer": "A body temperature above the normal range."},
                {"question": "How is high blood pressure treated, and by whom?",
                 "answer": "With less salt, more exercise and, when needed, medicines a doctor prescribes."}]
-    dataset, _ = prompts.tokenize(records, tokenizer, cfg.data, cfg.model, 96)
+    dataset, _ = prompts.tokenize(records, tokenizer, PromptStyle.of(cfg), 96)
     return model, tokenizer, prompts.collator(tokenizer)(dataset.to_list())
 
 
@@ -171,7 +172,7 @@ def test_the_trainer_trains_through_it_on_the_cpu(tmp_path, calls):
     model = models.add_lora(model, cfg.lora, cfg.model)
     tokenizer.padding_side = "right"
     records = [{"question": f"What is condition {i}?", "answer": "A condition. " * (i + 1)} for i in range(8)]
-    dataset, _ = prompts.tokenize(records, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
+    dataset, _ = prompts.tokenize(records, tokenizer, PromptStyle.of(cfg), cfg.train.max_seq_length)
     args = train.training_args(cfg.train, cfg.profile, cpu, tmp_path / "checkpoints")
     trainer = train.build_trainer(model, tokenizer, dataset, args, [])
     assert model.get_base_model().config._attn_implementation == attention.NAME

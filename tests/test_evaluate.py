@@ -7,6 +7,7 @@ import torch
 
 from medsweep import evaluate, models, run
 from medsweep.hardware import Hardware
+from medsweep.prompts import PromptStyle
 from tests.conftest import SHARED_DATA
 
 CPU = Hardware(device="cpu", precision="fp32", threads=2)
@@ -16,7 +17,7 @@ QUESTIONS = [{"question": q, "answer": "x"} for q in ("What is asthma?", "Is asp
 
 def _answers(cfg, tokenizer, model, seed: int) -> list[str]:
     torch.manual_seed(seed)
-    return evaluate.generate(model, tokenizer, QUESTIONS, cfg.data, cfg.model, cfg.eval, CPU)[0]
+    return evaluate.generate(model, tokenizer, QUESTIONS, PromptStyle.of(cfg), cfg.eval, CPU)[0]
 
 
 def test_sampled_decoding_follows_the_seed_and_greedy_ignores_it(compose, embedded_dir):

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from medsweep import evaluate, export, models, record
+from medsweep import evaluate, export, gguf_writer, models, ollama, record
+from medsweep.errors import ModelError
 from medsweep.hardware import Hardware
+from medsweep.prompts import PromptStyle
 from tests.conftest import CONF_DIR, ROOT, run_medsweep
 
 CPU = Hardware(device="cpu", precision="fp32", threads=2)
@@ -57,7 +59,7 @@ def make_run_dir(path: Path) -> Path:
 
 def answers(model, tokenizer, cfg, max_new_tokens: int = 12) -> list[str]:
     cfg.eval.max_new_tokens, cfg.eval.batch_size = max_new_tokens, len(QUESTIONS)
-    return evaluate.generate(model, tokenizer, QUESTIONS, cfg.data, cfg.model, cfg.eval, CPU)[0]
+    return evaluate.generate(model, tokenizer, QUESTIONS, PromptStyle.of(cfg), cfg.eval, CPU)[0]
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +155,10 @@ def test_gguf_metadata_tensor_types_and_modelfile(exported):
 
 
 def test_ollama_template_by_family():
-    assert export.ollama_template("{{'<|im_start|>' + message['role']}}")[1] == ["<|im_start|>", "<|im_end|>"]
-    assert "<|eot_id|>" in export.ollama_template("<|start_header_id|>{{ role }}<|end_header_id|>")[1]
+    assert ollama.ollama_template("{{'<|im_start|>' + message['role']}}")[1] == ["<|im_start|>", "<|im_end|>"]
+    assert "<|eot_id|>" in ollama.ollama_template("<|start_header_id|>{{ role }}<|end_header_id|>")[1]
     with pytest.raises(Exception, match="no Ollama template"):
-        export.ollama_template("[INST] {{ m }} [/INST]")
+        ollama.ollama_template("[INST] {{ m }} [/INST]")
 
 
 def test_permutation_matches_what_transformers_undoes():
@@ -166,9 +168,9 @@ def test_permutation_matches_what_transformers_undoes():
     rng = np.random.default_rng(0)
     q = rng.normal(size=(4 * 8, 6)).astype(np.float32)  # 4 heads of dim 8
     k = rng.normal(size=(2 * 8, 6)).astype(np.float32)  # 2 key/value heads
-    np.testing.assert_array_equal(proc.process(export._permute(q, 4, 4), "blk.0.attn_q.weight").weights, q)
-    np.testing.assert_array_equal(proc.process(export._permute(k, 4, 2), "blk.0.attn_k.weight").weights, k)
-    assert not np.array_equal(export._permute(q, 4, 4), q)
+    np.testing.assert_array_equal(proc.process(gguf_writer._permute(q, 4, 4), "blk.0.attn_q.weight").weights, q)
+    np.testing.assert_array_equal(proc.process(gguf_writer._permute(k, 4, 2), "blk.0.attn_k.weight").weights, k)
+    assert not np.array_equal(gguf_writer._permute(q, 4, 4), q)
 
 
 # --------------------------------------------------------------------------- CLI argument validation (no model)
@@ -299,7 +301,7 @@ def test_gguf_type_list_parsing():
 
 
 def test_modelfile_text(tmp_path):
-    path = export.write_modelfile(tmp_path / "Modelfile", "model-f16.gguf", "<|im_start|>{{ m }}", system="Be kind.")
+    path = ollama.write_modelfile(tmp_path / "Modelfile", "model-f16.gguf", "<|im_start|>{{ m }}", system="Be kind.")
     assert path == tmp_path / "Modelfile"
     assert path.read_text() == (
         "# Ollama: ollama create <name> -f Modelfile   (written by medsweep-export)\n"
@@ -310,16 +312,16 @@ def test_modelfile_text(tmp_path):
         'SYSTEM """Be kind."""\n'
         'PARAMETER stop "<|im_start|>"\n'
         'PARAMETER stop "<|im_end|>"\n')
-    llama = export.write_modelfile(tmp_path / "M2", "m.gguf", "<|start_header_id|>x").read_text()
+    llama = ollama.write_modelfile(tmp_path / "M2", "m.gguf", "<|start_header_id|>x").read_text()
     assert "SYSTEM" not in llama and llama.splitlines()[1] == "FROM ./m.gguf"
     assert llama.endswith('PARAMETER stop "<|start_header_id|>"\nPARAMETER stop "<|end_header_id|>"\n'
                           'PARAMETER stop "<|eot_id|>"\n')
     assert 'TEMPLATE """{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>' in llama
-    with pytest.raises(export.ModelError) as err:
-        export.write_modelfile(tmp_path / "M3", "m.gguf", "<|im_start|>", system='say """hi"""')
+    with pytest.raises(ModelError) as err:
+        ollama.write_modelfile(tmp_path / "M3", "m.gguf", "<|im_start|>", system='say """hi"""')
     assert str(err.value) == 'a Modelfile value cannot contain """'
-    with pytest.raises(export.ModelError) as err:
-        export.ollama_template(None)
+    with pytest.raises(ModelError) as err:
+        ollama.ollama_template(None)
     assert str(err.value) == "no Ollama template for this chat template (ChatML and Llama 3 are supported)"
 
 

@@ -16,6 +16,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from medsweep import launcher, record
+from medsweep.sweep import JOBS_FILE
 from tests.conftest import CONF_DIR, SECRET_ENV, assert_no_secret, run_medsweep
 
 SLURM_DEFAULTS = {"nodes": 1, "slurm_array_parallelism": 64}
@@ -86,7 +87,7 @@ def executors(monkeypatch):
 
 
 def jobs_file(root: Path, sweep: str = "sweep") -> list[dict]:
-    return json.loads((root / "sweeps" / sweep / launcher.JOBS_FILE).read_text())
+    return json.loads((root / "sweeps" / sweep / JOBS_FILE).read_text())
 
 
 # --- resources(): what each job asks for -------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_plan_submits_nothing_and_prints_every_job(tmp_path, executors, capsys):
     multirun("hydra/launcher=slurm", "model=distilgpt2,llama3_8b", "profile=1cpu_1a100,4cpu_2v100",
              f"output_root={tmp_path}", "plan=true")
     out = capsys.readouterr().out
-    assert executors.made == [] and not (tmp_path / "sweeps" / "sweep" / launcher.JOBS_FILE).exists()
+    assert executors.made == [] and not (tmp_path / "sweeps" / "sweep" / JOBS_FILE).exists()
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("|  ")]
     header = [c.strip() for c in next(line for line in out.splitlines() if line.startswith("|   #")).split("|")[1:-1]]
     assert header == ["#", "overrides", "status", "cpus", "gpus", "time_min", "mode", "need/have GiB", "est_gpu_h",
@@ -234,7 +235,7 @@ def test_a_refused_job_stops_the_sweep_before_anything_is_submitted(tmp_path, ex
         "medsweep: error: 1 job(s) refused before submission, nothing submitted: #1 does not fit: llama3_8b (8.03B, "
         "fp16) on 1cpu_1v100 (1 GPU): needs 20.6 GiB")
     assert "1 refused (do not fit)" in captured.out
-    assert not (tmp_path / "sweeps" / "sweep" / launcher.JOBS_FILE).exists()
+    assert not (tmp_path / "sweeps" / "sweep" / JOBS_FILE).exists()
 
 
 def test_an_invalid_value_is_refused_and_named(tmp_path, executors, capsys):
@@ -403,7 +404,7 @@ def test_write_jobs_merges_with_the_previous_batches(tmp_path):
                                    launcher.PlannedJob(2, ["x=3"], "d2", "submit")])
     launcher.write_jobs(tmp_path, [launcher.PlannedJob(1, ["x=2"], "d1", "submit"),
                                    launcher.PlannedJob(2, ["x=3"], "d2", "complete", outcome="skipped")])
-    jobs = json.loads((tmp_path / launcher.JOBS_FILE).read_text())
+    jobs = json.loads((tmp_path / JOBS_FILE).read_text())
     assert [(j["idx"], j["status"], j["outcome"]) for j in jobs] == [(0, "submit", ""), (1, "submit", ""),
                                                                      (2, "complete", "skipped")]
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from medsweep import evaluate, kernels, models, prompts, train
 from medsweep.hardware import Hardware
-from medsweep.prompts import IGNORE_INDEX
+from medsweep.prompts import IGNORE_INDEX, PromptStyle
 from tests.conftest import RECORDS
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -44,7 +44,7 @@ def setup():
 
 def _batch(cfg, tokenizer):
     tokenizer.padding_side = "right"
-    dataset, _ = prompts.tokenize(RECORDS, tokenizer, cfg.data, cfg.model, 96)
+    dataset, _ = prompts.tokenize(RECORDS, tokenizer, PromptStyle.of(cfg), 96)
     return prompts.collator(tokenizer)(dataset.to_list())
 
 
@@ -78,11 +78,11 @@ def test_answer_only_gradients_equal_the_models(setup):
 def test_batched_merged_generation_equals_one_at_a_time(setup, monkeypatch):
     cfg, tokenizer, model = setup
     eval_cfg = OmegaConf.merge(cfg.eval, {"max_new_tokens": 12, "batch_size": 8})
-    fast, _, fast_n = evaluate.generate(model, tokenizer, RECORDS, cfg.data, cfg.model, eval_cfg, CPU)
+    fast, _, fast_n = evaluate.generate(model, tokenizer, RECORDS, PromptStyle.of(cfg), eval_cfg, CPU)
     # the plain path: no folded weights, one question per generate call
     monkeypatch.setattr(evaluate, "inference_weights", lambda m, hw: contextlib.nullcontext(m))
     one = OmegaConf.merge(eval_cfg, {"batch_size": 1})
-    slow, _, slow_n = evaluate.generate(model, tokenizer, RECORDS, cfg.data, cfg.model, one, CPU)
+    slow, _, slow_n = evaluate.generate(model, tokenizer, RECORDS, PromptStyle.of(cfg), one, CPU)
     assert fast == slow and fast_n == slow_n
     assert any(fast)  # the comparison means something: there are generated words
 
@@ -108,7 +108,7 @@ def test_inference_weights_leave_the_model_bit_identical(setup):
 
 def test_perplexity_is_independent_of_batching(setup):
     cfg, tokenizer, model = setup
-    ppl = [evaluate.perplexity(model, tokenizer, RECORDS, cfg.data, cfg.model, 96, CPU, bs) for bs in (1, 4)]
+    ppl = [evaluate.perplexity(model, tokenizer, RECORDS, PromptStyle.of(cfg), 96, CPU, bs) for bs in (1, 4)]
     assert ppl[0] == pytest.approx(ppl[1], rel=1e-5)
 
 
@@ -149,7 +149,8 @@ def test_batched_tokenize_equals_tokenize_example(setup, prompt_format, max_len)
     cfg, tokenizer, _ = setup
     records = data.load_records(cfg.data)[0][:60] + RECORDS
     model_cfg = OmegaConf.merge(cfg.model, {"prompt_format": prompt_format})
-    dataset, stats = prompts.tokenize(records, tokenizer, cfg.data, model_cfg, max_len)
+    style = PromptStyle(cfg.data.instruction, prompt_format, model_cfg.system_prompt)
+    dataset, stats = prompts.tokenize(records, tokenizer, style, max_len)
     expected = [tokenize_example(tokenizer, r, cfg.data.instruction, prompt_format, max_len, model_cfg.system_prompt)
                 for r in records]
     kept = [e for e in expected if e is not None]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from medsweep import launcher, sweep
+from medsweep import sweep
 from medsweep.errors import MedsweepError
 
 
@@ -22,7 +22,7 @@ def _sweep(tmp_path, records: dict) -> Path:
             (run_dir / "metrics.json").write_text(text)
         jobs.append({"idx": idx, "overrides": [f"lora.r={idx + 4}", "train.seed=0"], "run_dir": str(run_dir),
                      "status": "submit", "outcome": outcome, "error": error})
-    (tmp_path / launcher.JOBS_FILE).write_text(json.dumps(jobs))
+    (tmp_path / sweep.JOBS_FILE).write_text(json.dumps(jobs))
     return tmp_path
 
 

@@ -13,6 +13,7 @@ import torch
 from medsweep import models, prompts, train
 from medsweep.errors import TrainingDiverged
 from medsweep.hardware import Hardware
+from medsweep.prompts import PromptStyle
 from tests.conftest import RECORDS
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -33,7 +34,7 @@ def _smoke_trainer(tmp_path: Path, hw: Hardware, *overrides: str):
     model, _ = models.load_model(cfg.model, tokenizer, hw, seed=0)
     model = models.add_lora(model, cfg.lora, cfg.model)
     tokenizer.padding_side = "right"
-    dataset, _ = prompts.tokenize(RECORDS * 2, tokenizer, cfg.data, cfg.model, cfg.train.max_seq_length)
+    dataset, _ = prompts.tokenize(RECORDS * 2, tokenizer, PromptStyle.of(cfg), cfg.train.max_seq_length)
     args = train.training_args(cfg.train, cfg.profile, hw, tmp_path / "checkpoints")
     return cfg, model, train.build_trainer(model, tokenizer, dataset, args, [], fast_kernels=cfg.train.fast_kernels)
 

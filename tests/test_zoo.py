@@ -16,7 +16,7 @@ from medsweep import data, models
 from medsweep.checks import validate
 from medsweep.errors import ConfigError, DataError, ModelError
 from medsweep.hardware import Hardware
-from medsweep.prompts import IGNORE_INDEX, prompt_ids, render, tokenize_example
+from medsweep.prompts import IGNORE_INDEX, PromptStyle, prompt_ids, render, tokenize_example
 from tests.conftest import CONF_DIR, MEDQUAD_JSONL, SHARED_DATA, need_shared_data, run_medsweep
 
 CPU = Hardware(device="cpu", precision="fp32", threads=2)
@@ -180,7 +180,7 @@ def _forced_answer(cfg, tokenizer, model, script: list[int]) -> tuple[str, int, 
     handle = model.lm_head.register_forward_hook(force)
     try:
         answers, _, n_tokens = evaluate.generate(model, tokenizer, [{"question": "What is it?", "answer": "x"}],
-                                                 cfg.data, cfg.model, cfg.eval, CPU)
+                                                 PromptStyle.of(cfg), cfg.eval, CPU)
     finally:
         handle.remove()
     return answers[0], n_tokens[0], next(steps)
