@@ -151,7 +151,8 @@ class TrainConfig:
     save_total_limit: int = 2  # keep this many checkpoints
     init_adapter: str | None = None  # run dir or adapter dir to start LoRA from (continued fine-tuning)
     # the fused linear cross-entropy, fused LoRA and block-causal attention of medsweep.kernels / medsweep.attention
-    # where they apply; false: the plain library computations (for ablations and benchmarks)
+    # where they apply, and the adapter folded into the weights for evaluation; false: the plain library
+    # computations (for ablations and benchmarks)
     fast_kernels: bool = True
 
     def check(self, model: ModelConfig) -> None:

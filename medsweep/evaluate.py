@@ -77,13 +77,13 @@ def inference_weights(model, hw: Hardware):
 
 
 @contextlib.contextmanager
-def inference(model, hw: Hardware):
-    """Eval mode, torch.inference_mode and the folded LoRA weights (`inference_weights`) for the block; the
-    model's train/eval mode is restored on exit."""
+def inference(model, hw: Hardware, fold_lora: bool = True):
+    """Eval mode, torch.inference_mode and, with `fold_lora`, the folded LoRA weights (`inference_weights`) for the
+    block; the model's train/eval mode is restored on exit."""
     was_training = model.training
     model.eval()
     try:
-        with inference_weights(model, hw), torch.inference_mode():
+        with (inference_weights(model, hw) if fold_lora else contextlib.nullcontext(model)), torch.inference_mode():
             yield model
     finally:
         model.train(was_training)
@@ -96,13 +96,14 @@ def _percentile(values: list[float], q: int) -> float:
 
 
 def generate(model, tokenizer, records: list[dict[str, Any]], style: PromptStyle, eval_cfg: EvalConfig,
-             hw: Hardware) -> tuple[list[str], list[float], list[int]]:
+             hw: Hardware, fold_lora: bool = True) -> tuple[list[str], list[float], list[int]]:
     """Answers for `records` in their order (stripped), the amortized seconds per answer of each, and generated
-    tokens (a stop token that ended an answer counted)."""
+    tokens (a stop token that ended an answer counted). `fold_lora=False`: the adapter's own forward (the plain
+    path of train.fast_kernels=false)."""
     prompts = [prompt_ids(tokenizer, r, style.instruction, style.format, style.system_prompt) for r in records]
     options = decoding(eval_cfg.decoding == "sample", eval_cfg.temperature, eval_cfg.top_p)
     try:
-        with inference(model, hw):
+        with inference(model, hw, fold_lora):
             done = generate_batched(model, tokenizer, prompts, hw, eval_cfg.batch_size, eval_cfg.max_new_tokens,
                                     options)
     finally:
@@ -115,10 +116,10 @@ PERPLEXITY_TOKENS = 8192  # padded tokens per teacher-forced batch (the LM head 
 
 
 def perplexity(model, tokenizer, records: list[dict[str, Any]], style: PromptStyle, max_seq_length: int,
-               hw: Hardware, batch_size: int) -> float:
+               hw: Hardware, batch_size: int, fast_kernels: bool = True) -> float:
     """exp(mean token NLL) of the reference answers given their prompts (teacher forcing). Length-sorted
-    batches of at most `batch_size` rows and PERPLEXITY_TOKENS padded tokens (little padding), the LM head
-    only on the answer positions, the adapter folded into the weights."""
+    batches of at most `batch_size` rows and PERPLEXITY_TOKENS padded tokens (little padding); with
+    `fast_kernels`, the LM head only on the answer positions and the adapter folded into the weights."""
     dataset, _ = tokenize(records, tokenizer, style, max_seq_length)
     rows = sorted(dataset.to_list(), key=lambda r: r["length"], reverse=True)
     batches, start = [], 0
@@ -129,11 +130,12 @@ def perplexity(model, tokenizer, records: list[dict[str, Any]], style: PromptSty
         start += size
     collate = collator(tokenizer)
     total, count = 0.0, 0
-    with inference(model, hw):
+    with inference(model, hw, fold_lora=fast_kernels):
         for rows_ in batches:
             batch = {k: v.to(hw.device) for k, v in collate(rows_).items()}
             with autocast(hw):
-                loss_sum, n = answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                loss_sum, n = answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                              fast_kernels=fast_kernels)
             total, count = total + loss_sum.item(), count + int(n)
     return math.exp(total / count) if count else float("nan")
 
@@ -142,7 +144,8 @@ def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: RunConfig, hw
              ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Corpus metrics and one prediction row per record (question, reference, generated, scores)."""
     style = PromptStyle.of(cfg)
-    answers, seconds, n_tokens = generate(model, tokenizer, records, style, cfg.eval, hw)
+    fast = cfg.train.fast_kernels  # the ablation switch covers evaluation's fast paths too
+    answers, seconds, n_tokens = generate(model, tokenizer, records, style, cfg.eval, hw, fast)  # fold_lora
     references = [r["answer"] for r in records]
     corpus, per_example = metrics.score_corpus(answers, references)
     total_s = sum(seconds)
@@ -161,7 +164,7 @@ def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: RunConfig, hw
         result.update(metrics.decision_scores([p for p, _ in labelled], [g for _, g in labelled]))
     if cfg.eval.perplexity:
         result["perplexity"] = perplexity(model, tokenizer, records, style, cfg.train.max_seq_length,
-                                          hw, cfg.eval.batch_size)
+                                          hw, cfg.eval.batch_size, fast_kernels=fast)
     rows = [
         {"id": r.get("id"), "question": r["question"], "reference": r["answer"], "generated": a,
          "seconds": s, "generated_tokens": n, **({"label": r["label"]} if r.get("label") else {}), "scores": sc}

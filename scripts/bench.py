@@ -465,12 +465,7 @@ def answer_check(model, tokenizer, records, cfg, hw, fast_answers: list[str]) ->
     from medsweep.prompts import PromptStyle
 
     one = OmegaConf.merge(cfg.eval, {"batch_size": 1})
-    real = evaluate.inference_weights
-    evaluate.inference_weights = lambda m, hw: contextlib.nullcontext(m)
-    try:
-        slow, _, _ = evaluate.generate(model, tokenizer, records, PromptStyle.of(cfg), one, hw)
-    finally:
-        evaluate.inference_weights = real
+    slow, _, _ = evaluate.generate(model, tokenizer, records, PromptStyle.of(cfg), one, hw, fold_lora=False)
     same = [a == b for a, b in zip(fast_answers, slow, strict=True)]
     return {"identical": sum(same), "n": len(same), "one_at_a_time": slow}
 

@@ -73,3 +73,35 @@ def test_pubmedqa_decision_metrics_in_the_record(compose, tmp_path, monkeypatch,
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     assert on_disk["decision_accuracy"] == pytest.approx(expected_accuracy)
     assert on_disk["decision_macro_f1"] == pytest.approx(_macro_f1(list(zip(decided, labels, strict=True))))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_train_fast_kernels_switches_evaluations_fast_paths(compose, embedded_dir, monkeypatch, fast):
+    """train.fast_kernels=false is the plain path for evaluation too: the adapter's own forward (no folded weights)
+    and the library's full-logits loss for perplexity; true folds the adapter and uses the fused loss. Both give
+    the same answers."""
+    from medsweep import config, kernels
+
+    cfg = config.typed(compose(["model=tiny_random", "eval.max_new_tokens=4", f"train.fast_kernels={fast}"]))
+    tokenizer = models.load_tokenizer(cfg.model)
+    model, _ = models.load_model(cfg.model, tokenizer, CPU, seed=0)
+    model = models.add_lora(model, cfg.lora, cfg.model)
+    folded, losses = [], []
+    real_fold, real_loss = evaluate.inference_weights, kernels.answer_loss_sum
+
+    def fold(m, hw):
+        folded.append(True)
+        return real_fold(m, hw)
+
+    def loss(*args, **kwargs):
+        losses.append(kwargs.get("fast_kernels", True))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "inference_weights", fold)
+    monkeypatch.setattr(evaluate, "answer_loss_sum", loss)
+    result, rows = evaluate.evaluate(model, tokenizer, QUESTIONS, cfg, CPU)
+    assert len(folded) == (2 if fast else 0)  # generation and perplexity each fold once, or never
+    assert losses and set(losses) == {fast}
+    assert result["perplexity"] > 1 and len(rows) == len(QUESTIONS)
+    plain = evaluate.generate(model, tokenizer, QUESTIONS, PromptStyle.of(cfg), cfg.eval, CPU, fold_lora=False)[0]
+    assert [r["generated"] for r in rows] == plain
