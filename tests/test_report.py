@@ -568,7 +568,7 @@ def test_find_run_dirs_plain_config_yaml(tmp_path: Path):
 def test_t_critical_table_and_expansion():
     for df_, value in T975.items():
         assert report.t_critical(df_) == pytest.approx(value, abs=6e-4), df_
-    # published quantiles; the expansion's error shrinks fast with df
+    # published quantiles, to the precision the table gives them
     for df_, value, tol in [(11, 2.200985160, 6e-6), (12, 2.178812830, 4e-6), (15, 2.131449546, 2e-6),
                             (20, 2.085963447, 3e-7), (30, 2.042272456, 4e-8), (60, 2.000297822, 2e-9)]:
         assert report.t_critical(df_) == pytest.approx(value, abs=tol), df_
@@ -1356,3 +1356,41 @@ def test_log_wandb_indexed_view_keeps_its_index(df: pd.DataFrame, monkeypatch):
                         lambda df, metric: report.pivot(df, by=["model"], metric=metric))
     report.log_wandb(df, "f1")
     assert list(frames[0]["model"]) == ["qwen2_0.5b", "smollm2_135m", "tiny"]
+
+
+def test_saved_figure_is_png_whatever_the_matplotlib_savefig_format(tmp_path: Path):
+    """A user's matplotlibrc may make SVG the default format; the report's .png files stay PNG."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1))
+    fig.subplots().plot([0, 1], [0, 1])
+    with matplotlib.rc_context({"savefig.format": "svg"}):
+        path = figures._save(fig, tmp_path / "x.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metric_vs_epoch_of_one_configuration_averages_its_seeds(tmp_path: Path, drawn):
+    """No configuration axis at all (records without a model, one configuration over two seeds): every run is the
+    best configuration's, and the line is their mean."""
+    for seed, f1 in enumerate([0.4, 0.6]):
+        raw_run(tmp_path / str(seed), {"train.seed": seed}, {"f1": f1}, epochs=epochs_for(f1))
+    report.write_figures(report.collect([str(tmp_path)]), tmp_path)
+    assert lines_of(drawn["metric_vs_epoch.png"]) == {"run": ([1.0, 2.0], pytest.approx([0.4, 0.5]))}
+
+
+def test_metric_vs_epoch_plots_f1_by_default(df: pd.DataFrame, tmp_path: Path, drawn):
+    figures.plot_metric_vs_epoch(df, tmp_path / "epochs.png")
+    assert drawn["epochs.png"].axes[0].get_ylabel() == "f1"
+
+
+def test_display_formats_every_number_compactly():
+    view = pd.DataFrame({"model": ["a", "b"], "f1": [0.123456, 0.5], "steps": [2.0, 30.0], "ppl": [math.nan, 12.25]})
+    assert report.display(view).to_dict("list") == {
+        "model": ["a", "b"], "f1": ["0.1235", "0.5"], "steps": ["2", "30"], "ppl": ["", "12.25"]}
+
+
+def test_bootstrap_leaves_out_scores_written_as_null():
+    """A per-example score stored as JSON null (a NaN written by another tool) is left out, as NaN is."""
+    scores = [0.2, 0.9, 0.4, 0.6, 0.1]
+    assert report.bootstrap_interval([0.2, None, 0.9, 0.4, None, 0.6, 0.1]) == report.bootstrap_interval(scores)
