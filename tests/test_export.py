@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -176,10 +177,24 @@ def test_permutation_matches_what_transformers_undoes():
 # --------------------------------------------------------------------------- CLI argument validation (no model)
 
 
-def _cli(*args, env=None):
-    env = {k: v for k, v in os.environ.items() if k not in export.HF_TOKEN_ENV} | (env or {})
-    return subprocess.run([sys.executable, "-m", "medsweep.export", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """medsweep-export in-process (its argument checks need no fresh interpreter; the end-to-end test below runs
+    the real command): the exit code and what it printed, with no Hub token in the environment unless given."""
+
+    def run(*args, env=None):
+        for name in export.HF_TOKEN_ENV:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        try:
+            code = export.main(list(args))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        printed = capsys.readouterr()
+        return types.SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
 
 
 @pytest.mark.parametrize("args, env, message", [
@@ -189,8 +204,8 @@ def _cli(*args, env=None):
     (["--push-to-hub", "me/model"], {"HF_TOKEN": "hf_secret_value_123", "HF_HUB_OFFLINE": "1"},
      "HF_HUB_OFFLINE is set"),
 ])
-def test_cli_rejects_bad_arguments_before_any_work(tmp_path, args, env, message):
-    result = _cli(str(tmp_path / "missing-run"), *args, env=env)
+def test_cli_rejects_bad_arguments_before_any_work(cli, tmp_path, args, env, message):
+    result = cli(str(tmp_path / "missing-run"), *args, env=env)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert "hf_secret_value_123" not in result.stdout + result.stderr
@@ -204,11 +219,11 @@ def test_push_validation_accepts_a_token_from_the_environment(monkeypatch):
     assert export.parse_gguf_types("F16, q8_0,f16") == ["f16", "q8_0"] and export.parse_gguf_types("none") == []
 
 
-def test_not_a_run_dir(tmp_path):
-    result = _cli(str(tmp_path))
+def test_not_a_run_dir(cli, tmp_path):
+    result = cli(str(tmp_path))
     assert result.returncode == 2 and "is not a medsweep run directory: no config.yaml" in result.stderr
     (tmp_path / "config.yaml").write_text("model: {}\n")
-    result = _cli(str(tmp_path))
+    result = cli(str(tmp_path))
     assert result.returncode == 2 and "has no adapter" in result.stderr
 
 
