@@ -74,18 +74,19 @@ def join(world: World) -> None:
                       MASTER_PORT=str(world.master_port))
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is true on at least one (a collective: every rank must call it). Used to stop
-    all ranks at the same step when SLURM's warning signal reaches them at slightly different moments."""
+def max_over_ranks(value: int) -> int:
+    """The largest `value` any rank holds, on every rank (a collective: every rank must call it). Used to stop all
+    ranks at the same step, on the signal one of them received, when SLURM's warning reaches them at slightly
+    different moments."""
     import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
+        return value
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 def finish() -> None:

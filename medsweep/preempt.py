@@ -59,36 +59,41 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def callbacks() -> list[CheckpointOnSignal]:
-    """The Trainer callbacks that turn this process's stop signals into a checkpoint at the next step boundary:
-    SLURM's warning (under submitit), and Ctrl-C / SIGTERM where stop_on_signals is in force."""
-    stops = [CheckpointOnSignal(s) for s in STOP_SIGNALS if signal.getsignal(s) is _raise_interrupted]
-    return [CheckpointOnSignal(), *stops]
+    """The Trainer callback that turns this process's stop signals into a checkpoint at the next step boundary:
+    SLURM's warning (under submitit), and Ctrl-C / SIGTERM where stop_on_signals is in force. One callback for all
+    of them: under data parallelism each step costs one collective, whatever the number of signals watched."""
+    return [CheckpointOnSignal((SIGNAL, *STOP_SIGNALS))]
 
 
 class CheckpointOnSignal(TrainerCallback):
-    def __init__(self, signum: int = SIGNAL):
-        self.signum = signum
+    def __init__(self, signums: tuple[int, ...] = (SIGNAL,)):
+        self.previous = {s: signal.getsignal(s) for s in signums}
+        # only signals whose handler acts on them: submitit's requeue for SLURM's warning, stop_on_signals' stop
+        self.watched = [s for s in signums if s == SIGNAL and callable(self.previous[s])
+                        or self.previous[s] is _raise_interrupted]
         self.pending: tuple[int, Any] | None = None
-        self.previous = signal.getsignal(signum)
-        self.active = callable(self.previous)  # only under a handler that will requeue us (submitit)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.active:
-            signal.signal(self.signum, self._hold)
+        for s in self.watched:
+            signal.signal(s, self._hold)
 
     def _hold(self, signum, frame):
-        if self.pending and self.previous is _raise_interrupted:
+        stops = self.previous[signum] is _raise_interrupted
+        if self.pending and stops:
             raise Interrupted(signum)  # asked twice: stop now
-        then = "stopping (again to stop at once)" if self.previous is _raise_interrupted else "requeueing"
+        then = "stopping (again to stop at once)" if stops else "requeueing"
         log.warning("signal %s: checkpointing at the end of this step, then %s", signal.Signals(signum).name, then)
         self.pending = (signum, frame)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if not self.watched:  # the same on every rank (one launcher sets up every process alike): no collective
+            return
         # Data parallel: the signal reaches the ranks at slightly different moments; all must save and stop at
         # the same step (the checkpoint is collective), and rank 0, which requeues, must stop even if only
-        # another rank has seen the signal so far.
-        if distributed.any_rank(self.pending is not None):
-            self.pending = self.pending or (self.signum, None)
+        # another rank has seen the signal so far (it then acts on that rank's signal).
+        signum = distributed.max_over_ranks(self.pending[0] if self.pending else 0)
+        if signum:
+            self.pending = self.pending or (signum, None)
             control.should_save = True
             control.should_training_stop = True
 
@@ -105,9 +110,10 @@ class CheckpointOnSignal(TrainerCallback):
         self._release()
 
     def _release(self) -> None:
-        if self.active:
-            signal.signal(self.signum, self.previous)
+        for s in self.watched:
+            signal.signal(s, self.previous[s])
         if self.pending:
             pending, self.pending = self.pending, None
-            if callable(self.previous):
-                self.previous(*pending)  # submitit: requeue and exit (rank 0); other ranks return
+            handler = self.previous.get(pending[0])
+            if callable(handler):
+                handler(*pending)  # submitit: requeue and exit (rank 0); other ranks return. Ctrl-C: Interrupted

@@ -123,3 +123,35 @@ def test_sigterm_then_ctrl_c_checkpoint_and_say_how_to_resume(tmp_path, embedded
     rec = json.loads((run_dir / "metrics.json").read_text())
     assert rec["status"] == "complete" and rec["train"]["resumed_from"].endswith(f"checkpoint-{steps[1]}")
     assert rec["train"]["steps"] == 8
+
+
+def test_one_callback_watches_every_stop_signal_with_one_collective_per_step(monkeypatch, fake_submitit_handler):
+    """Data parallel ranks agree on a stop through one collective per step, whatever the signals watched; a
+    process with nothing to watch makes none; a rank acts on the signal another rank received."""
+    from types import SimpleNamespace
+
+    from medsweep import distributed, preempt
+
+    calls = []
+    monkeypatch.setattr(distributed, "max_over_ranks", lambda v: calls.append(v) or max(v, other_rank[0]))
+    other_rank = [0]
+    step = SimpleNamespace(should_save=False, should_training_stop=False)
+
+    (under_slurm,) = preempt.callbacks()  # submitit's handler on SIGUSR2, no stop_on_signals
+    assert under_slurm.watched == [signal.SIGUSR2]
+    with preempt.stop_on_signals():
+        (local,) = preempt.callbacks()
+    assert local.watched == [signal.SIGUSR2, signal.SIGINT, signal.SIGTERM]
+
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    (idle,) = preempt.callbacks()
+    assert idle.watched == []
+    idle.on_step_end(None, None, step)
+    assert calls == [] and not step.should_save
+
+    under_slurm.on_step_end(None, None, step)
+    assert calls == [0] and not step.should_training_stop
+    other_rank[0] = int(signal.SIGUSR2)  # another rank got SLURM's warning first
+    under_slurm.on_step_end(None, None, step)
+    assert calls == [0, 0] and step.should_save and step.should_training_stop
+    assert under_slurm.pending == (signal.SIGUSR2, None)
