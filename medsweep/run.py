@@ -264,6 +264,8 @@ def _remove_if_fresh(run_dir: Path, config_error: bool = False) -> None:
         return
     if run_dir.is_dir() and all(p.name in fresh for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # <output_root>/runs, when this start created it and nothing else is in it
+            run_dir.parent.rmdir()
 
 
 def plan_single(cfg: DictConfig, run_dir: Path) -> None:

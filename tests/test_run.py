@@ -101,6 +101,7 @@ def test_single_run_plan_says_what_would_happen_and_writes_no_run(smoke_run, tmp
     assert ": would run; REFUSED: llama3_8b (8.03B, fp16) on 1cpu_1v100 (1 GPU)" in line
     assert float(re.search(r"estimated ([\d.]+) GPU-hours$", line).group(1)) > 0.05  # a full epoch of 8B
     assert not list((tmp_path / "runs").glob("*")), "plan=true left a run directory"
+    assert not (tmp_path / "runs").exists(), "plan=true left an empty runs/ behind"
 
 
 def _cfg(compose, overrides=()):
