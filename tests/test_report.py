@@ -466,6 +466,9 @@ def test_read_run_fields(tmp_path: Path):
     ({"per_example": ["not", "a", "dict"]}, "metrics.json 'per_example' is not a mapping"),
     ({"status": "done"}, "metrics.json has an unknown status 'done'"),
     ({"status": ["complete"]}, "metrics.json has an unknown status"),
+    ({"status": "s" * 60}, f"metrics.json has an unknown status {'s' * 40!r}"),  # cut to 40 characters
+    ({"baseline": [0.2]}, "metrics.json 'baseline' is not a mapping"),
+    ({"delta": "0.1"}, "metrics.json 'delta' is not a mapping"),
 ])
 def test_malformed_records_are_corrupt_never_fatal_never_counted(tmp_path: Path, capsys, fields, problem):
     raw_run(tmp_path / "good", axes={"model": "m"}, metrics={"f1": 0.25})
@@ -1394,3 +1397,78 @@ def test_bootstrap_leaves_out_scores_written_as_null():
     """A per-example score stored as JSON null (a NaN written by another tool) is left out, as NaN is."""
     scores = [0.2, 0.9, 0.4, 0.6, 0.1]
     assert report.bootstrap_interval([0.2, None, 0.9, 0.4, None, 0.6, 0.1]) == report.bootstrap_interval(scores)
+
+
+@pytest.mark.parametrize("attrs_lost", [False, True])
+def test_axis_columns_are_the_records_axes_even_when_the_frame_lost_its_attrs(tmp_path: Path, attrs_lost):
+    """After pd.concat (attrs lost) the axes are found from the columns: every metric the registry names, counts
+    and decision scores included, is never mistaken for an axis."""
+    for i, (model, r) in enumerate([("a", 4), ("b", 8)]):
+        raw_run(tmp_path / str(i), {"model": model, "lora.r": r},
+                {"f1": 0.5, "rouge1": 0.3, "perplexity": 3.0, "mean_generated_tokens": 12.0 + i, "n_eval": 20,
+                 "decision_accuracy": 0.5 + i / 10, "generated_tokens_per_s": 9.0 + i})
+    df = report.collect([str(tmp_path)])
+    if attrs_lost:
+        df.attrs.clear()
+    assert report.axis_columns(df) == ["model", "lora.r"]
+
+
+def test_heatmap_of_the_first_two_of_three_varying_axes(tmp_path: Path, drawn):
+    for i, (model, r, dropout) in enumerate([("a", 4, 0.0), ("a", 16, 0.1), ("b", 4, 0.1), ("b", 16, 0.0)]):
+        raw_run(tmp_path / str(i), {"model": model, "lora.r": r, "lora.dropout": dropout}, {"f1": 0.1 * (i + 1)})
+    written = report.write_figures(report.collect([str(tmp_path)]), tmp_path)
+    assert tmp_path / "report" / "heatmap_f1_model_lora.r.png" in written
+
+
+def test_single_run_intervals_from_per_example_scores_with_nulls_and_rounding(tmp_path: Path):
+    """One run: the bootstrap over its per-example scores. A score stored as null is left out; a reported value
+    rounded away from the scores' mean by less than 1e-4 still matches it."""
+    raw_run(tmp_path / "a", {"model": "a"}, {"f1": 0.4}, per_example={"f1": [0.2, None, 0.6, 0.4]})
+    raw_run(tmp_path / "b", {"model": "b"}, {"f1": 0.00004}, per_example={"f1": [0.0, 0.0, 0.0, 0.0]})
+    table = report.summarize(report.collect([str(tmp_path)]), ["model"], {"f1": "F1"})
+    a, b = row(table, model="a"), row(table, model="b")
+    assert a["CI"] == "bootstrap over examples (n=4)"
+    assert (a["F1 lo"], a["F1 hi"]) == pytest.approx(report.bootstrap_interval([0.2, 0.6, 0.4]))
+    assert b["CI"] == "bootstrap over examples (n=4)" and (b["F1 lo"], b["F1 hi"]) == (0.0, 0.0)
+
+
+def test_summarize_ranks_by_f1_by_default_and_scales_intervals(df: pd.DataFrame):
+    """primary defaults to f1 (n and CI describe it); a scaled metric's interval is scaled with its mean; a group
+    without the primary metric has n 0 and no CI label."""
+    table = report.summarize(df, ["model", "lora.r"], {"exact_match": "EM %"}, scale={"exact_match": 100})
+    plain = report.summarize(df, ["model", "lora.r"], {"exact_match": "EM"}, primary="f1")
+    smol = row(table, model="smollm2_135m", **{"lora.r": 16})
+    smol_plain = row(plain, model="smollm2_135m", **{"lora.r": 16})
+    assert smol["n"] == 2 and smol["CI"] == "t over seeds (n=2)"
+    for column in ("", " lo", " hi"):
+        assert smol[f"EM %{column}"] == pytest.approx(100 * smol_plain[f"EM{column}"])
+    no_f1 = df.assign(f1=np.where(df["model"] == "tiny", np.nan, df["f1"]))
+    tiny = row(report.summarize(no_f1, ["model"], {"rougeL": "ROUGE-L"}), model="tiny")
+    assert tiny["n"] == 0 and tiny["CI"] == ""
+
+
+def test_a_run_missing_an_axis_is_its_own_configuration(tmp_path: Path):
+    """A record without a value for an axis the others have (an older run, a hand-made one) stays in the tables
+    as its own group: it is neither dropped nor merged into another."""
+    raw_run(tmp_path / "0", {"model": "m", "profile": "cpu", "lora.r": 4}, {"f1": 0.2, "seconds_per_answer": 0.5})
+    raw_run(tmp_path / "1", {"model": "m", "profile": "cpu", "lora.r": 8}, {"f1": 0.6, "seconds_per_answer": 0.7})
+    raw_run(tmp_path / "2", {"profile": "gpu", "lora.r": 8}, {"f1": 0.9, "seconds_per_answer": 0.1})
+    df = report.collect([str(tmp_path)])
+    configs = report.by_config(df)
+    assert len(configs) == 3
+    assert configs["best"].tolist().count(True) == 2  # the best of model m, and the run without a model
+    latency = report.by_profile(df)
+    assert len(latency) == 2 and latency["s/answer"].tolist() == pytest.approx([0.6, 0.1])
+    summary = report.summarize(df, ["model"], {"f1": "F1"})
+    assert len(summary) == 2 and sorted(summary["F1"].tolist()) == pytest.approx([0.4, 0.9])
+
+
+def test_mark_best_takes_the_highest_unless_told_lower():
+    table = pd.DataFrame({"model": ["a", "a", "b"], "f1": [0.2, 0.5, 0.1]})
+    assert tables._mark_best(table.copy(), "f1")["best"].tolist() == [False, True, True]
+    assert tables._mark_best(table.copy(), "f1", lower=True)["best"].tolist() == [True, False, True]
+
+
+def test_num_writes_large_whole_numbers_in_full():
+    assert [tables._num(x) for x in (123456.0, 1e20, np.float64(250000.0), 1234.5678)] == [
+        "123456", "100000000000000000000", "250000", "1235"]

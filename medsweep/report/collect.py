@@ -28,8 +28,8 @@ TABLE4 = {name: registry.label(name) for name in registry.TABLE4}
 SCALE = registry.SCALE  # EM is reported in percent
 LATENCY = {name: registry.short_label(name) for name in registry.LATENCY}
 # Columns that are never axes (used when df.attrs["axes"] was lost, e.g. after pd.concat).
-NOT_AXES = {"run_dir", "run_name", "status", "error", "gpu_hours", "n_eval",
-            *TRAIN_COLUMNS, *TABLE4, *LATENCY}
+NOT_AXES = {"run_dir", "run_name", "status", "error", "gpu_hours",
+            *TRAIN_COLUMNS, *(m.name for m in registry.METRICS)}
 
 
 # --------------------------------------------------------------------------- collecting
