@@ -47,8 +47,10 @@ TESTS: dict[str, list[str]] = {
     "gguf_writer": ["tests/test_export.py"],  # split out of export: the GGUF files export writes
     "ollama": ["tests/test_export.py"],  # split out of export: the Modelfile
 }
-STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
-          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed", None: "not checked"}
+# mutmut's exit codes; -11: the mutant crashed the test process (SIGSEGV inside torch), which the tests notice
+STATUS = {1: "killed", 3: "killed", -11: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
+          36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
+          None: "not checked"}
 
 
 def equivalents() -> dict[str, str]:
@@ -129,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no module medsweep/{unknown[0]}.py or package medsweep/{unknown[0]}/", file=sys.stderr)
         return 2
     mutmut = Path(sys.executable).with_name("mutmut")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
+           # the copy under results/ has no ../shared/data of its own: tests that need the real data would skip
+           "MEDSWEEP_SHARED_DATA": str(ROOT.parent / "shared" / "data")}
     if not args.report_only:
         prepare(args.workdir, args.modules, fresh=not args.keep)
         done = subprocess.run([str(mutmut), "run", "--max-children", str(args.max_children)], cwd=args.workdir,

@@ -18,7 +18,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# the checkout's ../shared/data; MEDSWEEP_SHARED_DATA points a copy of the tests elsewhere (scripts/mutate.py's
+# scratch copy under results/) at the same files, so that no test skips there for want of them
+SHARED_DATA = Path(os.environ.get("MEDSWEEP_SHARED_DATA") or ROOT.parent / "shared" / "data")
 MEDQUAD_JSONL = SHARED_DATA / "medquad" / "medquad_2000.jsonl"
 CONF_DIR = ROOT / "conf"
 
