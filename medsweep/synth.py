@@ -58,7 +58,8 @@ def load_abstracts(inp: Any) -> list[dict[str, str]]:
         wanted = [c for c in (inp.text_col, inp.id_col) if c]
         missing = [c for c in wanted if c not in columns]
         if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; available columns: {', '.join(columns)}")
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; available columns: "
+                            f"{loaders.column_list(columns)}")
         items = [{"id": str(row.get(inp.id_col) or "") if inp.id_col else "", "text": str(row.get(inp.text_col) or ""),
                   "source": inp.source or p.stem} for row in rows]
         for i, it in enumerate(items):

@@ -883,6 +883,7 @@ def test_pubmedqa_split_and_medal_rows(tmp_path):
          "final_decision": "no"}]))
     got = synth.load_abstracts(synth_cfg("input.loader=pubmedqa", f"input.path={pqa}", "input.split=test").input)
     assert [a["text"] for a in got] == ["Context two."] and got[0]["source"] == "pubmedqa"
+    assert got[0]["id"] == "2"  # the abstract keeps its item's id (synthetic rows name it)
     medal = tmp_path / "medal.csv"
     medal.write_text("ABSTRACT_ID,TEXT,LOCATION,LABEL\n7,first abstract,[0],['x']\n8,second abstract,[0],['y']\n")
     got = synth.load_abstracts(synth_cfg("input.loader=medal", f"input.path={medal}", "input.max_rows=1").input)
@@ -1121,3 +1122,35 @@ def test_synthesize_prompts_roles_defaults_and_counts():
     assert synth.synthesize(abstracts[:1], Fixed(long_question), prompts, 5, progress=lambda m: None)[0] == []
     rows, stats = synth.synthesize([], Fixed(""), prompts, 5, progress=lambda m: None)
     assert rows == [] and stats["question_lines"] == 0 and stats["dropped"] == {}
+
+
+def test_run_applies_the_question_filters_and_writes_a_resolved_config(tmp_path, monkeypatch):
+    """require_question_mark and require_standalone reach the filters through run(); stats.json carries when it was
+    written; synth_config.yaml holds resolved values (no ${...} left to resolve differently later)."""
+    monkeypatch.setenv("MEDSWEEP_CACHE", str(tmp_path / "cache"))
+    text = "What do statins lower?\nList statin side effects\nWhat did this study find?"
+
+    def asked(*overrides):
+        cfg = synth_cfg("input.loader=table", f"input.path={_statins_file(tmp_path)}", "input.text_col=text",
+                        f"output_root={tmp_path}", *overrides)
+        synth.run(cfg, generator=Fixed(text))
+        return [r["question"] for r in read_jsonl(tmp_path / "synth" / "synthetic.jsonl")]
+
+    assert asked() == ["What do statins lower?"]
+    assert asked("require_question_mark=false") == ["What do statins lower?", "List statin side effects"]
+    assert asked("require_standalone=false") == ["What do statins lower?", "What did this study find?"]
+    stats = json.loads((tmp_path / "synth" / "stats.json").read_text())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stats["written_at"])
+    saved = (tmp_path / "synth" / "synth_config.yaml").read_text()
+    assert "${" not in saved
+    assert OmegaConf.create(saved).out_dir == str(tmp_path / "synth")
+    assert OmegaConf.create(saved).model.cache_dir == str(tmp_path / "cache")
+
+
+def test_the_generator_device_on_a_cpu_count_python_cannot_tell(monkeypatch):
+    """os.cpu_count() may be None (an unknown platform): the local generator then uses one thread."""
+    cfg = synth_cfg("generator.device=cpu")
+    monkeypatch.setattr(generators.os, "cpu_count", lambda: None)
+    assert generators._device(cfg.generator).threads == 1
+    monkeypatch.setattr(generators.os, "cpu_count", lambda: 16)
+    assert generators._device(cfg.generator).threads == 2
