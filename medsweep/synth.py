@@ -146,6 +146,11 @@ def run(cfg: Any, generator: Generator | None = None) -> dict[str, Any]:
 
     if cfg.num_questions < 1:
         raise ConfigError(f"num_questions={cfg.num_questions!r} is invalid: must be >= 1")
+    for key, least in (("limit", 1), ("max_words", 1), ("offset", 0)):  # limit=0 would read as "all"
+        value = cfg.input.get(key)
+        if value is not None and value < least:
+            raise ConfigError(f"input.{key}={value!r} is invalid: must be >= {least}"
+                              + (" or null" if key != "offset" else ""))
     if OmegaConf.is_missing(cfg.input, "path"):
         raise ConfigError("input.path is required: the abstracts file (e.g. input.path=pubmedqa_pqal.jsonl; "
                           "input.path=null reads the hub copy of pubmedqa/medal)")

@@ -1154,3 +1154,25 @@ def test_the_generator_device_on_a_cpu_count_python_cannot_tell(monkeypatch):
     assert generators._device(cfg.generator).threads == 1
     monkeypatch.setattr(generators.os, "cpu_count", lambda: 16)
     assert generators._device(cfg.generator).threads == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("input.limit=0", "input.limit=0 is invalid: must be >= 1 or null"),
+    ("input.max_words=0", "input.max_words=0 is invalid: must be >= 1 or null"),
+    ("input.offset=-1", "input.offset=-1 is invalid: must be >= 0"),
+])
+def test_run_refuses_input_counts_out_of_range(tmp_path, override, message):
+    with pytest.raises(ConfigError) as err:
+        synth.run(synth_cfg("input.loader=table", f"input.path={_statins_file(tmp_path)}", "input.text_col=text",
+                            f"out_dir={tmp_path}", override), generator=Fixed("What do statins lower?"))
+    assert str(err.value) == message
+    assert not (tmp_path / "synthetic.jsonl").exists()
+
+
+def test_table_rows_without_an_id_are_named_by_file_and_row(tmp_path):
+    path = tmp_path / "abstracts.jsonl"
+    path.write_text(json.dumps({"pmid": "77", "text": "Statins lower cholesterol."}) + "\n"
+                    + json.dumps({"text": "Aspirin thins the blood."}) + "\n")
+    got = synth.load_abstracts(synth_cfg("input.loader=table", f"input.path={path}", "input.text_col=text",
+                                         "input.id_col=pmid").input)
+    assert [a["id"] for a in got] == ["77", "abstracts-1"]
