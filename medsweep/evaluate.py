@@ -23,6 +23,7 @@ from medsweep import metrics
 from medsweep.generation import decoding, generate_batched
 from medsweep.hardware import Hardware, autocast
 from medsweep.kernels import answer_loss_sum
+from medsweep.progress import Progress
 from medsweep.prompts import PromptStyle, collator, prompt_ids, tokenize
 
 if TYPE_CHECKING:
@@ -102,11 +103,13 @@ def generate(model, tokenizer, records: list[dict[str, Any]], style: PromptStyle
     path of train.fast_kernels=false)."""
     prompts = [prompt_ids(tokenizer, r, style.instruction, style.format, style.system_prompt) for r in records]
     options = decoding(eval_cfg.decoding == "sample", eval_cfg.temperature, eval_cfg.top_p)
+    progress = Progress("generation", len(prompts), "answer")
     try:
         with inference(model, hw, fold_lora):
             done = generate_batched(model, tokenizer, prompts, hw, eval_cfg.batch_size, eval_cfg.max_new_tokens,
-                                    options)
+                                    options, on_batch=progress.update)
     finally:
+        progress.close()
         # right, not the side it had: training shares this tokenizer and its collator pads on the right
         tokenizer.padding_side = "right"
     return [g.text.strip() for g in done], [g.seconds for g in done], [g.tokens + int(g.ended) for g in done]
@@ -130,6 +133,7 @@ def perplexity(model, tokenizer, records: list[dict[str, Any]], style: PromptSty
         start += size
     collate = collator(tokenizer)
     total, count = 0.0, 0
+    progress = Progress("perplexity", len(rows), "answer")
     with inference(model, hw, fold_lora=fast_kernels):
         for rows_ in batches:
             batch = {k: v.to(hw.device) for k, v in collate(rows_).items()}
@@ -137,6 +141,8 @@ def perplexity(model, tokenizer, records: list[dict[str, Any]], style: PromptSty
                 loss_sum, n = answer_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                               fast_kernels=fast_kernels)
             total, count = total + loss_sum.item(), count + int(n)
+            progress.update(progress.done + len(rows_))
+    progress.close()
     return math.exp(total / count) if count else float("nan")
 
 

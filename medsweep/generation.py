@@ -8,6 +8,7 @@ tokens start at the same column, and are generated with the KV cache; each seque
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +48,11 @@ def until_stop(tokens: list[int], stop: list[int]) -> tuple[list[int], bool]:
 
 
 def generate_batched(model, tokenizer, prompts: list[list[int]], hw: Hardware, batch_size: int, max_new_tokens: int,
-                     options: dict[str, Any]) -> list[Generated]:
+                     options: dict[str, Any], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
     """One `Generated` per prompt, in the order of `prompts`. `options`: further model.generate() keyword arguments
     (`decoding()`'s, a repetition_penalty ...). The tokenizer pads on the left meanwhile; its padding side is
-    restored afterwards. Grad mode, eval mode and weights are the caller's."""
+    restored afterwards. Grad mode, eval mode and weights are the caller's. `on_batch(n)`: called after each batch
+    with the number of prompts done so far (progress)."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)  # similar lengths per batch
     stop = stop_ids(tokenizer, model)
     done: dict[int, Generated] = {}
@@ -70,6 +72,8 @@ def generate_batched(model, tokenizer, prompts: list[list[int]], hw: Hardware, b
                 tokens, ended = until_stop(new[row].tolist(), stop)
                 done[i] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), elapsed / len(idx),
                                     len(tokens), ended)
+            if on_batch is not None:
+                on_batch(len(done))
     finally:
         tokenizer.padding_side = side
     return [done[i] for i in range(len(prompts))]

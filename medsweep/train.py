@@ -24,8 +24,10 @@ from medsweep.hardware import Hardware, process_age_s
 from medsweep.attention import use_block_causal
 from medsweep.errors import TrainingDiverged
 from medsweep.kernels import answer_loss_sum, fast_lora
+from medsweep.progress import TrainingProgress
 from medsweep.prompts import collator
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 if TYPE_CHECKING:
     from medsweep.config import ProfileConfig, TrainConfig
@@ -197,7 +199,7 @@ def training_args(train_cfg: TrainConfig, profile_cfg: ProfileConfig, hw: Hardwa
         remove_unused_columns=False,
         dataloader_num_workers=profile_cfg.dataloader_workers,
         report_to="none",
-        disable_tqdm=True,
+        disable_tqdm=True,  # medsweep.progress shows training's progress (a bar on a terminal, lines in a log)
         per_device_train_batch_size=train_cfg.batch_size,  # the global batch (split across processes)
         **(_data_parallel_args(profile_cfg, hw) if hw.world_size > 1 else {}),
     )
@@ -251,8 +253,11 @@ def build_trainer(model, tokenizer, train_ds, args: TrainingArguments, callbacks
             log.info("causal attention on the CPU: block-causal matmuls (medsweep.attention) where SDPA would run")
     if not fast_kernels:
         log.info("train.fast_kernels=false: the library's LoRA forward, cross-entropy over full logits and attention")
-    return AnswerOnlyTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collator(tokenizer),
-                             processing_class=tokenizer, callbacks=callbacks, fast_kernels=fast_kernels)
+    trainer = AnswerOnlyTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collator(tokenizer),
+                                processing_class=tokenizer, callbacks=callbacks, fast_kernels=fast_kernels)
+    trainer.remove_callback(PrinterCallback)  # a dict per logging step: TrainingProgress says it in one line
+    trainer.add_callback(TrainingProgress())
+    return trainer
 
 
 def _complete(checkpoint: Path, step: int) -> bool:

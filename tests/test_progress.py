@@ -1,0 +1,96 @@
+"""medsweep.progress: a bar on a terminal, plain timed lines in a log file (never a carriage return there), and the
+training and evaluation progress a run's log shows."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from medsweep import progress
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_durations():
+    assert [progress.duration(s) for s in (0, 42.4, 185, 3725, float("nan"), -1)] == [
+        "0s", "42s", "3m05s", "1h02m", "?", "?"]
+
+
+def test_a_log_file_gets_a_line_every_minute_and_at_the_end(caplog):
+    clock, stream = Clock(), io.StringIO()
+    with caplog.at_level(logging.INFO, logger="medsweep"):
+        p = progress.Progress("generation", 40, "answer", stream=stream, clock=clock)
+        clock.now = 30.0
+        p.update(10)
+        assert caplog.messages == []  # less than a minute: nothing yet
+        clock.now = 60.0
+        p.update(20, loss=1.23456)
+        clock.now = 80.0
+        p.update(30)
+        clock.now = 90.0
+        p.close()
+    assert caplog.messages == [
+        "generation: answer 20/40 (50%)  loss 1.235  0.333 answer/s  elapsed 1m00s  ETA 1m00s",
+        "generation: answer 30/40 (75%)  loss 1.235  0.333 answer/s  elapsed 1m30s  ETA 30s"]
+    assert stream.getvalue() == ""  # no bar outside a terminal
+
+
+def test_a_terminal_gets_a_bar(caplog):
+    stream = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="medsweep"):
+        p = progress.Progress("training", 4, "step", stream=stream, tty=True, every_s=0.0)
+        for step in range(1, 5):
+            p.update(step, loss=2.0 / step)
+        assert (p.bar.n, p.bar.total, p.bar.postfix) == (4, 4, "loss=0.5")
+        assert caplog.messages == []  # the bar says it: no lines while it runs
+        p.close()
+    assert stream.getvalue().startswith("\rtraining:") and "\n" not in stream.getvalue()  # redrawn in place
+    assert len(caplog.messages) == 1 and caplog.messages[0].startswith("training: step 4/4 (100%)  loss 0.5")
+
+
+def test_training_progress_logs_each_logging_step_with_its_loss_and_resumes_from_the_checkpoint_step(caplog):
+    clock = Clock()
+    callback = progress.TrainingProgress(stream=io.StringIO(), clock=clock)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=10, global_step=4)  # resumed at step 4
+    with caplog.at_level(logging.INFO, logger="medsweep"):
+        callback.on_train_begin(None, state, None)
+        for step in range(5, 11):
+            clock.now += 2.0
+            state.global_step = step
+            callback.on_step_end(None, state, None)
+            if step % 5 == 0:
+                callback.on_log(None, state, None, logs={"loss": 0.1 * step, "learning_rate": 1e-4})
+        callback.on_log(None, state, None, logs={"train_loss": 0.7})  # the end-of-training summary: no loss
+        callback.on_train_end(None, state, None)
+    assert caplog.messages == [
+        "training: step 5/10 (50%)  loss 0.5  0.5 step/s  elapsed 2s  ETA 10s",
+        "training: step 10/10 (100%)  loss 1  0.5 step/s  elapsed 12s  ETA 0s",
+        "training: step 10/10 (100%)  loss 1  0.5 step/s  elapsed 12s  ETA 0s"]
+    other_rank = progress.TrainingProgress(stream=io.StringIO(), clock=clock)
+    other_rank.on_train_begin(None, SimpleNamespace(is_world_process_zero=False, max_steps=10, global_step=0), None)
+    assert other_rank.progress is None
+
+
+@pytest.mark.slow
+def test_a_runs_log_shows_training_and_evaluation_progress_without_carriage_returns(tmp_path, embedded_dir):
+    from tests.conftest import run_medsweep
+
+    done = run_medsweep("experiment=smoke", "model=tiny_random", f"output_root={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    logged = (run_dir / "medsweep.log").read_text()
+    assert "\r" not in logged and "{'loss'" not in done.stdout + done.stderr
+    steps = re.findall(r"training: step (\d+)/(\d+) \(\d+%\)  loss [\d.]+", logged)
+    assert steps and steps[-1][0] == steps[-1][1]
+    assert re.search(r"generation: answer (\d+)/\1 \(100%\)", logged)
+    assert re.search(r"perplexity: answer (\d+)/\1 \(100%\)", logged)
