@@ -350,6 +350,7 @@ def test_missing_status_is_corrupt(tmp_path: Path):
     (tmp_path / "run" / "metrics.json").write_text('{"metrics": {"f1": 0.3}}')
     df = report.collect([str(tmp_path)])
     assert list(df["status"]) == ["corrupt"]
+    assert list(df["error"]) == ["metrics.json has no 'status'"]
     assert report.by_model(df).empty
 
 
@@ -469,6 +470,9 @@ def test_read_run_fields(tmp_path: Path):
     ({"status": "s" * 60}, f"metrics.json has an unknown status {'s' * 40!r}"),  # cut to 40 characters
     ({"baseline": [0.2]}, "metrics.json 'baseline' is not a mapping"),
     ({"delta": "0.1"}, "metrics.json 'delta' is not a mapping"),
+    ({"train": [1, 2]}, "metrics.json 'train' is not a mapping"),
+    ({"delta": {"f1": "x"}}, "metrics.json delta.f1 is not a number ('x')"),
+    ({"metrics": {"f1": "v" * 60}}, f"metrics.json metrics.f1 is not a number ({'v' * 40!r})"),  # cut to 40
 ])
 def test_malformed_records_are_corrupt_never_fatal_never_counted(tmp_path: Path, capsys, fields, problem):
     raw_run(tmp_path / "good", axes={"model": "m"}, metrics={"f1": 0.25})
