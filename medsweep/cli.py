@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+import hydra
+
 from medsweep import CONF_DIR
 from medsweep.errors import ConfigError
 
@@ -146,6 +148,17 @@ def preflight(args: list[str]) -> None:
         check(cfg, require_fit=not sweeps)  # a sweep's jobs are refused for their fit by the launcher (its table)
 
 
+def _task(cfg) -> None:
+    """Hydra's task function: one job. medsweep/run.py (torch, transformers, peft: seconds to import) is imported by
+    the job that runs, not by a sweep that only plans and submits its jobs."""
+    from medsweep import run
+
+    run.task(cfg)
+
+
+hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)
+
+
 def main() -> None:
     args = sys.argv[1:]
     if "--plan" in args:  # shorthand for the plan=true override
@@ -160,6 +173,8 @@ def main() -> None:
                 raise
             print(f"medsweep: error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
-    from medsweep.run import hydra_main
+    from medsweep import config, record
 
+    config.register_configs()  # the schemas and the run_id resolver, before Hydra composes
+    record.register_resolvers()
     hydra_main()

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from medsweep import config as config_schema
 from medsweep import record
 from medsweep.checks import check
+from medsweep.compose import ComposeCache
 from medsweep.errors import MedsweepError
 from medsweep.runrecord import RunRecord
 from medsweep.sweep import PlannedJob, end, write_jobs
@@ -68,9 +69,10 @@ def resources(cfg: RunConfig, executor: str, processes: int = 1) -> dict[str, An
 def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, executor: str
               ) -> list[PlannedJob]:
     jobs = []
+    configs = ComposeCache(launcher.hydra_context.config_loader, launcher.config)
     for i, overrides in enumerate(job_overrides):
         idx = initial_job_idx + i
-        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        cfg: Any = configs.compose(list(overrides))  # a DictConfig of the RunConfig schema
         run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
         shown = [record.redact_override(o) for o in filter_overrides(overrides) if not o.startswith("plan=")]
         job = PlannedJob(idx=idx, overrides=shown, run_dir=str(run_dir), status="submit")
@@ -89,6 +91,7 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
         elif not estimate.fits:
             job.status, job.reason = "refused", f"does not fit: {estimate.detail}"
         jobs.append(job)
+    log.debug("plan: %d job configs, %d composed by Hydra", len(jobs), configs.full)
     return jobs
 
 
@@ -139,8 +142,8 @@ class SweepLauncherMixin:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         record.scrub_yaml_files([sweep_dir / "multirun.yaml"])
         jobs = plan_jobs(self, job_overrides, initial_job_idx, executor_kind)
-        visible = _visible_gpus() if executor_kind == "local" and any(j.resources.get("gpus_per_node") for j in jobs) \
-            else []
+        visible = _visible_gpus() if executor_kind == "local" and not self.config.plan \
+            and any(j.resources.get("gpus_per_node") for j in jobs) else []  # a plan asks no GPU (nor torch)
         if executor_kind == "local" and not self.config.plan:  # a plan may be for the cluster: only a launch checks
             for j in jobs:
                 wanted = j.resources.get("gpus_per_node", 0)

@@ -21,12 +21,10 @@ from typing import Any
 _collecting = gc.isenabled()
 gc.disable()
 try:
-    import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
     from medsweep import (
-        CONF_DIR,
         cache,
         data,
         distributed,
@@ -277,8 +275,8 @@ def plan_single(cfg: DictConfig, run_dir: Path) -> None:
           f"estimated {estimate.gpu_hours:.2f} GPU-hours")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def hydra_main(cfg: DictConfig) -> None:
+def task(cfg: DictConfig) -> None:
+    """One job, as Hydra's task function (medsweep/cli.py:hydra_main, which imports this module only in a job)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     for noisy in ("transformers", "datasets", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -45,10 +45,10 @@ from tests.conftest import run_medsweep
 def test_config_errors_are_one_line_exit_2_no_run_dir(tmp_path, monkeypatch, capsys, override, key):
     """The console script's own main(), in-process (the pre-flight needs no subprocess; one subprocess case below
     proves the installed entrypoint)."""
-    from medsweep import cli, run
+    from medsweep import cli
 
     monkeypatch.setattr(sys, "argv", ["medsweep", override, f"output_root={tmp_path}"])
-    monkeypatch.setattr(run, "hydra_main", lambda: pytest.fail("the pre-flight let the value through"))
+    monkeypatch.setattr(cli, "hydra_main", lambda: pytest.fail("the pre-flight let the value through"))
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as exited:
         cli.main()
@@ -61,10 +61,10 @@ def test_config_errors_are_one_line_exit_2_no_run_dir(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("root, reason", [("/proc/medsweep-results", "cannot write in /proc"),
                                           ("/etc/hostname/results", "/etc/hostname is not a directory")])
 def test_unwritable_output_root_is_one_line(monkeypatch, capsys, root, reason):
-    from medsweep import cli, run
+    from medsweep import cli
 
     monkeypatch.setattr(sys, "argv", ["medsweep", f"output_root={root}"])
-    monkeypatch.setattr(run, "hydra_main", lambda: pytest.fail("the pre-flight let the value through"))
+    monkeypatch.setattr(cli, "hydra_main", lambda: pytest.fail("the pre-flight let the value through"))
     with pytest.raises(SystemExit) as exited:
         cli.main()
     err = capsys.readouterr().err.strip()
@@ -73,14 +73,14 @@ def test_unwritable_output_root_is_one_line(monkeypatch, capsys, root, reason):
 
 
 def test_a_secret_on_the_command_line_is_refused_unechoed(tmp_path, monkeypatch, capsys):
-    from medsweep import cli, run
+    from medsweep import cli
 
     for override, env in (("+data.options.api_key=override-secret-55aa", {}),
                           ("data.instruction=say hf_secret_9d8c7b6a", {"HF_TOKEN": "hf_secret_9d8c7b6a"})):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setattr(sys, "argv", ["medsweep", "experiment=smoke", override, f"output_root={tmp_path}"])
-        monkeypatch.setattr(run, "hydra_main", lambda: pytest.fail("a secret got past the pre-flight"))
+        monkeypatch.setattr(cli, "hydra_main", lambda: pytest.fail("a secret got past the pre-flight"))
         with pytest.raises(SystemExit) as exited:
             cli.main()
         err = capsys.readouterr().err.strip()

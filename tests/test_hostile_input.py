@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medsweep import cli, data, run
+from medsweep import cli, data
 from medsweep.errors import DataError
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -37,7 +37,7 @@ def _main(argv: list[str], monkeypatch, capsys) -> tuple[int, str, list]:
     run is not started in this process: it would configure logging onto pytest's captured streams.)"""
     started: list = []
     monkeypatch.setattr(sys, "argv", ["medsweep", *argv])
-    monkeypatch.setattr(run, "hydra_main", lambda: started.append(True))
+    monkeypatch.setattr(cli, "hydra_main", lambda: started.append(True))
     code = 0
     try:
         cli.main()
