@@ -137,7 +137,7 @@ def _signal_mid_training(overrides: list[str], out: Path) -> tuple[dict, Path, d
         if job is None and jobs_file.is_file():
             (job,) = json.loads(jobs_file.read_text())
         log = Path(job["run_dir"]) / "medsweep.log" if job else None
-        if log and log.is_file() and "'loss'" in log.read_text() + _stdout_of(job):
+        if log and log.is_file() and "training: step" in log.read_text() + _stdout_of(job):  # medsweep.progress
             break
         time.sleep(1)
     subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True, timeout=30)
