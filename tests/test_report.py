@@ -1476,3 +1476,11 @@ def test_mark_best_takes_the_highest_unless_told_lower():
 def test_num_writes_large_whole_numbers_in_full():
     assert [tables._num(x) for x in (123456.0, 1e20, np.float64(250000.0), 1234.5678)] == [
         "123456", "100000000000000000000", "250000", "1235"]
+
+
+def test_an_epoch_entry_with_metrics_of_the_wrong_type_is_left_out(tmp_path: Path, drawn):
+    """A hand-edited epochs list (metrics not a mapping) costs that entry, not the figure."""
+    epochs = [{"epoch": 1, "metrics": [0.5]}, {"epoch": 2, "metrics": {"f1": 0.6}}, {"epoch": 3, "metrics": None}]
+    write_record(tmp_path / "a", "smollm2_135m", 4, 0, 0.6, epochs=epochs)
+    report.write_figures(report.collect([str(tmp_path)]), tmp_path)
+    assert lines_of(drawn["metric_vs_epoch.png"]) == {"smollm2_135m": ([2.0], pytest.approx([0.6]))}
