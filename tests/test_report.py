@@ -1484,3 +1484,18 @@ def test_an_epoch_entry_with_metrics_of_the_wrong_type_is_left_out(tmp_path: Pat
     write_record(tmp_path / "a", "smollm2_135m", 4, 0, 0.6, epochs=epochs)
     report.write_figures(report.collect([str(tmp_path)]), tmp_path)
     assert lines_of(drawn["metric_vs_epoch.png"]) == {"smollm2_135m": ([2.0], pytest.approx([0.6]))}
+
+
+def test_find_run_dirs_expands_recursive_globs_and_skips_hidden_folders(tmp_path: Path):
+    """`**` in a path spans any depth; a plain config.yaml in a hidden folder (a cache, submitit's) is no run."""
+    raw_run(tmp_path / "sweeps" / "s1" / "run1")
+    raw_run(tmp_path / "sweeps" / "s2" / "deep" / "run1")
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.yaml").write_text("model: {}\n")
+    (tmp_path / ".cache" / "x").mkdir(parents=True)
+    (tmp_path / ".cache" / "x" / "config.yaml").write_text("model: {}\n")
+    assert report.find_run_dirs([f"{tmp_path}/**/run1"]) == [
+        (tmp_path / "sweeps" / "s1" / "run1").absolute(), (tmp_path / "sweeps" / "s2" / "deep" / "run1").absolute()]
+    assert report.find_run_dirs([str(tmp_path)]) == [
+        (tmp_path / "sweeps" / "s1" / "run1").absolute(), (tmp_path / "sweeps" / "s2" / "deep" / "run1").absolute(),
+        (tmp_path / "unfinished").absolute()]
