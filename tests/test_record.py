@@ -445,3 +445,10 @@ def test_umask_is_read_without_setting_it_and_the_fallback_restores_it(monkeypat
         assert real_umask(0o027) == 0o027  # restored
     finally:
         real_umask(old)
+
+
+def test_safe_name_strips_only_leading_dots():
+    """Only dots go from the front (never `..`); a name that starts with another allowed character keeps it."""
+    from medsweep.record import safe_name
+
+    assert [safe_name(t) for t in ("Xformer_r8", "..X", "._x", "x.")] == ["Xformer_r8", "X", "_x", "x."]
