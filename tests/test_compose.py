@@ -219,3 +219,10 @@ def test_the_sweeper_still_batches_and_validates_for_other_launchers(tmp_path, c
             hydra.multirun("config", task_function=lambda cfg: ran.append(cfg.lora.r), with_log_configuration=False,
                            overrides=["hydra/launcher=basic", "lora.r=32,four", f"output_root={tmp_path}"])
     assert ran == [4, 8, 16]  # the bad job stopped the batch before its first job ran
+
+
+def test_the_plan_says_how_many_configs_hydra_composed(hydra_loader, tmp_path, caplog):
+    loader, cfg = hydra_loader(f"output_root={tmp_path}")
+    with caplog.at_level("DEBUG", logger="medsweep.launcher"):
+        plan(loader, cfg, JOBS)
+    assert f"plan: {len(JOBS)} job configs, " in caplog.text and " composed by Hydra" in caplog.text
