@@ -86,10 +86,10 @@ def validate(cfg: DictConfig | config.RunConfig) -> config.RunConfig:
     cfg.check()
     mode, world = fit.parallel(cfg)  # train.batch_size is the global batch: each process takes an equal share
     t, p = cfg.train, cfg.profile
-    config._require(mode != "data_parallel" or t.batch_size % world == 0, "train.batch_size", t.batch_size,
-                    f"must be divisible by the {world} data-parallel processes of profile {p.name} (each takes "
-                    f"batch_size / {world} rows per step); or "
-                    + ("set profile.parallel=model" if p.gpus else "change profile.processes"))
+    config.require(mode != "data_parallel" or t.batch_size % world == 0, "train.batch_size", t.batch_size,
+                   f"must be divisible by the {world} data-parallel processes of profile {p.name} (each takes "
+                   f"batch_size / {world} rows per step); or "
+                   + ("set profile.parallel=model" if p.gpus else "change profile.processes"))
     return cfg
 
 

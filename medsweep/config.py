@@ -56,17 +56,17 @@ class ModelConfig:
         _one_of("model.family", self.family, ["llama", "mistral", "gemma", "gpt2"])
         _one_of("model.prompt_format", self.prompt_format, ["chat", "alpaca"])
         _one_of("model.load_in_4bit", self.load_in_4bit, [False, True, "auto"])
-        _require(self.source != "hub" or bool(self.hub_id), "model.hub_id", self.hub_id,
+        require(self.source != "hub" or bool(self.hub_id), "model.hub_id", self.hub_id,
                  "required when model.source=hub")
-        _require(self.source != "random" or bool(self.tokenizer or self.hub_id), "model.tokenizer", self.tokenizer,
+        require(self.source != "random" or bool(self.tokenizer or self.hub_id), "model.tokenizer", self.tokenizer,
                  "required when model.source=random (embedded, a hub id or a directory)")
-        _require(self.context_length > 0, "model.context_length", self.context_length, "must be > 0")
+        require(self.context_length > 0, "model.context_length", self.context_length, "must be > 0")
         for key in ("hidden_size", "num_layers", "vocab_size"):
             value = getattr(self, key)
-            _require(value > 0, f"model.{key}", value, "must be > 0 (the architecture's number, for memory estimates)")
-        _require(self.kv_width >= 0, "model.kv_width", self.kv_width,
+            require(value > 0, f"model.{key}", value, "must be > 0 (the architecture's number, for memory estimates)")
+        require(self.kv_width >= 0, "model.kv_width", self.kv_width,
                  "must be >= 0 (KV heads x head_dim; 0: hidden_size)")
-        _require(
+        require(
             self.load_in_4bit is not True or profile.device != "cpu",
             "model.load_in_4bit",
             self.load_in_4bit,
@@ -84,14 +84,14 @@ class LoraConfig:
     bias: str = "none"  # which biases train: none | all | lora_only
 
     def check(self, model: ModelConfig) -> None:
-        _require(self.r > 0, "lora.r", self.r, "must be an integer > 0")
-        _require(self.r <= model.hidden_size, "lora.r", self.r,
+        require(self.r > 0, "lora.r", self.r, "must be an integer > 0")
+        require(self.r <= model.hidden_size, "lora.r", self.r,
                  f"must not exceed the width of the layers it adapts ({model.name}: hidden_size {model.hidden_size})")
-        _require(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
-        _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
+        require(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
+        require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
         _one_of("lora.bias", self.bias, ["none", "all", "lora_only"])
         targets = self.target_modules if self.target_modules is not None else model.lora_target_modules
-        _require(len(targets) > 0, "lora.target_modules", targets, "name at least one module")
+        require(len(targets) > 0, "lora.target_modules", targets, "name at least one module")
 
 
 @dataclass
@@ -123,8 +123,8 @@ class DataConfig:
         from medsweep.loaders import LOADERS
 
         _one_of("data.loader", self.loader, list(LOADERS))
-        _require(self.loader != "local" or bool(self.path), "data.path", self.path, "required with data=local")
-        _require(self.limit is None or self.limit > 0, "data.limit", self.limit, "must be > 0 or null")
+        require(self.loader != "local" or bool(self.path), "data.path", self.path, "required with data=local")
+        require(self.limit is None or self.limit > 0, "data.limit", self.limit, "must be > 0 or null")
         _seed("data.split_seed", self.split_seed)
 
 
@@ -156,30 +156,30 @@ class TrainConfig:
     fast_kernels: bool = True
 
     def check(self, model: ModelConfig) -> None:
-        _require(self.max_seq_length > 0, "train.max_seq_length", self.max_seq_length, "must be > 0")
-        _require(
+        require(self.max_seq_length > 0, "train.max_seq_length", self.max_seq_length, "must be > 0")
+        require(
             self.max_seq_length <= model.context_length,
             "train.max_seq_length",
             self.max_seq_length,
             f"must not exceed the context length of {model.name} ({model.context_length})",
         )
-        _require(self.epochs > 0 or self.max_steps > 0, "train.epochs", self.epochs,
+        require(self.epochs > 0 or self.max_steps > 0, "train.epochs", self.epochs,
                  "must be > 0 (or set train.max_steps)")
-        _require(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", self.max_steps, "must be -1 or > 0")
-        _require(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        require(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", self.max_steps, "must be -1 or > 0")
+        require(self.lr > 0, "train.lr", self.lr, "must be > 0")
         _one_of("train.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _seed("train.seed", self.seed)
-        _require(self.batch_size > 0, "train.batch_size", self.batch_size, "must be > 0")
-        _require(self.grad_accum > 0, "train.grad_accum", self.grad_accum, "must be > 0")
-        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
-        _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
-        _require(self.eval_split > 0, "train.eval_split", self.eval_split, "must be > 0")
-        _require(self.train_size is None or self.train_size > 0, "train.train_size", self.train_size,
+        require(self.batch_size > 0, "train.batch_size", self.batch_size, "must be > 0")
+        require(self.grad_accum > 0, "train.grad_accum", self.grad_accum, "must be > 0")
+        require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+        require(self.eval_split > 0, "train.eval_split", self.eval_split, "must be > 0")
+        require(self.train_size is None or self.train_size > 0, "train.train_size", self.train_size,
                  "must be > 0 or null")
         _one_of("train.gradient_checkpointing", self.gradient_checkpointing, [False, True, "auto"])
-        _require(self.logging_steps > 0, "train.logging_steps", self.logging_steps, "must be > 0")
-        _require(self.save_steps > 0, "train.save_steps", self.save_steps, "must be > 0")
-        _require(self.init_adapter is None or Path(str(self.init_adapter)).is_dir(), "train.init_adapter",
+        require(self.logging_steps > 0, "train.logging_steps", self.logging_steps, "must be > 0")
+        require(self.save_steps > 0, "train.save_steps", self.save_steps, "must be > 0")
+        require(self.init_adapter is None or Path(str(self.init_adapter)).is_dir(), "train.init_adapter",
                  self.init_adapter, "must be an existing run directory (or adapter directory) to continue from")
 
 
@@ -197,14 +197,14 @@ class EvalConfig:
     every_epoch: bool = False  # also evaluate after each epoch (metric-vs-epoch figures)
 
     def check(self, train: TrainConfig) -> None:
-        _require(self.max_new_tokens > 0, "eval.max_new_tokens", self.max_new_tokens, "must be > 0")
-        _require(self.batch_size > 0, "eval.batch_size", self.batch_size, "must be > 0")
+        require(self.max_new_tokens > 0, "eval.max_new_tokens", self.max_new_tokens, "must be > 0")
+        require(self.batch_size > 0, "eval.batch_size", self.batch_size, "must be > 0")
         _one_of("eval.decoding", self.decoding, ["greedy", "sample"])
-        _require(self.temperature > 0, "eval.temperature", self.temperature, "must be > 0")
-        _require(0 < self.top_p <= 1, "eval.top_p", self.top_p, "must be in (0, 1]")
-        _require(self.num_examples is None or self.num_examples > 0, "eval.num_examples", self.num_examples,
+        require(self.temperature > 0, "eval.temperature", self.temperature, "must be > 0")
+        require(0 < self.top_p <= 1, "eval.top_p", self.top_p, "must be in (0, 1]")
+        require(self.num_examples is None or self.num_examples > 0, "eval.num_examples", self.num_examples,
                  "must be > 0 or null")
-        _require(
+        require(
             self.num_examples is None or self.num_examples <= train.eval_split,
             "eval.num_examples",
             self.num_examples,
@@ -239,15 +239,15 @@ class ProfileConfig:
     def check(self) -> None:
         _one_of("profile.device", self.device, ["cpu", "cuda", "auto"])
         _one_of("profile.precision", self.precision, ["fp32", "bf16", "fp16", "auto"])
-        _require(self.cpus > 0, "profile.cpus", self.cpus, "must be > 0")
-        _require(self.gpus >= 0, "profile.gpus", self.gpus, "must be >= 0")
-        _require(self.dataloader_workers >= 0, "profile.dataloader_workers", self.dataloader_workers, "must be >= 0")
-        _require(self.gpus == 0 or self.gpu_memory_gb > 0, "profile.gpu_memory_gb", self.gpu_memory_gb,
+        require(self.cpus > 0, "profile.cpus", self.cpus, "must be > 0")
+        require(self.gpus >= 0, "profile.gpus", self.gpus, "must be >= 0")
+        require(self.dataloader_workers >= 0, "profile.dataloader_workers", self.dataloader_workers, "must be >= 0")
+        require(self.gpus == 0 or self.gpu_memory_gb > 0, "profile.gpu_memory_gb", self.gpu_memory_gb,
                  "must be > 0 with GPUs")
         _one_of("profile.parallel", self.parallel, ["auto", "data", "model"])
-        _require(self.processes >= 0, "profile.processes", self.processes,
+        require(self.processes >= 0, "profile.processes", self.processes,
                  "must be >= 0 (0: one per GPU under data parallelism)")
-        _require(self.gpus == 0 or self.processes == 0, "profile.processes", self.processes,
+        require(self.gpus == 0 or self.processes == 0, "profile.processes", self.processes,
                  "must be 0 on a GPU profile: profile.parallel chooses one process per GPU (data) or one (model)")
 
 
@@ -264,7 +264,7 @@ class SiteConfig:
 
     def check(self) -> None:
         _one_of("site.gpu_request", self.gpu_request, ["gres", "constraint"])
-        _require(self.max_parallel > 0, "site.max_parallel", self.max_parallel, "must be > 0")
+        require(self.max_parallel > 0, "site.max_parallel", self.max_parallel, "must be > 0")
 
 
 @dataclass
@@ -308,8 +308,8 @@ class RunConfig:
         self.profile.check()
         self.site.check()
         self.logger.check()
-        _require(self.attempt >= 0, "attempt", self.attempt, "must be >= 0")
-        _require(re.fullmatch(_PLAIN_NAME, str(self.sweep_name)) is not None, "sweep_name", self.sweep_name,
+        require(self.attempt >= 0, "attempt", self.attempt, "must be >= 0")
+        require(re.fullmatch(_PLAIN_NAME, str(self.sweep_name)) is not None, "sweep_name", self.sweep_name,
                  "must be a plain directory name (letters, digits, . _ = + , -; at most 100 characters)")
 
 
@@ -322,17 +322,18 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="model_schema", node=ModelConfig)
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise the one-line ConfigError `<key>=<value> is invalid: <allowed>` unless `ok` (checks.py uses it too)."""
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
 def _one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
-    _require(value in allowed, key, value, "allowed: " + ", ".join(map(str, allowed)))
+    require(value in allowed, key, value, "allowed: " + ", ".join(map(str, allowed)))
 
 
 def _seed(key: str, value: int) -> None:
-    _require(0 <= value <= SEED_MAX, key, value, f"must be in [0, {SEED_MAX}] (what numpy and torch accept)")
+    require(0 <= value <= SEED_MAX, key, value, f"must be in [0, {SEED_MAX}] (what numpy and torch accept)")
 
 
 # transformers' SchedulerType values, listed here so the pre-flight need not import transformers (and torch) to
