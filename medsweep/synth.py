@@ -33,6 +33,7 @@ from medsweep import CONF_DIR, loaders, record
 from medsweep.data import question_key
 from medsweep.errors import ConfigError, DataError, MedsweepError
 from medsweep.generators import Generator, Messages, OpenAIGenerator, build_generator
+from medsweep.loaders.tables import require_columns
 from medsweep.synth_text import clean_answer, clean_questions, grounding
 
 log = logging.getLogger("medsweep.synth")
@@ -55,11 +56,7 @@ def load_abstracts(inp: Any) -> list[dict[str, str]]:
             raise ConfigError("input.path is required with input.loader=table")
         p = loaders.existing(path)
         rows, columns = loaders.read_rows(p)  # the generic table reader (jsonl/json/csv/tsv/parquet)
-        wanted = [c for c in (inp.text_col, inp.id_col) if c]
-        missing = [c for c in wanted if c not in columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; available columns: "
-                            f"{loaders.column_list(columns)}")
+        require_columns(str(path), columns, [inp.text_col or None, inp.id_col or None])
         items = [{"id": str(row.get(inp.id_col) or "") if inp.id_col else "", "text": str(row.get(inp.text_col) or ""),
                   "source": inp.source or p.stem} for row in rows]
         for i, it in enumerate(items):

@@ -42,7 +42,6 @@ from medsweep.loaders.tables import (
     Record,
     Row,
     Stats,
-    column_list,
     existing,
     load_local,
     load_sample,
@@ -72,7 +71,7 @@ def data_params(loader: Loader) -> list[str]:
 
 __all__ = [
     "DATASETS", "LOADERS", "MEDAL_HUB", "MEDCHAT_HUB", "MEDQUAD_HUB", "PUBMEDQA_HUB", "PUBMEDQA_SPLITS",
-    "TABLE_EXTENSIONS", "WIKIDOC_HUB", "Loader", "Record", "Row", "Stats", "column_list", "data_params", "existing",
+    "TABLE_EXTENSIONS", "WIKIDOC_HUB", "Loader", "Record", "Row", "Stats", "data_params", "existing",
     "load_local", "load_medal", "load_medchat", "load_medquad", "load_mix", "load_mixture", "load_pubmedqa",
     "load_sample", "load_wikidoc", "map_rows", "options", "read_rows", "read_table", "sample_path",
 ]
