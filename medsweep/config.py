@@ -259,12 +259,17 @@ class SiteConfig:
     gpu_request: str = "gres"  # gres: --gres=gpu:<type>:<n> | constraint: --gpus-per-node=<n> --constraint=<type>
     setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load, venv activate)
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {mail-type: END}
-    max_parallel: int = 64  # jobs of one sweep running at once (SLURM array throttle; waves for the local launcher)
+    max_parallel: int = 64  # jobs of one sweep running at once (SLURM: each array's throttle; local: wave size)
+    max_array_size: int | None = None  # tasks per SLURM array (null: the cluster's MaxArraySize, from scontrol)
+    max_submit_jobs: int | None = None  # jobs one sweep may queue (null: your MaxSubmitJobs, from sacctmgr)
     mfu_assumed: float = 0.3  # model FLOPs utilisation assumed for GPU-hour estimates in --plan
 
     def check(self) -> None:
         _one_of("site.gpu_request", self.gpu_request, ["gres", "constraint"])
         require(self.max_parallel > 0, "site.max_parallel", self.max_parallel, "must be > 0")
+        for key in ("max_array_size", "max_submit_jobs"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"site.{key}", value, "must be > 0 (null: the cluster's limit)")
 
 
 @dataclass
@@ -297,6 +302,9 @@ class RunConfig:
     attempt: int = 0  # bump to re-run a completed configuration into a new directory
     resume: bool = True  # resume from the last checkpoint of an interrupted run in the same directory
     plan: bool = False  # multirun: print every job (resources, fit, estimate) and submit nothing (`--plan`)
+    # multirun: submit, print how to follow the sweep, and return; a SLURM job that waits for the sweep's jobs writes
+    # its report (null: true with hydra/launcher=slurm; a local sweep's jobs end with the command, so it waits)
+    detach: bool | None = None
 
     def check(self) -> None:
         """Every group's ranges and the rules that join groups (the parallel layout's rule: checks.validate)."""

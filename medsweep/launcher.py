@@ -1,15 +1,19 @@
 """Sweep dispatch through hydra-submitit-launcher: per-job resources from each job's profile, fit check
-and skip-if-complete before anything is submitted, `--plan`, and honest failures.
+and skip-if-complete before anything is submitted, `--plan`, detached SLURM sweeps, and honest failures.
 
 `SweepLauncherMixin` sits in front of hydra-submitit-launcher's SlurmLauncher / LocalLauncher (the plugin
 classes in hydra_plugins/medsweep_launcher). For every job of the sweep it composes the job's config,
 validates it, computes its run directory (config hash) and its fit; then
 - `plan=true` (`--plan`): prints the table and submits nothing;
-- any refused or invalid job: prints the table and submits nothing (exit 2);
-- otherwise submits the jobs that are not complete, grouped by resources (one submitit array per group),
-  waits for all of them, and writes `sweep_jobs.json` (medsweep/sweep.py). A failed job does not stop the
-  others; once they are done the sweep ends at once through `sweep.end` (status list, report, the failures named
-  on stderr, exit 1). A sweep without a failed job ends in Hydra's end-of-multirun callback, through the same `end`.
+- any refused or invalid job, or more jobs than the cluster lets one queue: prints why and submits nothing (exit 2);
+- otherwise submits the jobs that are not complete (nor, on SLURM, still queued from an earlier submission of the
+  same sweep), grouped by resources (one submitit array per group, split at the cluster's MaxArraySize;
+  medsweep/submit.py), and writes `sweep_jobs.json` (medsweep/sweep.py). Then
+  - detached (`detach`, the default on SLURM): submits the report job that SLURM starts after them, prints how to
+    follow the sweep, and returns;
+  - otherwise waits for every job with a live line of counts. A failed job does not stop the others; once they are
+    done the sweep ends at once through `sweep.end` (status list, report, the failures named on stderr, exit 1).
+    A sweep without a failed job ends in Hydra's end-of-multirun callback, through the same `end`.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig
 
 from medsweep import config as config_schema
-from medsweep import record
+from medsweep import record, submit
 from medsweep.checks import check
 from medsweep.compose import ComposeCache
 from medsweep.errors import MedsweepError
 from medsweep.runrecord import RunRecord
-from medsweep.sweep import PlannedJob, end, write_jobs
+from medsweep.submit import chunks, cluster_limits
+from medsweep.sweep import PlannedJob, detached, end, read_jobs, write_jobs
 
 if TYPE_CHECKING:
     from medsweep.config import RunConfig
@@ -74,7 +79,7 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
         idx = initial_job_idx + i
         cfg: Any = configs.compose(list(overrides))  # a DictConfig of the RunConfig schema
         run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        shown = [record.redact_override(o) for o in filter_overrides(overrides) if not o.startswith("plan=")]
+        shown = [record.redact_override(o) for o in filter_overrides(overrides) if not o.startswith(("plan=", "detach="))]
         job = PlannedJob(idx=idx, overrides=shown, run_dir=str(run_dir), status="submit")
         try:
             estimate = check(cfg)
@@ -107,8 +112,9 @@ def plan_table(jobs: list[PlannedJob]) -> str:
              "est_gpu_h": round(j.gpu_hours, 2), "run_dir": Path(j.run_dir).name, "reason": j.reason}
             for j in jobs]
     total = sum(j.gpu_hours for j in jobs if j.status == "submit")
-    counts = {s: sum(j.status == s for j in jobs) for s in ("submit", "complete", "refused", "invalid")}
-    summary = (f"{len(jobs)} jobs: {counts['submit']} to run, {counts['complete']} complete (skipped), "
+    counts = {s: sum(j.status == s for j in jobs) for s in ("submit", "complete", "queued", "refused", "invalid")}
+    queued = f"{counts['queued']} still queued in SLURM (not submitted again), " if counts["queued"] else ""
+    summary = (f"{len(jobs)} jobs: {counts['submit']} to run, {counts['complete']} complete (skipped), {queued}"
                f"{counts['refused']} refused (do not fit), {counts['invalid']} invalid; "
                f"estimated {total:.2f} GPU-hours to run")
     return pd.DataFrame(rows).to_markdown(index=False) + "\n" + summary
@@ -136,29 +142,36 @@ class SweepLauncherMixin:
         return ret
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import submitit
-
-        executor_kind = self._EXECUTOR
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        kind = self._EXECUTOR
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()  # the report job may start elsewhere
+        detach = detached(self.config) and not self.config.plan
+        if detach and kind != "slurm":
+            _refuse("detach=true needs hydra/launcher=slurm: a local sweep's jobs end with this command")
         record.scrub_yaml_files([sweep_dir / "multirun.yaml"])
-        jobs = plan_jobs(self, job_overrides, initial_job_idx, executor_kind)
-        visible = _visible_gpus() if executor_kind == "local" and not self.config.plan \
+        jobs = plan_jobs(self, job_overrides, initial_job_idx, kind)
+        visible = _visible_gpus() if kind == "local" and not self.config.plan \
             and any(j.resources.get("gpus_per_node") for j in jobs) else []  # a plan asks no GPU (nor torch)
-        if executor_kind == "local" and not self.config.plan:  # a plan may be for the cluster: only a launch checks
+        if kind == "local" and not self.config.plan:  # a plan may be for the cluster: only a launch checks
             for j in jobs:
                 wanted = j.resources.get("gpus_per_node", 0)
                 if j.status == "submit" and wanted > len(visible):
                     j.status, j.reason = "refused", f"needs {wanted} GPU(s), {len(visible)} visible on this machine"
+        if kind == "slurm" and not self.config.plan:
+            _keep_queued(sweep_dir, jobs)
         print(plan_table(jobs), flush=True)
         bad = [j for j in jobs if j.status in ("refused", "invalid")]
         if self.config.plan:
             return []
         if bad:  # refuse the whole sweep before anything is submitted: one line, exit 2
-            print(f"medsweep: error: {len(bad)} job(s) refused before submission, nothing submitted: "
-                  + "; ".join(f"#{j.idx} {j.reason}" for j in bad), file=sys.stderr)
-            sys.exit(2)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+            _refuse(f"{len(bad)} job(s) refused before submission, nothing submitted: "
+                    + "; ".join(f"#{j.idx} {j.reason}" for j in bad))
         todo = [j for j in jobs if j.status == "submit"]
+        array_size, submit_limit = cluster_limits(self.config.site) if kind == "slurm" and todo else (None, None)
+        if submit_limit is not None and len(todo) + detach > submit_limit:
+            _refuse(f"{len(todo)} job(s){' and the report job' if detach else ''} to submit, but at most "
+                    f"{submit_limit} may be queued (MaxSubmitJobs; site.max_submit_jobs): nothing submitted; "
+                    "submit the grid in parts (each part skips what is complete or queued)")
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         for j in jobs:
             if j.status == "complete":
                 j.outcome = "skipped"
@@ -167,41 +180,79 @@ class SweepLauncherMixin:
             groups.setdefault(json.dumps(j.resources, sort_keys=True), []).append(j)
         returns, pending = [], []
         for key, group in groups.items():
-            executor = submitit.AutoExecutor(cluster=executor_kind, folder=self.params["submitit_folder"],
-                                             **self._init_params())
-            executor.update_parameters(**json.loads(key), name=str(self.config.hydra.job.name),
-                                       **self._extra_params())
-            gpus = group[0].resources.get("gpus_per_node", 0)
-            wave_size = len(group)
-            if executor_kind == "local":  # each job its own GPUs: at most visible // gpus at once
-                wave_size = min(self.config.site.max_parallel, len(visible) // gpus if gpus else len(group))
-            for wave in _waves(group, wave_size):
-                args = [(list(job_overrides[j.idx - initial_job_idx]), "hydra.sweep.dir", j.idx,
-                         f"job_id_for_{j.idx}", Singleton.get_state()) for j in wave]
-                if executor_kind == "local" and gpus:
-                    handles = []
-                    for k, job_args in enumerate(args):
-                        ids = ",".join(str(i) for i in visible[k * gpus:(k + 1) * gpus])
-                        # AutoExecutor passes no visible_gpus to the local executor; its setup lines run in the
-                        # job's shell after submitit set CUDA_VISIBLE_DEVICES, so this export wins
-                        executor.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={ids}"])
-                        handles.append(executor.submit(self, *job_args))
-                else:
-                    handles = executor.map_array(self, *zip(*args, strict=True))
-                pairs = list(zip(wave, handles, strict=True))
-                for j, handle in pairs:
-                    j.job_id = str(handle.job_id)
-                    log.info("#%d submitted as %s: %s", j.idx, handle.job_id, " ".join(j.overrides))
-                if executor_kind == "local":  # waves cap the local concurrency
-                    returns += _wait(pairs)
-                else:
-                    pending += pairs
+            executor = self._executor(json.loads(key))
+            if kind == "local":  # each job its own GPUs, at most visible // gpus at once
+                gpus = group[0].resources.get("gpus_per_node", 0)
+                size = min(self.config.site.max_parallel, len(visible) // gpus if gpus else len(group))
+                for wave in chunks(group, size):
+                    returns += submit.wait(self._submit_local(executor, wave, job_overrides, initial_job_idx,
+                                                              visible, gpus))
+            else:  # one array per resource group, split where the cluster caps an array's size
+                for array in chunks(group, array_size):
+                    handles = executor.map_array(self, *zip(*self._args(array, job_overrides, initial_job_idx),
+                                                            strict=True))
+                    pending += _submitted(array, handles)
         write_jobs(sweep_dir, jobs)
-        returns += _wait(pending)
+        if detach:
+            self._detach(sweep_dir, jobs, pending)
+            return returns
+        returns += submit.wait(pending)
         write_jobs(sweep_dir, jobs)
         if any(j.outcome == "failed" for j in jobs):  # the sweep ends here, through its one end (sweep.py)
             sys.exit(end(sweep_dir, launched=len(jobs)))
         return returns
+
+    def _executor(self, resources: dict[str, Any]) -> Any:
+        import submitit
+
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
+                                         **self._init_params())
+        executor.update_parameters(**resources, name=str(self.config.hydra.job.name), **self._extra_params())
+        return executor
+
+    def _args(self, jobs: list[PlannedJob], job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+              ) -> list[tuple[Any, ...]]:
+        """Hydra's job arguments of each job (its overrides, the sweep dir key, its index, its name, Hydra's state)."""
+        return [(list(job_overrides[j.idx - initial_job_idx]), "hydra.sweep.dir", j.idx, f"job_id_for_{j.idx}",
+                 Singleton.get_state()) for j in jobs]
+
+    def _submit_local(self, executor: Any, wave: list[PlannedJob], job_overrides: Sequence[Sequence[str]],
+                      initial_job_idx: int, visible: list[int], gpus: int) -> list[tuple[PlannedJob, Any]]:
+        args = self._args(wave, job_overrides, initial_job_idx)
+        if not gpus:
+            return _submitted(wave, executor.map_array(self, *zip(*args, strict=True)))
+        handles = []
+        for k, job_args in enumerate(args):
+            ids = ",".join(str(i) for i in visible[k * gpus:(k + 1) * gpus])
+            # AutoExecutor passes no visible_gpus to the local executor; its setup lines run in the job's shell
+            # after submitit set CUDA_VISIBLE_DEVICES, so this export wins
+            executor.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={ids}"])
+            handles.append(executor.submit(self, *job_args))
+        return _submitted(wave, handles)
+
+    def _detach(self, sweep_dir: Path, jobs: list[PlannedJob], pending: list[tuple[PlannedJob, Any]]) -> None:
+        """Submit the report job after the sweep's jobs (new and still queued ones), say how to follow, return."""
+        waits_for = [j.job_id for j in jobs if j.outcome == "submitted"]
+        if not waits_for:  # nothing runs: the report of what is complete, now
+            end(sweep_dir)
+            return
+        if not pending:  # the report job of their submission waits for them already
+            print(f"medsweep: nothing submitted: {len(waits_for)} job(s) still queued from an earlier submission, "
+                  f"whose report job writes the report when they end\n  follow:  medsweep-status {sweep_dir} --watch",
+                  flush=True)
+            return
+        import submitit
+
+        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"])
+        executor.update_parameters(**submit.report_parameters(jobs, waits_for, str(self.config.hydra.job.name)))
+        report = executor.submit(submit.report_job, str(sweep_dir))
+        queued = len(waits_for) - len(pending)
+        arrays = submit.master_ids([j.job_id for j, _ in pending])
+        print(f"medsweep: submitted {len(pending)} job(s) as SLURM job(s) {', '.join(arrays)}"
+              + (f" ({queued} already queued)" if queued else "")
+              + f"; report job {report.job_id} starts when they have ended\n"
+              f"  follow:  medsweep-status {sweep_dir} --watch\n"
+              f"  report:  {sweep_dir / 'report' / 'report.md'}", flush=True)
 
     def _init_params(self) -> dict[str, Any]:
         if "max_num_timeout" in self.params:
@@ -231,26 +282,37 @@ def _visible_gpus() -> list[int]:
     return list(range(torch.cuda.device_count()))
 
 
-def _waves(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+def _submitted(jobs: list[PlannedJob], handles: Sequence[Any]) -> list[tuple[PlannedJob, Any]]:
+    pairs = list(zip(jobs, handles, strict=True))
+    for j, handle in pairs:
+        j.job_id, j.outcome = str(handle.job_id), "submitted"
+        log.info("#%d submitted as %s: %s", j.idx, handle.job_id, " ".join(j.overrides))
+    return pairs
 
 
-def _wait(pairs) -> list[JobReturn]:
-    """Wait for every job; a failure is recorded on its PlannedJob, never raised here."""
-    returns = []
-    for job, handle in pairs:
-        try:
-            ret = handle.results()[0]
-            job.outcome = "completed"
-            returns.append(ret)
-        except Exception as exc:  # noqa: BLE001 - any job failure: record it, let the others finish
-            job.outcome, job.error = "failed", _one_line(exc)
-            log.error("#%d failed (job %s): %s", job.idx, handle.job_id, job.error)
-    return returns
+def _keep_queued(sweep_dir: Path, jobs: list[PlannedJob]) -> None:
+    """A job whose earlier submission is still pending or running in SLURM is not submitted again: re-running the
+    command of a sweep submits only what failed or never ran (a complete record is skipped in the plan)."""
+    earlier = {p["run_dir"]: p for p in read_jobs(sweep_dir) if p.get("job_id") and p.get("outcome") == "submitted"}
+    mine = {j.run_dir: earlier[j.run_dir] for j in jobs if j.status == "submit" and j.run_dir in earlier}
+    if not mine:
+        return
+    from medsweep import slurm
+
+    try:
+        states = slurm.job_states([p["job_id"] for p in mine.values()])
+    except MedsweepError as exc:  # a second copy of a running job fails on its run lock rather than racing it
+        log.warning("cannot ask SLURM about the earlier submission (%s): every unfinished job is submitted", exc)
+        return
+    for j in jobs:
+        known = mine.get(j.run_dir)
+        state = states.get(known["job_id"]) if known else None
+        if known and state is not None and state.state in slurm.ACTIVE:
+            j.status, j.job_id, j.outcome = "queued", known["job_id"], "submitted"
+            j.reason = f"already in SLURM as job {j.job_id} ({state.state})"
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    tail = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
-    return f"{type(exc).__name__}: {tail.strip()}"[:500]
-
+def _refuse(message: str) -> None:
+    """One line on stderr and exit 2: the whole sweep is refused before anything is submitted."""
+    print(f"medsweep: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)

@@ -31,6 +31,7 @@ NON_IDENTITY_KEYS = {
     "sweep_name",
     "resume",
     "plan",
+    "detach",
     "site",
     "model.cache_dir",
     "train.cache_tokenized",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medsweep import record
 from medsweep.errors import MedsweepError
@@ -41,25 +41,35 @@ class PlannedJob:
     processes: int = 1
     gpu_hours: float = 0.0
     job_id: str = ""  # submitit / SLURM job id
-    outcome: str = ""  # after the run: completed | failed | skipped
+    outcome: str = ""  # completed | failed | skipped; submitted: detached, or still queued from an earlier submission
     error: str = ""
+
+
+def detached(cfg: DictConfig) -> bool:
+    """Whether a multirun submits and returns (`detach`; unset: on SLURM) instead of waiting for its jobs."""
+    choice = cfg.get("detach")
+    if choice is None:
+        return str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")).endswith("SlurmLauncher")
+    return bool(choice)
+
+
+def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The sweep's jobs file as written (a list of PlannedJob dicts), [] when there is none yet."""
+    path = sweep_dir / JOBS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def write_jobs(sweep_dir: Path, jobs: list[PlannedJob]) -> None:
     """Write this launch's jobs into the sweep's jobs file, keeping the jobs of its earlier batches."""
-    path = sweep_dir / JOBS_FILE
-    previous = json.loads(path.read_text()) if path.is_file() else []
+    previous = read_jobs(sweep_dir)
     mine = {j.idx for j in jobs}
     merged = [p for p in previous if p.get("idx") not in mine] + [asdict(j) for j in jobs]
-    record.atomic_write_json(path, sorted(merged, key=lambda j: j["idx"]))
+    record.atomic_write_json(sweep_dir / JOBS_FILE, sorted(merged, key=lambda j: j["idx"]))
 
 
 def job_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     """This sweep's jobs (from the launcher's sweep_jobs.json) with the status of their run records."""
-    path = sweep_dir / JOBS_FILE
-    if not path.is_file():
-        return []
-    jobs = json.loads(path.read_text())
+    jobs = read_jobs(sweep_dir)
     for job in jobs:
         try:
             rec = RunRecord.read(job["run_dir"])
@@ -117,9 +127,9 @@ def end(sweep_dir: Path, launched: int | None = None) -> int:
 
 class SweepReport(Callback):
     """Hydra's end-of-multirun hook: `end` (a sweep with a failed job has ended in the launcher instead, which
-    calls the same `end` and then exits 1)."""
+    calls the same `end` and then exits 1; a detached sweep ends in its report job on the cluster)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("plan"):
+        if config.get("plan") or detached(config):
             return
         end(Path(str(config.hydra.sweep.dir)))

@@ -15,7 +15,7 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from medsweep import launcher, record
+from medsweep import launcher, record, submit
 from medsweep.sweep import JOBS_FILE
 from tests.conftest import CONF_DIR, SECRET_ENV, assert_no_secret, run_medsweep
 
@@ -37,6 +37,11 @@ def multirun(*overrides: str):
 class Handle:
     def __init__(self, log, job_id, fail=None):
         self.job_id, self.log, self.fail = job_id, log, fail
+
+    state = "RUNNING"
+
+    def done(self):  # the wait's poll: a fake job has ended once it is asked
+        return True
 
     def results(self):
         self.log.append(("results", self.job_id))
@@ -66,6 +71,10 @@ def executors(monkeypatch):
             self.calls.append(("update", kwargs))
 
         def submit(self, fn, *args):
+            if fn is submit.report_job:  # a detached sweep's report job
+                handle = Handle(self.log, str(next(counter)))
+                self.calls.append(("report", args, dict(self.params)))
+                return handle
             assert isinstance(fn, launcher.SweepLauncherMixin)  # the job runs the launcher's __call__ (Hydra's job)
             handle = Handle(self.log, str(next(counter)), failing.get(args[2]))
             self.calls.append(("submit", args[2], dict(self.params)))
@@ -82,6 +91,8 @@ def executors(monkeypatch):
 
     made_log: list = []
     monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    # the cluster's limits (tests of the split set site.max_array_size / max_submit_jobs)
+    monkeypatch.setattr(launcher, "cluster_limits", lambda site: (site.max_array_size, site.max_submit_jobs))
     FakeExecutor.made, FakeExecutor.log, FakeExecutor.failing = made, made_log, failing
     return FakeExecutor
 
@@ -161,7 +172,7 @@ def test_slurm_sweep_submits_one_array_per_resource_group(tmp_path, executors, c
     printed = []
     monkeypatch.setattr(launcher, "print", lambda *a, **kw: printed.append(kw) or print(*a, **kw), raising=False)
     with caplog.at_level(logging.INFO, logger="medsweep.launcher"):
-        multirun("hydra/launcher=slurm", "experiment=smoke", "profile.cpus=1,2", "lora.r=4,8",
+        multirun("hydra/launcher=slurm", "detach=false", "experiment=smoke", "profile.cpus=1,2", "lora.r=4,8",
                  f"output_root={tmp_path}", "site.account=mylab")
     assert printed == [{"flush": True}]  # the plan table is out before the wait for the jobs begins
     assert [r.getMessage() for r in caplog.records if r.name == "medsweep.launcher"] == [
@@ -180,10 +191,10 @@ def test_slurm_sweep_submits_one_array_per_resource_group(tmp_path, executors, c
                                          "slurm_signal_delay_s": 120})
     # Hydra's order: profile.cpus varies slowest; each array gets its jobs' own overrides
     assert [c[1] for e in ex for c in e.calls if c[0] == "map_array"] == [[0, 1], [2, 3]]
-    assert ex[0].calls[1][2] == [["experiment=smoke", "profile.cpus=1", "lora.r=4", f"output_root={tmp_path}",
-                                  "site.account=mylab"],
-                                 ["experiment=smoke", "profile.cpus=1", "lora.r=8", f"output_root={tmp_path}",
-                                  "site.account=mylab"]]
+    assert ex[0].calls[1][2] == [["detach=False", "experiment=smoke", "profile.cpus=1", "lora.r=4",
+                                  f"output_root={tmp_path}", "site.account=mylab"],
+                                 ["detach=False", "experiment=smoke", "profile.cpus=1", "lora.r=8",
+                                  f"output_root={tmp_path}", "site.account=mylab"]]
     jobs = jobs_file(tmp_path)
     assert [(j["idx"], j["status"], j["outcome"], j["job_id"]) for j in jobs] == [
         (0, "submit", "completed", "1000"), (1, "submit", "completed", "1001"),
@@ -282,8 +293,8 @@ def run_dir_of(root: Path, override: str) -> Path:
 def test_failed_jobs_are_named_and_the_others_finish(tmp_path, executors, capsys, caplog):
     executors.failing[1] = "FileNotFoundError: missing.jsonl not found"
     with pytest.raises(SystemExit) as exit_, caplog.at_level(logging.ERROR, logger="medsweep.launcher"):
-        multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", f"output_root={tmp_path}",
-                 "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=2")
+        multirun("hydra/launcher=slurm", "detach=false", "experiment=smoke", "lora.r=4,8,16",
+                 f"output_root={tmp_path}", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=2")
     assert [r.getMessage() for r in caplog.records if r.name == "medsweep.launcher"] == [
         "#1 failed (job 1001): RuntimeError: FileNotFoundError: missing.jsonl not found"]
     (ex,) = executors.made
@@ -374,27 +385,28 @@ def test_visible_gpus(monkeypatch):
     assert launcher._visible_gpus() == [0, 1, 2]
 
 
-def test_waves():
-    assert launcher._waves([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
-    assert launcher._waves([1, 2], 5) == [[1, 2]]
-    assert launcher._waves([], 3) == []
+def test_chunks():
+    assert submit.chunks([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
+    assert submit.chunks([1, 2], 5) == [[1, 2]]
+    assert submit.chunks([1, 2, 3], None) == [[1, 2, 3]]  # no limit: one array
+    assert submit.chunks([], 3) == [] and submit.chunks([], None) == []
 
 
 def test_one_line_keeps_the_error_line():
     text = "Job 12 failed\nTraceback (most recent call last):\n  File x\nValueError: lora.r bad\n  during handling\n"
-    assert launcher._one_line(RuntimeError(text)) == "RuntimeError: ValueError: lora.r bad"
-    assert launcher._one_line(OSError("first\n\n  last line  \n")) == "OSError: last line"
-    assert launcher._one_line(KeyError()) == "KeyError: "
+    assert submit.error_line(RuntimeError(text)) == "RuntimeError: ValueError: lora.r bad"
+    assert submit.error_line(OSError("first\n\n  last line  \n")) == "OSError: last line"
+    assert submit.error_line(KeyError()) == "KeyError: "
     # the last line that names an error, lower case included, rather than the last line
-    assert launcher._one_line(RuntimeError("submitted\nsrun: error: node lost\ncleanup done")) == \
+    assert submit.error_line(RuntimeError("submitted\nsrun: error: node lost\ncleanup done")) == \
         "RuntimeError: srun: error: node lost"
-    assert launcher._one_line(RuntimeError("an error: " + "x" * 600)) == ("RuntimeError: an error: " + "x" * 600)[:500]
+    assert submit.error_line(RuntimeError("an error: " + "x" * 600)) == ("RuntimeError: an error: " + "x" * 600)[:500]
 
 
 def test_wait_records_failures_and_goes_on():
     log = []
     a, b = launcher.PlannedJob(0, ["a"], "d0", "submit"), launcher.PlannedJob(1, ["b"], "d1", "submit")
-    returns = launcher._wait([(a, Handle(log, "7", fail="ValueError: boom")), (b, Handle(log, "8"))])
+    returns = submit.wait([(a, Handle(log, "7", fail="ValueError: boom")), (b, Handle(log, "8"))])
     assert [r.return_value for r in returns] == ["8"]
     assert (a.outcome, a.error, b.outcome, b.error) == ("failed", "RuntimeError: ValueError: boom", "completed", "")
 
@@ -513,13 +525,98 @@ def test_a_sweep_in_batches_submits_each_job_with_its_own_overrides(tmp_path, ex
     """hydra.sweeper.max_batch_size splits a sweep into several launch() calls; the later ones number their jobs from
     initial_job_idx, and the jobs file keeps every batch's jobs."""
     batches = multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", f"output_root={tmp_path}",
-                       "hydra.sweeper.max_batch_size=2")
+                       "hydra.sweeper.max_batch_size=2", "detach=false")
     assert [[r.return_value for r in batch] for batch in batches] == [["1000", "1001"], ["1002"]]
     arrays = [c for e in executors.made for c in e.calls if c[0] == "map_array"]
     assert [(idxs, [o[1] for o in overrides]) for _, idxs, overrides, _ in arrays] == [
         ([0, 1], ["lora.r=4", "lora.r=8"]), ([2], ["lora.r=16"])]
     assert [(j["idx"], j["overrides"][1], j["outcome"]) for j in jobs_file(tmp_path)] == [
         (0, "lora.r=4", "completed"), (1, "lora.r=8", "completed"), (2, "lora.r=16", "completed")]
+
+
+# --- detached sweeps and the cluster's limits ------------------------------------------------------------------------
+
+def test_a_detached_slurm_sweep_submits_a_report_job_after_its_jobs_and_returns(tmp_path, executors, capsys):
+    batches = multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", "site.max_array_size=2",
+                       "site.partition=gpu", "site.account=lab", f"output_root={tmp_path}")  # detach: SLURM's default
+    assert batches == [[]]  # nothing waited for
+    sweep_dir = tmp_path / "sweeps" / "sweep"
+    arrays = [c for e in executors.made for c in e.calls if c[0] == "map_array"]
+    assert [idxs for _, idxs, _, _ in arrays] == [[0, 1], [2]]  # split at site.max_array_size
+    assert not [e for e in executors.log if e[0] == "results"]
+    (report,) = [c for e in executors.made for c in e.calls if c[0] == "report"]
+    assert report[1] == (str(sweep_dir),)
+    assert report[2] == {"timeout_min": 60, "cpus_per_task": 1, "mem_gb": 4, "nodes": 1, "tasks_per_node": 1,
+                         "name": "medsweep-report", "slurm_partition": "gpu", "slurm_account": "lab",
+                         "slurm_additional_parameters": {"dependency": "afterany:1000:1001:1002"}}
+    jobs = jobs_file(tmp_path)
+    assert [(j["status"], j["outcome"], j["job_id"]) for j in jobs] == [
+        ("submit", "submitted", "1000"), ("submit", "submitted", "1001"), ("submit", "submitted", "1002")]
+    out = capsys.readouterr().out
+    assert "medsweep: submitted 3 job(s) as SLURM job(s) 1000, 1001, 1002; report job 1003 starts when they have " \
+           "ended" in out
+    assert f"  follow:  medsweep-status {sweep_dir} --watch" in out
+    assert not (sweep_dir / "report").exists()  # the report job writes it, not Hydra's end-of-multirun hook
+
+
+def test_array_ids_of_a_split_array_become_one_dependency_each():
+    assert submit.master_ids(["77_0", "77_1", "80_0", "", "9"]) == ["9", "77", "80"]
+    jobs = [launcher.PlannedJob(0, [], "d", "submit", resources={"slurm_setup": ["module load x"],
+                                                                 "slurm_additional_parameters": {"mail-type": "END"}})]
+    params = submit.report_parameters(jobs, ["77_0", "77_1"], "sw")
+    assert params["slurm_setup"] == ["module load x"] and params["name"] == "sw-report"
+    assert params["slurm_additional_parameters"] == {"mail-type": "END", "dependency": "afterany:77"}
+    assert jobs[0].resources["slurm_additional_parameters"] == {"mail-type": "END"}  # the jobs' own untouched
+
+
+def test_more_jobs_than_the_cluster_lets_one_queue_are_refused(tmp_path, executors, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8", "site.max_submit_jobs=2",
+                 f"output_root={tmp_path}")
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exit_.value.code == 2 and executors.made == []
+    assert err == ["medsweep: error: 2 job(s) and the report job to submit, but at most 2 may be queued "
+                   "(MaxSubmitJobs; site.max_submit_jobs): nothing submitted; submit the grid in parts (each part "
+                   "skips what is complete or queued)"]
+    multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8", "site.max_submit_jobs=2", "detach=false",
+             f"output_root={tmp_path}")  # without the report job it fits
+    assert [c[1] for e in executors.made for c in e.calls if c[0] == "map_array"] == [[0, 1]]
+
+
+def test_a_rerun_does_not_submit_again_what_slurm_still_runs(tmp_path, executors, capsys, monkeypatch):
+    from medsweep import slurm
+
+    sweep = ["hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", f"output_root={tmp_path}"]
+    multirun(*sweep)
+    first = jobs_file(tmp_path)
+    asked = []
+
+    def states(ids):
+        asked.append(sorted(ids))
+        return {"1000": slurm.SlurmJob("1000", "RUNNING"), "1001": slurm.SlurmJob("1001", "FAILED")}
+
+    monkeypatch.setattr(slurm, "job_states", states)
+    capsys.readouterr()
+    multirun(*sweep)
+    assert asked == [["1000", "1001", "1002"]]  # one query for the earlier submission's jobs
+    out = capsys.readouterr().out
+    assert "3 jobs: 2 to run, 0 complete (skipped), 1 still queued in SLURM (not submitted again)" in out
+    again = [c for e in executors.made for c in e.calls if c[0] == "map_array"][1:]
+    assert [c[1] for c in again] == [[1, 2]]  # FAILED and unknown to SLURM: submitted again
+    jobs = jobs_file(tmp_path)
+    assert [(j["status"], j["job_id"], j["reason"]) for j in jobs] == [
+        ("queued", "1000", "already in SLURM as job 1000 (RUNNING)"), ("submit", "1004", ""), ("submit", "1005", "")]
+    (_, report) = [c for e in executors.made for c in e.calls if c[0] == "report"]
+    assert report[2]["slurm_additional_parameters"] == {"dependency": "afterany:1000:1004:1005"}
+    assert first[0]["run_dir"] == jobs[0]["run_dir"]
+
+
+def test_detach_needs_slurm(tmp_path, executors, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        multirun("experiment=smoke", "lora.r=4,8", "detach=true", f"output_root={tmp_path}")
+    assert exit_.value.code == 2 and executors.made == []
+    assert capsys.readouterr().err.strip() == ("medsweep: error: detach=true needs hydra/launcher=slurm: a local "
+                                               "sweep's jobs end with this command")
 
 
 # --- the plan of the published grid: 5 models x 9 VM profiles ---------------------------------------------------------

@@ -17,7 +17,8 @@ from tests.conftest import MEDQUAD_JSONL, ROOT, SECRET_ENV, assert_no_secret, ne
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # small and quick on a 2-core node: 1 cpu and 3 GB per job so two jobs run at once
-JOB = ["hydra/launcher=slurm", "experiment=smoke", "profile.cpus=1", "profile.memory_gb=3"]
+DETACHED = ["hydra/launcher=slurm", "experiment=smoke", "profile.cpus=1", "profile.memory_gb=3"]
+JOB = [*DETACHED, "detach=false"]  # the command waits for its jobs (detached: SLURM's default)
 
 
 @pytest.fixture(scope="module", autouse=True)
