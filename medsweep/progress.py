@@ -3,87 +3,31 @@ line at least every `every_s` seconds and when the work ends, never carriage ret
 a Trainer callback: step / total, loss, steps/s, ETA) and evaluation (`Progress` around generation and
 perplexity) both use it.
 
-Inside `recording(<run_dir>/progress.json)` (run.py, on the writing rank) the same figures also go to that file,
-atomically, at each logging step of training, when a task starts and ends, and at least every `every_s` seconds in
-between, for `medsweep-status` to read without parsing a log: phase (train | eval), step / total_steps and the last
-loss, evaluation's task (generation, perplexity) with questions_done / questions_total, elapsed_s and eta_s of the
-current task, updated_at (UTC).
+Inside `progress_file.recording` (run.py) the same figures also go to the run's progress.json.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from transformers import TrainerCallback
 
-from medsweep import record
+from medsweep import progress_file
+from medsweep.progress_file import EVERY_S, duration
 
+__all__ = ["EVERY_S", "Progress", "TrainingProgress", "duration"]
 log = logging.getLogger("medsweep")
-EVERY_S = 60.0  # a plain line at least this often: a SLURM log shows the job is alive and how far it is
-FILE = "progress.json"
-
-
-def duration(seconds: float) -> str:
-    """1h02m, 3m05s, 42s; ? when unknown."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-class ProgressFile:
-    """The figures of the current task, merged into one dict and written to `path` when forced or when `every_s`
-    seconds have passed since the last write. A write that fails (disk full) is logged once and never stops the
-    run: the file is a convenience, the record is what counts."""
-
-    def __init__(self, path: Path, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic):
-        self.path, self.every_s, self.clock = Path(path), every_s, clock
-        self.fields: dict[str, Any] = {}
-        self.last = -math.inf
-        self.broken = False
-
-    def update(self, force: bool = False, **fields: Any) -> None:
-        """`fields` replace those of the same name; the others keep their value (after training, evaluation's
-        figures join training's last step and loss)."""
-        self.fields.update(fields)
-        if self.broken or not (force or self.clock() - self.last >= self.every_s):
-            return
-        self.last = self.clock()
-        try:
-            record.atomic_write_json(self.path, {**self.fields, "updated_at": record.now()})
-        except OSError as exc:
-            self.broken = True
-            log.warning("cannot write %s (%s): progress goes to the log only", self.path, exc)
-
-
-_recorder: ProgressFile | None = None
-
-
-@contextlib.contextmanager
-def recording(path: Path, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic
-              ) -> Iterator[ProgressFile]:
-    """While inside, training's and evaluation's progress also go to `path` (one process's: the writing rank's)."""
-    global _recorder
-    previous, _recorder = _recorder, ProgressFile(path, every_s, clock)
-    try:
-        yield _recorder
-    finally:
-        _recorder = previous
 
 
 class Progress:
     """`done` of `total` units of one task. `tty` (default: whether `stream` is a terminal) chooses the tqdm bar;
     otherwise `update` logs a line when `every_s` seconds have passed since the last one, and `close` logs the last.
-    `phase`: what the progress file (`recording`) calls it: train (step, total_steps, loss) or eval."""
+    `phase`: what progress.json calls it: train (step, total_steps, loss) or eval (task, questions)."""
 
     def __init__(self, desc: str, total: int, unit: str, *, initial: int = 0, every_s: float = EVERY_S,
                  stream: TextIO | None = None, tty: bool | None = None, clock: Callable[[], float] = time.monotonic,
@@ -123,7 +67,8 @@ class Progress:
         return elapsed, rate, left if self.done < self.total else 0.0
 
     def _record(self, force: bool) -> None:
-        if _recorder is None:
+        recorder = progress_file.current()
+        if recorder is None:
             return
         elapsed, _, left = self.timing()
         if self.phase == "train":
@@ -132,7 +77,7 @@ class Progress:
                 fields["loss"] = self.postfix["loss"]
         else:
             fields = {"task": self.desc, "questions_done": self.done, "questions_total": self.total}
-        _recorder.update(force, phase=self.phase, **fields, elapsed_s=round(elapsed, 1),
+        recorder.update(force, phase=self.phase, **fields, elapsed_s=round(elapsed, 1),
                          eta_s=round(left, 1) if math.isfinite(left) else None)
 
     def line(self) -> str:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from medsweep import progress
+from medsweep import progress, progress_file
 
 
 class Clock:
@@ -86,7 +86,7 @@ def test_training_writes_progress_json_at_each_logging_step_and_every_minute(tmp
     clock, path = Clock(), tmp_path / "progress.json"
     state = SimpleNamespace(is_world_process_zero=True, max_steps=100, global_step=0)
     seen = []
-    with progress.recording(path, clock=clock):
+    with progress_file.recording(path, clock=clock):
         callback = progress.TrainingProgress(stream=io.StringIO(), clock=clock)
         callback.on_train_begin(None, state, None)
         seen.append(json.loads(path.read_text()))  # at once: the job has started training
@@ -111,7 +111,7 @@ def test_training_writes_progress_json_at_each_logging_step_and_every_minute(tmp
 
 def test_evaluation_joins_trainings_figures_in_progress_json(tmp_path):
     clock, path = Clock(), tmp_path / "progress.json"
-    with progress.recording(path, clock=clock) as recorder:
+    with progress_file.recording(path, clock=clock) as recorder:
         recorder.update(force=True, phase="train", step=6, total_steps=6, loss=1.5)
         p = progress.Progress("generation", 24, "answer", stream=io.StringIO(), clock=clock)
         assert json.loads(path.read_text())["questions_done"] == 0
@@ -129,7 +129,7 @@ def test_evaluation_joins_trainings_figures_in_progress_json(tmp_path):
 def test_a_progress_file_that_cannot_be_written_never_stops_the_run(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with caplog.at_level(logging.WARNING, logger="medsweep"), progress.recording(blocker / "progress.json"):
+    with caplog.at_level(logging.WARNING, logger="medsweep"), progress_file.recording(blocker / "progress.json"):
         p = progress.Progress("generation", 2, "answer", stream=io.StringIO())
         p.update(1, force=True)
         p.close()
@@ -137,7 +137,7 @@ def test_a_progress_file_that_cannot_be_written_never_stops_the_run(tmp_path, ca
 
 
 def test_other_ranks_write_no_progress_file(tmp_path):
-    with progress.recording(tmp_path / "progress.json"):
+    with progress_file.recording(tmp_path / "progress.json"):
         callback = progress.TrainingProgress(stream=io.StringIO())
         callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=False, max_steps=10, global_step=0), None)
         callback.on_step_end(None, SimpleNamespace(is_world_process_zero=False, max_steps=10, global_step=1), None)
