@@ -2,6 +2,8 @@
 line at least every `every_s` seconds and when the work ends, never carriage returns. Training (`TrainingProgress`,
 a Trainer callback: step / total, loss, steps/s, ETA) and evaluation (`Progress` around generation and
 perplexity) both use it.
+
+Inside `progress_file.recording` (run.py) the same figures also go to the run's progress.json.
 """
 
 from __future__ import annotations
@@ -15,27 +17,23 @@ from typing import Any, TextIO
 
 from transformers import TrainerCallback
 
+from medsweep import progress_file
+from medsweep.progress_file import EVERY_S, duration
+
+__all__ = ["EVERY_S", "Progress", "TrainingProgress", "duration"]
 log = logging.getLogger("medsweep")
-EVERY_S = 60.0  # a plain line at least this often: a SLURM log shows the job is alive and how far it is
-
-
-def duration(seconds: float) -> str:
-    """1h02m, 3m05s, 42s; ? when unknown."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class Progress:
     """`done` of `total` units of one task. `tty` (default: whether `stream` is a terminal) chooses the tqdm bar;
-    otherwise `update` logs a line when `every_s` seconds have passed since the last one, and `close` logs the last."""
+    otherwise `update` logs a line when `every_s` seconds have passed since the last one, and `close` logs the last.
+    `phase`: what progress.json calls it: train (step, total_steps, loss) or eval (task, questions)."""
 
     def __init__(self, desc: str, total: int, unit: str, *, initial: int = 0, every_s: float = EVERY_S,
-                 stream: TextIO | None = None, tty: bool | None = None, clock: Callable[[], float] = time.monotonic):
+                 stream: TextIO | None = None, tty: bool | None = None, clock: Callable[[], float] = time.monotonic,
+                 phase: str = "eval"):
         self.desc, self.total, self.unit, self.every_s, self.clock = desc, total, unit, every_s, clock
+        self.phase = phase
         self.start = self.done = initial
         self.t0 = self.last = clock()
         self.postfix: dict[str, Any] = {}
@@ -46,6 +44,7 @@ class Progress:
 
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, dynamic_ncols=True,
                             leave=False)
+        self._record(force=True)
 
     def update(self, done: int, force: bool = False, **postfix: Any) -> None:
         """Now `done` units are done (absolute, not an increment); `postfix`: figures to show (loss=...)."""
@@ -58,15 +57,35 @@ class Progress:
                                      refresh=False)
         elif force or self.clock() - self.last >= self.every_s:
             self.log_line()
+        self._record(force)
 
-    def line(self) -> str:
+    def timing(self) -> tuple[float, float, float]:
+        """Seconds since the start, units per second, seconds left (nan while unknown, 0 once done)."""
         elapsed = self.clock() - self.t0
         rate = (self.done - self.start) / elapsed if elapsed > 0 else math.nan
         left = (self.total - self.done) / rate if rate > 0 else math.nan
+        return elapsed, rate, left if self.done < self.total else 0.0
+
+    def _record(self, force: bool) -> None:
+        recorder = progress_file.current()
+        if recorder is None:
+            return
+        elapsed, _, left = self.timing()
+        if self.phase == "train":
+            fields: dict[str, Any] = {"step": self.done, "total_steps": self.total}
+            if "loss" in self.postfix:  # before the first logging step: the file keeps the last loss it has
+                fields["loss"] = self.postfix["loss"]
+        else:
+            fields = {"task": self.desc, "questions_done": self.done, "questions_total": self.total}
+        recorder.update(force, phase=self.phase, **fields, elapsed_s=round(elapsed, 1),
+                         eta_s=round(left, 1) if math.isfinite(left) else None)
+
+    def line(self) -> str:
+        elapsed, rate, left = self.timing()
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         figures = "".join(f"  {k} {v:.4g}" if isinstance(v, float) else f"  {k} {v}" for k, v in self.postfix.items())
         return (f"{self.desc}: {self.unit} {self.done}/{self.total}{share}{figures}  {rate:.3g} {self.unit}/s  "
-                f"elapsed {duration(elapsed)}  ETA {duration(left if self.done < self.total else 0.0)}")
+                f"elapsed {duration(elapsed)}  ETA {duration(left)}")
 
     def log_line(self) -> None:
         self.last = self.clock()
@@ -77,6 +96,7 @@ class Progress:
             self.bar.close()
             self.bar = None
         self.log_line()  # the last figures, on a terminal too (the bar is gone)
+        self._record(force=True)
 
 
 class TrainingProgress(TrainerCallback):
@@ -92,7 +112,7 @@ class TrainingProgress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.progress = Progress("training", state.max_steps, "step", initial=state.global_step,
-                                     **self.options)
+                                     phase="train", **self.options)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:

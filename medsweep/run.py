@@ -33,6 +33,7 @@ try:
         metrics,
         models,
         preempt,
+        progress_file,
         record,
         tracking,
         train,
@@ -98,7 +99,8 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
     tracker = tracking.Tracker()
     try:
         tracker = tracking.start(cfg, run_dir, rec.overrides)
-        _train_and_evaluate(run, run_dir, hw, rec, tracker)
+        with progress_file.recording(run_dir / progress_file.FILE):  # medsweep-status reads where the job is from it
+            _train_and_evaluate(run, run_dir, hw, rec, tracker)
     except BaseException as exc:  # SystemExit: submitit requeues the job after a checkpoint (preempt.py)
         rec.status = "failed" if isinstance(exc, Exception) else "interrupted"
         rec.error, rec.finished_at = f"{type(exc).__name__}: {exc}", record.now()

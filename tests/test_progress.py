@@ -4,13 +4,14 @@ training and evaluation progress a run's log shows."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from types import SimpleNamespace
 
 import pytest
 
-from medsweep import progress
+from medsweep import progress, progress_file
 
 
 class Clock:
@@ -81,6 +82,68 @@ def test_training_progress_logs_each_logging_step_with_its_loss_and_resumes_from
     assert other_rank.progress is None
 
 
+def test_training_writes_progress_json_at_each_logging_step_and_every_minute(tmp_path):
+    clock, path = Clock(), tmp_path / "progress.json"
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=100, global_step=0)
+    seen = []
+    with progress_file.recording(path, clock=clock):
+        callback = progress.TrainingProgress(stream=io.StringIO(), clock=clock)
+        callback.on_train_begin(None, state, None)
+        seen.append(json.loads(path.read_text()))  # at once: the job has started training
+        for step in range(1, 41):
+            clock.now += 2.0
+            state.global_step = step
+            callback.on_step_end(None, state, None)
+            if step == 10:
+                callback.on_log(None, state, None, logs={"loss": 2.5})
+                seen.append(json.loads(path.read_text()))
+            if step == 20:
+                seen.append(json.loads(path.read_text()))  # 20 s after the last write: not rewritten
+        seen.append(json.loads(path.read_text()))  # 60 s after step 10's write (step 40): rewritten
+    assert {k: v for k, v in seen[0].items() if k != "updated_at"} == {
+        "phase": "train", "step": 0, "total_steps": 100, "elapsed_s": 0.0, "eta_s": None}
+    assert [s["step"] for s in seen] == [0, 10, 10, 40]
+    assert seen[1]["loss"] == seen[3]["loss"] == 2.5
+    assert (seen[3]["elapsed_s"], seen[3]["eta_s"]) == (80.0, 120.0)  # 0.5 step/s, 60 steps left
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", seen[3]["updated_at"])
+    assert not list(tmp_path.glob(".progress.json.*"))  # atomic: no temp file left behind
+
+
+def test_evaluation_joins_trainings_figures_in_progress_json(tmp_path):
+    clock, path = Clock(), tmp_path / "progress.json"
+    with progress_file.recording(path, clock=clock) as recorder:
+        recorder.update(force=True, phase="train", step=6, total_steps=6, loss=1.5)
+        p = progress.Progress("generation", 24, "answer", stream=io.StringIO(), clock=clock)
+        assert json.loads(path.read_text())["questions_done"] == 0
+        clock.now = 10.0
+        p.update(8)
+        p.close()
+    final = json.loads(path.read_text())
+    assert {k: v for k, v in final.items() if k != "updated_at"} == {
+        "phase": "eval", "step": 6, "total_steps": 6, "loss": 1.5, "task": "generation", "questions_done": 8,
+        "questions_total": 24, "elapsed_s": 10.0, "eta_s": 20.0}
+    progress.Progress("perplexity", 4, "answer", stream=io.StringIO(), clock=clock).close()
+    assert json.loads(path.read_text()) == final  # outside `recording`: nothing written
+
+
+def test_a_progress_file_that_cannot_be_written_never_stops_the_run(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING, logger="medsweep"), progress_file.recording(blocker / "progress.json"):
+        p = progress.Progress("generation", 2, "answer", stream=io.StringIO())
+        p.update(1, force=True)
+        p.close()
+    assert len([m for m in caplog.messages if "cannot write" in m]) == 1
+
+
+def test_other_ranks_write_no_progress_file(tmp_path):
+    with progress_file.recording(tmp_path / "progress.json"):
+        callback = progress.TrainingProgress(stream=io.StringIO())
+        callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=False, max_steps=10, global_step=0), None)
+        callback.on_step_end(None, SimpleNamespace(is_world_process_zero=False, max_steps=10, global_step=1), None)
+    assert not (tmp_path / "progress.json").exists()
+
+
 @pytest.mark.slow
 def test_a_runs_log_shows_training_and_evaluation_progress_without_carriage_returns(tmp_path, embedded_dir):
     from tests.conftest import run_medsweep
@@ -94,3 +157,6 @@ def test_a_runs_log_shows_training_and_evaluation_progress_without_carriage_retu
     assert steps and steps[-1][0] == steps[-1][1]
     assert re.search(r"generation: answer (\d+)/\1 \(100%\)", logged)
     assert re.search(r"perplexity: answer (\d+)/\1 \(100%\)", logged)
+    last = json.loads((run_dir / "progress.json").read_text())  # what medsweep-status shows of a running job
+    assert (last["phase"], last["task"], last["step"], last["total_steps"]) == ("eval", "perplexity", 6, 6)
+    assert last["questions_done"] == last["questions_total"] > 0 and last["loss"] > 0
