@@ -79,7 +79,8 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
         idx = initial_job_idx + i
         cfg: Any = configs.compose(list(overrides))  # a DictConfig of the RunConfig schema
         run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        shown = [record.redact_override(o) for o in filter_overrides(overrides) if not o.startswith(("plan=", "detach="))]
+        shown = [record.redact_override(o) for o in filter_overrides(overrides)
+                 if not o.startswith(("plan=", "detach="))]
         job = PlannedJob(idx=idx, overrides=shown, run_dir=str(run_dir), status="submit")
         try:
             estimate = check(cfg)
