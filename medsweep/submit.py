@@ -67,7 +67,7 @@ def wait(pairs: Sequence[tuple[PlannedJob, Any]], *, poll_s: float = 1.0, every_
         return returns
     progress = Progress("sweep", len(pairs), "job", every_s=every_s)
     pending = list(pairs)
-    shown: dict[str, int] = {}
+    shown: dict[str, Any] = {}
     while True:
         still = []
         for job, handle in pending:
@@ -78,7 +78,7 @@ def wait(pairs: Sequence[tuple[PlannedJob, Any]], *, poll_s: float = 1.0, every_
         pending = still
         counts = Counter("pending" if str(h.state).upper() in _WAITING else "running" for _, h in pending)
         failed = sum(j.outcome == "failed" for j, _ in pairs)
-        now = {"pending": counts["pending"], "running": counts["running"], "failed": failed}
+        now: dict[str, Any] = {"pending": counts["pending"], "running": counts["running"], "failed": failed}
         if not pending:  # close() logs the last line
             progress.update(len(pairs), **now)
             break
