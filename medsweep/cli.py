@@ -19,8 +19,27 @@ from medsweep.errors import ConfigError
 GROUPS = ("model", "lora", "data", "train", "eval", "profile", "logger", "site", "experiment")
 
 
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def _options(group: str, search: tuple[Path, ...] = ()) -> list[str]:
+    """The options of a config group in conf/ and in the directories the user added to Hydra's search path."""
+    return sorted({p.stem for root in (CONF_DIR, *search) for p in (root / group).glob("*.yaml")})
+
+
+SEARCHPATH = ("hydra.searchpath=", "+hydra.searchpath=", "++hydra.searchpath=")
+
+
+def _search_dirs(overrides: list[str]) -> tuple[Path, ...] | None:
+    """The directories of `hydra.searchpath=[file://...]`; None when it names a place that cannot be listed here
+    (pkg://): then Hydra alone judges the group options."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    dirs: list[Path] = []
+    for parsed in OverridesParser.create().parse_overrides(overrides):
+        value = parsed.value()
+        for entry in value if isinstance(value, list) else [value]:
+            if not str(entry).startswith("file://"):
+                return None
+            dirs.append(Path(str(entry)[len("file://"):]))
+    return tuple(dirs)
 
 
 def _expand(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -42,11 +61,14 @@ def _expand(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     return fixed, sweeps
 
 
-def _check_group_names(overrides: list[str]) -> None:
+def _check_group_names(overrides: list[str], search: tuple[Path, ...] | None = ()) -> None:
+    if search is None:
+        return
     for text in overrides:
         key, _, value = text.lstrip("+~").partition("=")
-        if key in GROUPS and value not in _options(key) and not (key == "experiment" and value == "null"):
-            raise ConfigError(f"{key}={value} is invalid: unknown {key}; allowed: {', '.join(_options(key))}")
+        allowed = _options(key, search) if key in GROUPS else []
+        if key in GROUPS and value not in allowed and not (key == "experiment" and value == "null"):
+            raise ConfigError(f"{key}={value} is invalid: unknown {key}; allowed: {', '.join(allowed)}")
 
 
 def _compose(overrides: list[str]):
@@ -133,16 +155,21 @@ def preflight(args: list[str]) -> None:
     from medsweep.checks import check
 
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    search = [a for a in args if a.startswith(SEARCHPATH)]  # the user's own config files: composed with them
     _refuse_secrets(overrides)
     fixed, sweeps = _expand(overrides)
-    _check_group_names(fixed + [value for values in sweeps for value in values])
+    try:
+        dirs = _search_dirs(search)
+    except Exception as exc:  # noqa: BLE001 - Hydra's parse error, on one line
+        raise ConfigError(f"cannot parse {' '.join(search)!r}: {_one_line(exc)}") from exc
+    _check_group_names(fixed + [value for values in sweeps for value in values], dirs)
     # Every value of every sweep, each with the first value of the other sweeps (a sweep may supply a key
     # that the fixed overrides require, e.g. data=local with data.path=a.jsonl,b.jsonl).
     firsts = [values[0] for values in sweeps]
     variants = [fixed + firsts] + [fixed + firsts[:i] + [value] + firsts[i + 1:]
                                    for i, values in enumerate(sweeps) for value in values[1:]]
     for n, variant in enumerate(variants):
-        cfg = _compose(variant)
+        cfg = _compose(search + variant)
         if n == 0:
             _check_output_root(Path(str(cfg.output_root)))
         check(cfg, require_fit=not sweeps)  # a sweep's jobs are refused for their fit by the launcher (its table)

@@ -3,6 +3,7 @@ failures, skip on re-run, a GPU profile's request, and a time limit survived by 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -199,3 +200,101 @@ def test_preempted_data_parallel_job_resumes_to_the_same_adapter(tmp_path):
     ckpt = Path(rec["train"]["resumed_from"])
     assert {p.name for p in ckpt.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
     assert _max_diff(run_dir, _single_process_reference(tmp_path, *long_run)) <= 1e-5
+
+
+# --- detached sweeps: submit and leave --------------------------------------------------------------------------------
+
+def status_of(sweep_dir: Path) -> list[dict]:
+    """`medsweep-status <sweep> --json`, as a script would read it."""
+    proc = subprocess.run([sys.executable, "-m", "medsweep.status", str(sweep_dir), "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)["jobs"]
+
+
+def _own_experiments(root: Path) -> str:
+    """A search path with two experiments of its own: `short` (the smoke run) and `long` (100,000 steps under a
+    one-minute time limit: SLURM's time-limit signal arrives while it trains, and with max_num_timeout=0 there is
+    no requeue left)."""
+    smoke = (ROOT / "conf" / "experiment" / "smoke.yaml").read_text()
+    (root / "experiment").mkdir(parents=True)
+    (root / "experiment" / "short.yaml").write_text(smoke)
+    (root / "experiment" / "long.yaml").write_text(smoke.replace("max_steps: 6 ", "max_steps: 100000 ")
+                                                   + "profile:\n  time_limit_min: 1\n")
+    return f"hydra.searchpath=[file://{root}]"
+
+
+def _wait_for(what, timeout: float = 600, every: float = 2.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what.__doc__ or what}")
+
+
+def test_a_detached_sweep_returns_at_once_and_its_report_job_records_slurms_verdicts(tmp_path):
+    overrides = [*DETACHED, _own_experiments(tmp_path / "conf"), "experiment=short,long", "train.seed=0,1",
+                 "hydra.launcher.max_num_timeout=0", "hydra.launcher.signal_delay_s=30", f"output_root={tmp_path}"]
+    proc = run_medsweep(*overrides, multirun=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    sweep_dir = tmp_path / "sweeps" / "sweep"
+    report_job = re.search(r"report job (\d+) starts when they have ended", proc.stdout).group(1)
+    assert f"follow:  medsweep-status {sweep_dir} --watch" in proc.stdout
+    jobs = jobs_of(sweep_dir)
+    assert [j["outcome"] for j in jobs] == ["submitted"] * 4
+    assert len({j["job_id"].split("_")[0] for j in jobs}) == 2  # short and long differ in time limit: two arrays
+    seen = [{r["idx"]: r["state"] for r in status_of(sweep_dir)}]
+    assert "COMPLETED" not in seen[0].values(), seen  # the command returned before any job finished
+    assert not (sweep_dir / "report").exists()
+
+    def long_seed_1_runs():
+        seen.append({r["idx"]: r["state"] for r in status_of(sweep_dir)})
+        return seen[-1][3] == "RUNNING"
+    _wait_for(long_seed_1_runs)
+    subprocess.run(["scancel", jobs[3]["job_id"]], check=True, timeout=30)
+
+    def report_job_ended():
+        (state,) = sacct([report_job]).get(report_job, ["PENDING"])
+        return state if state not in ("PENDING", "RUNNING") else None
+    assert _wait_for(report_job_ended, every=5) == "COMPLETED"
+    final = status_of(sweep_dir)
+    assert [(r["state"], r["record"]) for r in final] == [
+        ("COMPLETED", "complete"), ("COMPLETED", "complete"), ("FAILED", "failed"), ("CANCELLED", "failed")]
+    assert {"PENDING", "RUNNING"} & {s for states in seen for s in states.values()}  # states followed as they changed
+    timed_out, cancelled = (json.loads((Path(row["run_dir"]) / "metrics.json").read_text()) for row in final[2:])
+    # the time-limit signal either reached the job's own handler (which, with no requeue left, fails the run and
+    # writes its record) or came before it was installed (the job died without a record: SLURM's verdict)
+    assert timed_out["status"] == "failed" and (
+        timed_out["error"] == f"SLURM FAILED: job {jobs[2]['job_id']}"
+        or "Job not requeued because: timed-out too many times" in timed_out["error"]), timed_out
+    assert cancelled["status"] == "failed" and cancelled["error"] == f"SLURM CANCELLED: job {jobs[3]['job_id']}"
+    assert cancelled["axes"]["train.seed"] == 1 and cancelled["slurm"]["state"] == "CANCELLED"
+    report = (sweep_dir / "report" / "report.md").read_text()
+    assert timed_out["error"] in report and cancelled["error"] in report
+
+    # the same command again submits only what failed: jobs 2 and 3 (cancelled at once: they would time out again)
+    again = run_medsweep(*overrides, multirun=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "4 jobs: 2 to run, 2 complete (skipped)" in again.stdout
+    new = jobs_of(sweep_dir)
+    subprocess.run(["scancel", new[2]["job_id"].split("_")[0],
+                    re.search(r"report job (\d+)", again.stdout).group(1)], check=True, timeout=30)
+    assert [j["outcome"] for j in new] == ["skipped", "skipped", "submitted", "submitted"]
+    assert new[2]["job_id"] not in (jobs[2]["job_id"], jobs[3]["job_id"]) and new[:2] != jobs[:2]
+
+
+def test_a_sweep_larger_than_max_array_size_goes_as_several_arrays(tmp_path):
+    """The test cluster's MaxArraySize is 4 (scripts/slurm/slurm.conf.in): 10 jobs go as arrays of 4, 4 and 2."""
+    proc = run_medsweep(*DETACHED, "train.seed=range(0,10)", f"output_root={tmp_path}", multirun=True)
+    jobs = jobs_of(tmp_path / "sweeps" / "sweep")
+    masters = [j["job_id"].split("_")[0] for j in jobs]
+    report_job = re.search(r"report job (\d+)", proc.stdout)
+    subprocess.run(["scancel", *set(masters), *([report_job.group(1)] if report_job else [])], timeout=30)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert [masters.count(m) for m in dict.fromkeys(masters)] == [4, 4, 2]
+    assert [j["job_id"].split("_")[1] for j in jobs] == ["0", "1", "2", "3"] * 2 + ["0", "1"]
+    assert f"afterany:{':'.join(dict.fromkeys(masters))}" in (
+        tmp_path / "sweeps" / "sweep" / ".submitit" / report_job.group(1) / f"{report_job.group(1)}_submission.sh"
+    ).read_text()
