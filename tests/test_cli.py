@@ -132,3 +132,17 @@ def test_a_sweep_may_supply_a_key_the_fixed_overrides_require(tmp_path):
     bad = run_medsweep("experiment=smoke", "data=local", "data.path=a.jsonl,b.jsonl", "lora.r=4,0",
                        f"output_root={tmp_path / 'out'}", "--plan", multirun=True, timeout=300)
     assert bad.returncode == 2 and "lora.r=0" in bad.stderr
+
+
+def test_the_preflight_knows_the_users_own_configs_on_hydras_search_path(tmp_path):
+    from medsweep import cli
+    from medsweep.errors import ConfigError
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ntrain:\n  max_steps: 3\n")
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    cli.preflight([search, "experiment=mine", "model=tiny_random", f"output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"^experiment=mine is invalid: unknown experiment; allowed: .*, smoke$"):
+        cli.preflight(["experiment=mine", f"output_root={tmp_path}"])  # without the search path: unknown
+    with pytest.raises(ConfigError, match=r"^experiment=theirs is invalid: .*, example_sweep, mine, paper_grid, "):
+        cli.preflight([search, "experiment=theirs", f"output_root={tmp_path}"])
