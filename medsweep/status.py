@@ -142,7 +142,8 @@ def rows(sweep_dir: Path, write: bool = True) -> tuple[list[Row], list[str]]:
         prog = progress_file.read(run_dir)
         flags = []
         if (v := verdicts.get(int(job.get("idx", -1)))) and v.action:
-            flags.append(f"{v.action}: {v.note}" if v.action != "recorded" else f"recorded {v.note}")
+            # a record written now says what the reason column says; a flagged one says why it was not written
+            flags.append("failed record written" if v.action == "recorded" else f"{v.action}: {v.note}")
         state = found.state if found else _local_state(job, rec)
         if on_slurm and job_id and not found:
             flags.append("unknown to SLURM")
@@ -158,7 +159,8 @@ def rows(sweep_dir: Path, write: bool = True) -> tuple[list[Row], list[str]]:
             record=rec, phase=str(prog.get("phase") or ""), step=prog.get("step"),
             total_steps=prog.get("total_steps"), loss=_number(prog.get("loss")),
             questions_done=prog.get("questions_done"), questions_total=prog.get("questions_total"),
-            elapsed_s=found.elapsed_s if found and found.elapsed_s is not None else _elapsed(loaded),
+            elapsed_s=None if state == "PENDING" else found.elapsed_s if found and found.elapsed_s is not None
+            else _elapsed(loaded),
             eta_s=_number(prog.get("eta_s")) if state in ("RUNNING", "SUBMITTED") else None,
             flag="; ".join(flags), run=label, run_dir=str(run_dir), error=error))
     return out, warnings
