@@ -112,6 +112,37 @@ def test_the_table(local_sweep, capsys):
     assert "DataError: missing.jsonl" in out
 
 
+def test_a_terminal_gets_the_same_table_from_rich(local_sweep):
+    import io
+
+    from rich.console import Console
+
+    rows, _ = status.rows(local_sweep)
+    console = Console(file=io.StringIO(), width=250)
+    console.print(status.render(rows, "grid"))
+    drawn = console.file.getvalue()
+    running = next(line for line in drawn.splitlines() if "12619" in line)
+    assert all(cell in running for cell in ("RUNNING", "120/400", "1.234", "1h00m", "2m13s", "lora.r=16"))
+    assert "6 jobs: 2 RUNNING, 1 COMPLETED, 1 FAILED, 1 NOT_SUBMITTED, 1 REFUSED; 1 flagged" in drawn
+    console = Console(file=io.StringIO(), width=250)
+    console.print(status.render(rows, "grid", hide_completed=True))
+    assert "12617" not in console.file.getvalue() and "(1 completed not shown)" in console.file.getvalue()
+
+
+def test_a_thousand_jobs_in_seconds(tmp_path, capsys):
+    sweep = make_sweep(tmp_path, [{"job_id": str(20000 + i)} for i in range(1000)], LOCAL_RESOURCES)
+    done = json.dumps(RunRecord(status="complete", metrics={"f1": 0.5}, per_example={"f1": [0.5] * 200}).to_dict())
+    progress = json.dumps({"phase": "eval", "step": 400, "total_steps": 400, "loss": 0.9})
+    for i in range(0, 1000, 2):  # plain writes: an atomic one syncs the disk, 10 s for 1,000
+        (sweep / f"run{i}").mkdir()
+        (sweep / f"run{i}" / "metrics.json").write_text(done)
+        (sweep / f"run{i}" / "progress.json").write_text(progress)
+    t0 = time.perf_counter()
+    assert status.main([str(sweep)]) == 0
+    assert time.perf_counter() - t0 < 5
+    assert capsys.readouterr().out.splitlines()[-1] == "1000 jobs: 500 COMPLETED, 500 SUBMITTED"
+
+
 def test_a_slurm_sweep_shows_slurms_states_and_records_its_verdict(tmp_path, monkeypatch):
     fake_slurm.install(tmp_path, monkeypatch, sacct=fake_slurm.SACCT, squeue=fake_slurm.SQUEUE)
     sweep = make_sweep(tmp_path, [{"job_id": j} for j in ("77", "78", "80_0", "80_1", "80_2", "81", "99")],
