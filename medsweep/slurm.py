@@ -14,6 +14,7 @@ import re
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from medsweep.errors import MedsweepError
 
@@ -30,7 +31,9 @@ TERMINAL = TERMINAL_FAILED | {"COMPLETED"}
 _SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "ElapsedRaw", "Submit", "Start", "End", "Reason",
                  "NodeList")
 # squeue -O pads each field to its width; wide enough that nothing is cut, the padding is stripped
-_SQUEUE_FIELDS = ("JobArrayID:40", "State:24", "Reason:200", "RestartCnt:8", "NodeList:400")
+_SQUEUE_FIELDS = ("JobArrayID:40", "State:24", "Reason:200", "RestartCnt:8", "TimeUsed:16", "NodeList:400")
+VANISHED_REASON = "left the queue before it started (no accounting record)"
+VANISHED_AFTER_S = 120.0
 _ID = re.compile(r"^(\d+)(?:_(\d+))?$")
 _RANGE = re.compile(r"^(\d+)_\[([^\]]*)\]$")
 
@@ -107,9 +110,40 @@ def _int(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _now() -> datetime:
+    return datetime.now()  # sacct's times are local and naive
+
+
+def _time(text: str) -> datetime | None:
+    """sacct's local time, None for Unknown / None."""
+    try:
+        return datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+
+
+def _seconds(text: str) -> int | None:
+    """squeue's time: [D-][HH:]MM:SS."""
+    days, _, clock = text.strip().rpartition("-")
+    parts = clock.split(":")
+    if not clock or not all(p.isdigit() for p in parts) or not (days == "" or days.isdigit()):
+        return None
+    seconds = 0
+    for p in parts:
+        seconds = 60 * seconds + int(p)
+    return seconds + 86400 * int(days or 0)
+
+
 def job_states(job_ids: Iterable[str], timeout: float = TIMEOUT_S) -> dict[str, SlurmJob]:
     """SLURM's state of each of `job_ids` it knows (ids it does not know are left out). sacct gives every job,
-    ended ones included; squeue, which sacct can lag behind by seconds, overrides it for the jobs still queued."""
+    ended ones included; squeue, which sacct can lag behind by seconds, overrides it for the jobs still queued.
+
+    An array task cancelled while pending leaves no accounting record of its own (slurm 22.05: sacct lists the
+    array's other tasks, never it) and no longer shows in squeue; submitit, which asks sacct, waits for it forever.
+    Such a task is reported CANCELLED with the reason VANISHED_REASON, but only once every task sacct lists of its
+    array ended more than VANISHED_AFTER_S ago, none is queued and no row stands for the array as a whole: for a
+    few seconds after an array's tasks end, sacct lists some of them under none of their ids (one row under the
+    array's id, or only its last task's)."""
     wanted = {j for j in job_ids if _ID.match(j)}
     masters = sorted({j.split("_")[0] for j in wanted}, key=int)
     if not masters:
@@ -117,10 +151,18 @@ def job_states(job_ids: Iterable[str], timeout: float = TIMEOUT_S) -> dict[str, 
     listing = ",".join(masters)
     sacct = _run(["sacct", "-X", "-P", "-n", "--duplicates", "-j", listing, "-o", ",".join(_SACCT_FIELDS)], timeout)
     records: dict[str, list[tuple[str, bool, int, list[str]]]] = {}
+    last_end: dict[str, datetime] = {}  # array -> when the last of its tasks that sacct lists ended
+    unsettled: set[str] = set()  # ids with a row that is no ended task: a bare id, a pending range, a task not ended
     for n, line in enumerate(sacct.splitlines()):
         row = line.split("|")
         if len(row) != len(_SACCT_FIELDS):
             continue
+        master, is_task, _ = row[0].partition("_")
+        ended = _time(row[7]) if is_task and not row[0].endswith("]") else None
+        if ended is None:
+            unsettled.add(master)
+        else:
+            last_end[master] = max(ended, last_end.get(master, ended))
         tasks = _tasks(row[0])
         for task in tasks:
             if task in wanted:
@@ -149,10 +191,17 @@ def job_states(job_ids: Iterable[str], timeout: float = TIMEOUT_S) -> dict[str, 
             known = found.get(task)
             found[task] = SlurmJob(
                 job_id=task, state=row[1].split()[0], reason=_value(row[2]),  # the queue's word is the current one
-                exit_code=known.exit_code if known else "", elapsed_s=known.elapsed_s if known else None,
+                exit_code=known.exit_code if known else "", elapsed_s=_seconds(row[4]),
                 requeues=max(_int(row[3]) or 0, known.requeues if known else 0),
-                node=_value(row[4]) or (known.node if known else ""), start=known.start if known else None,
+                node=_value(row[5]) or (known.node if known else ""), start=known.start if known else None,
                 end=known.end if known else None)
+    queued = {j.split("_")[0] for j, s in found.items() if s.active}
+    for task in wanted - found.keys():
+        master = task.split("_")[0]
+        end = last_end.get(master)
+        if "_" in task and end and master not in queued | unsettled \
+                and (_now() - end).total_seconds() > VANISHED_AFTER_S:
+            found[task] = SlurmJob(job_id=task, state="CANCELLED", reason=VANISHED_REASON)
     return found
 
 

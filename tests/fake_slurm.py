@@ -10,39 +10,58 @@ from pathlib import Path
 
 import pytest
 
-# `sacct -X -P -n --duplicates -j 17,18,19,20,21 -o JobID,JobIDRaw,State,ExitCode,ElapsedRaw,Submit,Start,End,
-# Reason,NodeList`, 3 s after: 17 (sleep 30) requeued by scontrol requeue, 18 exited 3, 19 scancel'ed while running,
-# 20 an array 0-5%2 of tasks exiting with their index, 21 waiting on 19 (afterok) — sacct still lists tasks 2-3 of
-# 20 in the pending range that squeue already shows running
+# Captured here, all at one moment (-o JobID,JobIDRaw,State,ExitCode,ElapsedRaw,Submit,Start,End,Reason,NodeList):
+#   77 `sleep 30`, `scontrol requeue`d once running; 78 `exit 3`; 79 `sleep 60`, scancel'ed while running;
+#   80 an array 0-5%2 of tasks exiting with their index; 81 waiting on 79 (afterok); 82 an array 0-3%1 of
+#   `sleep 4` whose task 3 was scancel'ed while pending.
+# sacct still lists 80_2-3 in the pending range that squeue already shows running, and lists no 82_3.
 SACCT = """\
-17|17|REQUEUED|0:0|3|2026-12-02T19:09:15|2026-12-02T19:09:15|2026-12-02T19:09:18|None|vm
-18|18|FAILED|3:0|0|2026-12-02T19:09:15|2026-12-02T19:09:15|2026-12-02T19:09:15|None|vm
-19|19|CANCELLED by 0|0:0|2|2026-12-02T19:09:15|2026-12-02T19:09:16|2026-12-02T19:09:18|None|vm
-21|21|PENDING|0:0|0|2026-12-02T19:09:15|Unknown|Unknown|Dependency|None assigned
-20_0|22|COMPLETED|0:0|5|2026-12-02T19:09:15|2026-12-02T19:09:18|2026-12-02T19:09:23|None|vm
-20_1|23|FAILED|1:0|5|2026-12-02T19:09:15|2026-12-02T19:09:18|2026-12-02T19:09:23|None|vm
-20_[2-5%2]|20|PENDING|0:0|0|2026-12-02T19:09:15|Unknown|Unknown|JobArrayTaskLimit|None assigned
-17|17|PENDING|0:0|0|2026-12-02T19:09:18|Unknown|Unknown|BeginTime|None assigned
+77|77|REQUEUED|0:0|3|2026-12-02T19:41:09|2026-12-02T19:41:09|2026-12-02T19:41:12|None|vm
+78|78|FAILED|3:0|0|2026-12-02T19:41:09|2026-12-02T19:41:09|2026-12-02T19:41:09|None|vm
+79|79|CANCELLED by 0|0:0|2|2026-12-02T19:41:09|2026-12-02T19:41:10|2026-12-02T19:41:12|None|vm
+81|81|PENDING|0:0|0|2026-12-02T19:41:09|Unknown|Unknown|DependencyNeverSatisfied|None assigned
+80_0|83|COMPLETED|0:0|5|2026-12-02T19:41:09|2026-12-02T19:41:12|2026-12-02T19:41:17|None|vm
+80_1|84|FAILED|1:0|5|2026-12-02T19:41:09|2026-12-02T19:41:12|2026-12-02T19:41:17|None|vm
+80_[2-5%2]|80|PENDING|0:0|0|2026-12-02T19:41:09|Unknown|Unknown|JobArrayTaskLimit|None assigned
+82_[0-2%1]|82|PENDING|0:0|0|2026-12-02T19:41:09|Unknown|Unknown|None|None assigned
+77|77|PENDING|0:0|0|2026-12-02T19:41:12|Unknown|Unknown|BeginTime|None assigned
 """
-# `squeue -h -r -j 17,18,19,20,21 -O 'JobArrayID:40|,State:24|,Reason:200|,RestartCnt:8|,NodeList:400|'` at the
-# same moment (its padding shortened here; the first line keeps some)
+# `squeue -h -r -j 77,78,79,80,81,82 -O 'JobArrayID:40|,State:24|,Reason:200|,RestartCnt:8|,TimeUsed:16|,
+# NodeList:400|'` at the same moment; squeue pads each field to its width, here shortened (on the first line) or cut
 SQUEUE = """\
-17                                      |PENDING                 |BeginTime       |1       |        |
-20_4|PENDING|JobArrayTaskLimit|0||
-20_5|PENDING|JobArrayTaskLimit|0||
-21|PENDING|DependencyNeverSatisfied|0||
-20_2|RUNNING|None|0|vm|
-20_3|RUNNING|None|0|vm|
+77      |PENDING      |BeginTime      |1      |0:00      |      |
+80_4|PENDING|JobArrayTaskLimit|0|0:00||
+80_5|PENDING|JobArrayTaskLimit|0|0:00||
+81|PENDING|DependencyNeverSatisfied|0|0:00||
+82_0|PENDING|Resources|0|0:00||
+82_1|PENDING|Resources|0|0:00||
+82_2|PENDING|Resources|0|0:00||
+80_2|RUNNING|None|0|0:00|vm|
+80_3|RUNNING|None|0|0:00|vm|
 """
-# the same jobs a minute later (21 scancel'ed while waiting; squeue lists none of them any more)
+# the same jobs 70 s later, 81 scancel'ed while waiting; squeue lists none of them (and says nothing)
 SACCT_ENDED = """\
-17|17|REQUEUED|0:0|3|2026-12-02T19:09:15|2026-12-02T19:09:15|2026-12-02T19:09:18|None|vm
-21|21|CANCELLED by 0|0:0|0|2026-12-02T19:09:15|None|2026-12-02T19:13:42|Dependency|None assigned
-20_0|22|COMPLETED|0:0|5|2026-12-02T19:09:15|2026-12-02T19:09:18|2026-12-02T19:09:23|None|vm
-20_1|23|FAILED|1:0|5|2026-12-02T19:09:15|2026-12-02T19:09:18|2026-12-02T19:09:23|None|vm
-20_2|24|FAILED|2:0|5|2026-12-02T19:09:15|2026-12-02T19:09:23|2026-12-02T19:09:28|JobArrayTaskLimit|vm
-17|17|COMPLETED|0:0|30|2026-12-02T19:09:18|2026-12-02T19:09:29|2026-12-02T19:09:59|BeginTime|vm
+77|77|REQUEUED|0:0|3|2026-12-02T19:41:09|2026-12-02T19:41:09|2026-12-02T19:41:12|None|vm
+78|78|FAILED|3:0|0|2026-12-02T19:41:09|2026-12-02T19:41:09|2026-12-02T19:41:09|None|vm
+79|79|CANCELLED by 0|0:0|2|2026-12-02T19:41:09|2026-12-02T19:41:10|2026-12-02T19:41:12|None|vm
+81|81|CANCELLED by 0|0:0|0|2026-12-02T19:41:09|None|2026-12-02T19:42:17|DependencyNeverSatisfied|None assigned
+80_0|83|COMPLETED|0:0|5|2026-12-02T19:41:09|2026-12-02T19:41:12|2026-12-02T19:41:17|None|vm
+80_1|84|FAILED|1:0|5|2026-12-02T19:41:09|2026-12-02T19:41:12|2026-12-02T19:41:17|None|vm
+80_2|85|FAILED|2:0|5|2026-12-02T19:41:09|2026-12-02T19:41:18|2026-12-02T19:41:23|JobArrayTaskLimit|vm
+80_3|86|FAILED|3:0|5|2026-12-02T19:41:09|2026-12-02T19:41:18|2026-12-02T19:41:23|JobArrayTaskLimit|vm
+80_4|87|FAILED|4:0|5|2026-12-02T19:41:09|2026-12-02T19:41:23|2026-12-02T19:41:28|JobArrayTaskLimit|vm
+80_5|80|FAILED|5:0|5|2026-12-02T19:41:09|2026-12-02T19:41:29|2026-12-02T19:41:34|JobArrayTaskLimit|vm
+82_0|88|COMPLETED|0:0|4|2026-12-02T19:41:09|2026-12-02T19:41:35|2026-12-02T19:41:39|None|vm
+82_1|89|COMPLETED|0:0|4|2026-12-02T19:41:09|2026-12-02T19:41:40|2026-12-02T19:41:44|JobArrayTaskLimit|vm
+82_2|82|COMPLETED|0:0|4|2026-12-02T19:41:09|2026-12-02T19:41:44|2026-12-02T19:41:48|JobArrayTaskLimit|vm
+77|77|COMPLETED|0:0|30|2026-12-02T19:41:12|2026-12-02T19:41:23|2026-12-02T19:41:53|BeginTime|vm
 """
+# sacct 1 s after the three tasks of array 90 (`exit $SLURM_ARRAY_TASK_ID`) ended: for 3.5 s it listed the last
+# task alone, then all three (90_0 COMPLETED, 90_1 FAILED 1:0); squeue listed none
+SACCT_ARRAY_ENDING = """\
+90_2|90|FAILED|2:0|0|2026-12-02T19:42:43|2026-12-02T19:42:44|2026-12-02T19:42:44|None|vm
+"""
+# squeue -j when every job asked for has left slurmctld's memory (MinJobAge)
 SQUEUE_GONE = ("slurm_load_jobs error: Invalid job id specified\n", 1)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 
@@ -12,41 +13,70 @@ from medsweep.errors import MedsweepError
 from medsweep.slurm import SlurmJob
 from tests import fake_slurm
 
-IDS = ["17", "18", "19", "20_0", "20_1", "20_2", "20_3", "20_4", "20_5", "21"]
+IDS = ["77", "78", "79", *(f"80_{i}" for i in range(6)), "81", *(f"82_{i}" for i in range(4))]
+LATER = datetime(2026, 12, 2, 19, 45)  # 3 min after the last of these jobs ended
+
+
+@pytest.fixture(autouse=True)
+def now(monkeypatch):
+    """sacct's times are from the capture: the clock is that day's."""
+    clock = {"now": LATER}
+    monkeypatch.setattr(slurm, "_now", lambda: clock["now"])
+    return clock
 
 
 def test_one_sacct_and_one_squeue_call_give_every_kind_of_job(tmp_path, monkeypatch):
     calls = fake_slurm.install(tmp_path, monkeypatch, sacct=fake_slurm.SACCT, squeue=fake_slurm.SQUEUE)
     states = slurm.job_states([*IDS, "999"])
+    t = "2026-12-02T19:41:"
     assert states == {
-        # requeued: sacct's newest record (submitted again at 19:09:18) and squeue's restart count
-        "17": SlurmJob("17", "PENDING", "BeginTime", "0:0", 0, 1),
-        "18": SlurmJob("18", "FAILED", "", "3:0", 0, 0, "vm", "2026-12-02T19:09:15", "2026-12-02T19:09:15"),
-        "19": SlurmJob("19", "CANCELLED", "", "0:0", 2, 0, "vm", "2026-12-02T19:09:16", "2026-12-02T19:09:18"),
-        "20_0": SlurmJob("20_0", "COMPLETED", "", "0:0", 5, 0, "vm", "2026-12-02T19:09:18", "2026-12-02T19:09:23"),
-        "20_1": SlurmJob("20_1", "FAILED", "", "1:0", 5, 0, "vm", "2026-12-02T19:09:18", "2026-12-02T19:09:23"),
+        # requeued: sacct's newest record (submitted again at 19:41:12) and squeue's restart count
+        "77": SlurmJob("77", "PENDING", "BeginTime", "0:0", 0, 1),
+        "78": SlurmJob("78", "FAILED", "", "3:0", 0, 0, "vm", t + "09", t + "09"),
+        "79": SlurmJob("79", "CANCELLED", "", "0:0", 2, 0, "vm", t + "10", t + "12"),  # sacct: CANCELLED by 0
+        "80_0": SlurmJob("80_0", "COMPLETED", "", "0:0", 5, 0, "vm", t + "12", t + "17"),
+        "80_1": SlurmJob("80_1", "FAILED", "", "1:0", 5, 0, "vm", t + "12", t + "17"),
         # still in sacct's pending range, already running for squeue
-        "20_2": SlurmJob("20_2", "RUNNING", "", "0:0", 0, 0, "vm"),
-        "20_3": SlurmJob("20_3", "RUNNING", "", "0:0", 0, 0, "vm"),
-        "20_4": SlurmJob("20_4", "PENDING", "JobArrayTaskLimit", "0:0", 0, 0),
-        "20_5": SlurmJob("20_5", "PENDING", "JobArrayTaskLimit", "0:0", 0, 0),
-        "21": SlurmJob("21", "PENDING", "DependencyNeverSatisfied", "0:0", 0, 0),
-    }  # 999: unknown to both, left out
+        "80_2": SlurmJob("80_2", "RUNNING", "", "0:0", 0, 0, "vm"),
+        "80_3": SlurmJob("80_3", "RUNNING", "", "0:0", 0, 0, "vm"),
+        "80_4": SlurmJob("80_4", "PENDING", "JobArrayTaskLimit", "0:0", 0, 0),
+        "80_5": SlurmJob("80_5", "PENDING", "JobArrayTaskLimit", "0:0", 0, 0),
+        "81": SlurmJob("81", "PENDING", "DependencyNeverSatisfied", "0:0", 0, 0),
+        "82_0": SlurmJob("82_0", "PENDING", "Resources", "0:0", 0, 0),
+        "82_1": SlurmJob("82_1", "PENDING", "Resources", "0:0", 0, 0),
+        "82_2": SlurmJob("82_2", "PENDING", "Resources", "0:0", 0, 0),
+    }  # 82_3 (cancelled while pending, its array still queued) and 999: unknown to both, left out
     sacct, squeue = calls.read_text().splitlines()
-    assert sacct.startswith("sacct -X -P -n --duplicates -j 17,18,19,20,21,999 -o JobID,JobIDRaw,State,")
-    assert squeue.startswith("squeue -h -r -j 17,18,19,20,21,999 -O JobArrayID:40|,State:24|,Reason:200|")
-    assert [states[i].active for i in IDS] == [True, False, False, False, False, True, True, True, True, True]
-    assert [states[i].failed for i in IDS] == [False, True, True, False, True, False, False, False, False, False]
+    assert sacct.startswith("sacct -X -P -n --duplicates -j 77,78,79,80,81,82,999 -o JobID,JobIDRaw,State,")
+    assert squeue.startswith("squeue -h -r -j 77,78,79,80,81,82,999 -O JobArrayID:40|,State:24|,Reason:200|")
+    known = [i for i in IDS if i in states]
+    assert [i for i in known if states[i].active] == ["77", "80_2", "80_3", "80_4", "80_5", "81", "82_0", "82_1",
+                                                      "82_2"]
+    assert [i for i in known if states[i].failed] == ["78", "79", "80_1"]
 
 
-def test_ended_jobs_come_from_sacct_alone(tmp_path, monkeypatch):
-    fake_slurm.install(tmp_path, monkeypatch, sacct=fake_slurm.SACCT_ENDED, squeue=fake_slurm.SQUEUE_GONE)
+def test_ended_jobs_come_from_sacct_alone(tmp_path, monkeypatch, now):
+    fake_slurm.install(tmp_path, monkeypatch, sacct=fake_slurm.SACCT_ENDED, squeue="")
     states = slurm.job_states(IDS)
-    assert (states["17"].state, states["17"].requeues, states["17"].elapsed_s) == ("COMPLETED", 1, 30)
-    assert states["17"].reason == ""  # BeginTime: why it waited after the requeue, not how it ended
-    assert (states["21"].state, states["21"].reason, states["21"].start) == ("CANCELLED", "Dependency", None)
-    assert (states["20_2"].state, states["20_2"].reason, states["20_2"].exit_code) == ("FAILED", "", "2:0")
-    assert all(s.terminal for s in states.values()) and "20_3" not in states
+    assert (states["77"].state, states["77"].requeues, states["77"].elapsed_s) == ("COMPLETED", 1, 30)
+    assert states["77"].reason == ""  # BeginTime: why it waited after the requeue, not how it ended
+    # cancelled while waiting: Start "None", and the reason it waited is kept
+    assert (states["81"].state, states["81"].reason, states["81"].start) == (
+        "CANCELLED", "DependencyNeverSatisfied", None)
+    assert (states["80_2"].state, states["80_2"].reason, states["80_2"].exit_code) == ("FAILED", "", "2:0")
+    assert [states[f"80_{i}"].exit_code for i in range(6)] == [f"{i}:0" for i in range(6)]
+    assert all(s.terminal for s in states.values()) and len(states) == len(IDS)
+    # the task cancelled while pending has no record: SLURM's silence about it, once its array has long ended
+    assert states["82_3"] == SlurmJob("82_3", "CANCELLED", slurm.VANISHED_REASON)
+    now["now"] = datetime(2026, 12, 2, 19, 42, 30)  # 42 s after array 82's last task ended: too soon to tell
+    assert "82_3" not in slurm.job_states(IDS)
+
+
+def test_an_array_that_has_just_ended_is_not_taken_for_cancelled_tasks(tmp_path, monkeypatch, now):
+    fake_slurm.install(tmp_path, monkeypatch, sacct=fake_slurm.SACCT_ARRAY_ENDING, squeue=fake_slurm.SQUEUE_GONE)
+    now["now"] = datetime(2026, 12, 2, 19, 42, 45)
+    assert slurm.job_states(["90_0", "90_1", "90_2"]) == {
+        "90_2": SlurmJob("90_2", "FAILED", "", "2:0", 0, 0, "vm", "2026-12-02T19:42:44", "2026-12-02T19:42:44")}
 
 
 @pytest.mark.parametrize("listed, tasks", [
@@ -56,17 +86,30 @@ def test_array_ranges(listed, tasks):
     assert slurm._tasks(listed) == tasks
 
 
+@pytest.mark.parametrize("used, seconds", [("0:00", 0), ("1:02", 62), ("1:02:03", 3723), ("2-01:02:03", 176523),
+                                           ("INVALID", None), ("", None)])
+def test_squeues_time_used(used, seconds):
+    assert slurm._seconds(used) == seconds
+
+
 def test_a_thousand_array_tasks_take_two_calls_and_well_under_a_second(tmp_path, monkeypatch):
     pending = "100_[500-999%64]|100|PENDING|0:0|0|2026-12-02T19:09:15|Unknown|Unknown|JobArrayTaskLimit|None\n"
     done = "".join(f"100_{i}|{200 + i}|COMPLETED|0:0|5|2026-12-02T19:09:15|2026-12-02T19:09:18|"
                    f"2026-12-02T19:09:23|None|vm\n" for i in range(500))
-    running = "".join(f"100_{i}|RUNNING|None|0|vm|\n" for i in range(500, 564))
+    running = "".join(f"100_{i}|RUNNING|None|0|1:02|vm|\n" for i in range(500, 564))
     calls = fake_slurm.install(tmp_path, monkeypatch, sacct=done + pending, squeue=running)
     t0 = time.perf_counter()
     states = slurm.job_states(f"100_{i}" for i in range(1000))
     assert time.perf_counter() - t0 < 1.0
     assert len(states) == 1000 and len(calls.read_text().splitlines()) == 2
     assert [sum(s.state == k for s in states.values()) for k in ("COMPLETED", "RUNNING", "PENDING")] == [500, 64, 436]
+    assert states["100_500"].elapsed_s == 62
+
+
+def test_squeue_without_any_of_the_jobs_any_more(tmp_path, monkeypatch):
+    fake_slurm.install(tmp_path, monkeypatch, sacct=fake_slurm.SACCT_ENDED, squeue=fake_slurm.SQUEUE_GONE)
+    assert slurm.job_states(["78"]) == {
+        "78": SlurmJob("78", "FAILED", "", "3:0", 0, 0, "vm", "2026-12-02T19:41:09", "2026-12-02T19:41:09")}
 
 
 def test_ids_slurm_never_gave_ask_nothing(tmp_path, monkeypatch):

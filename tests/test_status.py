@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -111,9 +112,40 @@ def test_the_table(local_sweep, capsys):
     assert "DataError: missing.jsonl" in out
 
 
+def test_a_terminal_gets_the_same_table_from_rich(local_sweep):
+    import io
+
+    from rich.console import Console
+
+    rows, _ = status.rows(local_sweep)
+    console = Console(file=io.StringIO(), width=250)
+    console.print(status.render(rows, "grid"))
+    drawn = console.file.getvalue()
+    running = next(line for line in drawn.splitlines() if "12619" in line)
+    assert all(cell in running for cell in ("RUNNING", "120/400", "1.234", "1h00m", "2m13s", "lora.r=16"))
+    assert "6 jobs: 2 RUNNING, 1 COMPLETED, 1 FAILED, 1 NOT_SUBMITTED, 1 REFUSED; 1 flagged" in drawn
+    console = Console(file=io.StringIO(), width=250)
+    console.print(status.render(rows, "grid", hide_completed=True))
+    assert "12617" not in console.file.getvalue() and "(1 completed not shown)" in console.file.getvalue()
+
+
+def test_a_thousand_jobs_in_seconds(tmp_path, capsys):
+    sweep = make_sweep(tmp_path, [{"job_id": str(20000 + i)} for i in range(1000)], LOCAL_RESOURCES)
+    done = json.dumps(RunRecord(status="complete", metrics={"f1": 0.5}, per_example={"f1": [0.5] * 200}).to_dict())
+    progress = json.dumps({"phase": "eval", "step": 400, "total_steps": 400, "loss": 0.9})
+    for i in range(0, 1000, 2):  # plain writes: an atomic one syncs the disk, 10 s for 1,000
+        (sweep / f"run{i}").mkdir()
+        (sweep / f"run{i}" / "metrics.json").write_text(done)
+        (sweep / f"run{i}" / "progress.json").write_text(progress)
+    t0 = time.perf_counter()
+    assert status.main([str(sweep)]) == 0
+    assert time.perf_counter() - t0 < 5
+    assert capsys.readouterr().out.splitlines()[-1] == "1000 jobs: 500 COMPLETED, 500 SUBMITTED"
+
+
 def test_a_slurm_sweep_shows_slurms_states_and_records_its_verdict(tmp_path, monkeypatch):
     fake_slurm.install(tmp_path, monkeypatch, sacct=fake_slurm.SACCT, squeue=fake_slurm.SQUEUE)
-    sweep = make_sweep(tmp_path, [{"job_id": j} for j in ("17", "18", "20_0", "20_1", "20_2", "21", "99")],
+    sweep = make_sweep(tmp_path, [{"job_id": j} for j in ("77", "78", "80_0", "80_1", "80_2", "81", "99")],
                        SLURM_RESOURCES)
     write_record(sweep, 0, status="interrupted")  # checkpointed for the requeue
     write_record(sweep, 2, status="complete", metrics={"f1": 0.5})
@@ -123,21 +155,22 @@ def test_a_slurm_sweep_shows_slurms_states_and_records_its_verdict(tmp_path, mon
     rows, warnings = status.rows(sweep)
     assert warnings == []
     assert [(r.job_id, r.state, r.requeues, r.reason, r.record) for r in rows] == [
-        ("17", "PENDING", 1, "BeginTime", "interrupted"), ("18", "FAILED", 0, "SLURM FAILED: job 18", "failed"),
-        ("20_0", "COMPLETED", 0, "", "complete"), ("20_1", "FAILED", 0, "", "complete"),
-        ("20_2", "RUNNING", 0, "", "running"), ("21", "PENDING", 0, "DependencyNeverSatisfied", "missing"),
+        ("77", "PENDING", 1, "BeginTime", "interrupted"), ("78", "FAILED", 0, "SLURM FAILED: job 78", "failed"),
+        ("80_0", "COMPLETED", 0, "", "complete"), ("80_1", "FAILED", 0, "", "complete"),
+        ("80_2", "RUNNING", 0, "", "running"), ("81", "PENDING", 0, "DependencyNeverSatisfied", "missing"),
         ("99", "SUBMITTED", 0, "", "missing")]
-    assert rows[1].flag == "recorded SLURM FAILED: job 18"
-    assert RunRecord.read(sweep / "run1").error == "SLURM FAILED: job 18"
-    assert rows[3].flag == "flagged: record complete, but SLURM FAILED: job 20_1 (exit 1:0): check its log"
+    assert rows[1].flag == "failed record written"
+    assert RunRecord.read(sweep / "run1").error == "SLURM FAILED: job 78"
+    assert rows[3].flag == "flagged: record complete, but SLURM FAILED: job 80_1 (exit 1:0): check its log"
     assert rows[6].flag == "unknown to SLURM"
-    assert (rows[4].step, rows[4].eta_s, rows[4].elapsed_s) == (3, 4.0, 0)  # elapsed: SLURM's (sacct lags here)
+    assert (rows[4].step, rows[4].eta_s, rows[4].elapsed_s) == (3, 4.0, 0)  # elapsed: squeue's TimeUsed
+    assert rows[0].elapsed_s is None  # pending
     assert status.summary(rows) == "7 jobs: 1 RUNNING, 2 PENDING, 1 COMPLETED, 2 FAILED, 1 SUBMITTED; 3 flagged"
 
 
 def test_without_slurm_the_records_speak_and_a_warning_says_why(tmp_path, monkeypatch, capsys):
     fake_slurm.install(tmp_path, monkeypatch)  # sacct / squeue missing
-    sweep = make_sweep(tmp_path, [{"job_id": "17"}, {"job_id": "18"}], SLURM_RESOURCES)
+    sweep = make_sweep(tmp_path, [{"job_id": "77"}, {"job_id": "78"}], SLURM_RESOURCES)
     write_record(sweep, 0, status="complete", metrics={"f1": 0.5})
     assert status.main([str(sweep), "--json"]) == 0
     captured = capsys.readouterr()
@@ -233,7 +266,7 @@ def test_resubmit_runs_the_sweeps_own_command(tmp_path):
 
 def test_resubmit_with_nothing_to_do_runs_nothing(tmp_path, monkeypatch, capsys):
     fake_slurm.install(tmp_path, monkeypatch, sacct=fake_slurm.SACCT, squeue=fake_slurm.SQUEUE)
-    sweep = make_sweep(tmp_path, [{"job_id": "20_0"}, {"job_id": "20_2"}, {"job_id": "21"}], SLURM_RESOURCES)
+    sweep = make_sweep(tmp_path, [{"job_id": "80_0"}, {"job_id": "80_2"}, {"job_id": "81"}], SLURM_RESOURCES)
     write_record(sweep, 0, status="complete", metrics={"f1": 0.5})
     monkeypatch.setattr(status, "resubmit_command", lambda *a: pytest.fail("nothing may run"))
     assert status.main([str(sweep), "--resubmit"]) == 0  # complete, running, pending
@@ -295,15 +328,17 @@ def wait_for(check, timeout_s: float = 90.0):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_live_states_of_single_jobs_arrays_a_requeue_and_a_cancel(live_slurm):
+def test_live_states_of_single_jobs_arrays_a_requeue_and_a_cancel(live_slurm, monkeypatch):
     held = live_slurm("--hold", "--wrap", "true")
     requeued = live_slurm("--wrap", "sleep 20")
     failing = live_slurm("--wrap", "exit 3")
     cancelled = live_slurm("--wrap", "sleep 60")
     array = live_slurm("--array=0-2", "--wrap", "exit $SLURM_ARRAY_TASK_ID")
     tasks = [f"{array}_{i}" for i in range(3)]
-    ids = [held, requeued, failing, cancelled, *tasks]
-    subprocess.run(["scancel", cancelled], check=True, timeout=30)
+    one_by_one = live_slurm("--array=0-2%1", "--wrap", "sleep 1")
+    dropped = f"{one_by_one}_2"
+    ids = [held, requeued, failing, cancelled, *tasks, f"{one_by_one}_0", f"{one_by_one}_1", dropped]
+    subprocess.run(["scancel", cancelled, dropped], check=True, timeout=30)
     first = slurm.job_states(ids)
     assert (first[held].state, first[held].reason) == ("PENDING", "JobHeldUser"), first[held]
     assert first[cancelled].state == "CANCELLED", first[cancelled]  # sacct said "CANCELLED by 0"
@@ -315,7 +350,7 @@ def test_live_states_of_single_jobs_arrays_a_requeue_and_a_cancel(live_slurm):
     def ended():
         states = slurm.job_states(ids)
         # sacct lists an array that has just ended under its master id for a few seconds, its tasks under none
-        return states if all(i in states and states[i].terminal for i in (failing, *tasks)) else None
+        return states if all(i in states and states[i].terminal for i in (failing, *tasks, *ids[-3:-1])) else None
 
     states = wait_for(ended)
     assert states, slurm.job_states(ids)
@@ -324,6 +359,12 @@ def test_live_states_of_single_jobs_arrays_a_requeue_and_a_cancel(live_slurm):
         ("COMPLETED", "0:0"), ("FAILED", "1:0"), ("FAILED", "2:0")]
     assert all(states[t].node and states[t].elapsed_s is not None for t in tasks)
     assert states[held].state == "PENDING" and states[requeued].requeues == 1
+    # the task cancelled while pending: neither sacct nor squeue names it; once its array has long ended, its
+    # silence reads as cancelled
+    assert dropped not in states
+    later = slurm._now() + timedelta(seconds=slurm.VANISHED_AFTER_S + 1)
+    monkeypatch.setattr(slurm, "_now", lambda: later)
+    assert slurm.job_states([dropped]) == {dropped: slurm.SlurmJob(dropped, "CANCELLED", slurm.VANISHED_REASON)}
     limits = slurm.limits()
     assert limits.max_array_size and limits.max_array_size > 3
 

@@ -114,10 +114,10 @@ def test_a_local_sweep_asks_slurm_nothing(tmp_path, monkeypatch):
 
 def test_a_slurm_sweep_asks_slurm(tmp_path, monkeypatch):
     fake_slurm.install(tmp_path, monkeypatch, sacct=fake_slurm.SACCT_ENDED, squeue=fake_slurm.SQUEUE_GONE)
-    jobs = [job(tmp_path, 0, "20_1"), job(tmp_path, 1, "20_0"), job(tmp_path, 2, "21")]
+    jobs = [job(tmp_path, 0, "80_1"), job(tmp_path, 1, "80_0"), job(tmp_path, 2, "81")]
     saved(jobs[1]["run_dir"], status="complete", metrics={"f1": 0.5})
     assert [(v.idx, v.note) for v in verdict.reconcile_jobs(jobs)] == [
-        (0, "SLURM FAILED: job 20_1"), (2, "SLURM CANCELLED: job 21, Dependency")]
+        (0, "SLURM FAILED: job 80_1"), (2, "SLURM CANCELLED: job 81, DependencyNeverSatisfied")]
 
 
 def test_the_report_lists_slurms_failures_with_their_error(tmp_path):
