@@ -68,6 +68,18 @@ def _submitit_log(run_dir: Path, job_id: str) -> Path:
     return run_dir.parent / ".submitit" / job_id / f"{job_id}_0_log.err"
 
 
+def _last_error(logfile: Path, tail_bytes: int = 65536) -> str:
+    """The last line of a job's stderr that names an error (srun's own, an exception's), or ''."""
+    try:
+        with logfile.open("rb") as f:
+            f.seek(max(0, logfile.stat().st_size - tail_bytes))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    said = next((line.strip() for line in reversed(lines) if "error" in line.lower() and line.strip()), "")
+    return record.redact(said)[:300]
+
+
 def reconcile_jobs(jobs: Sequence[Mapping[str, Any]], states: Mapping[str, SlurmJob] | None = None,
                    write: bool = True) -> list[Verdict]:
     """One Verdict per job that SLURM has ended. `states`: slurm.job_states of the jobs (asked here when None);
@@ -109,7 +121,9 @@ def _write(job: Mapping[str, Any], run_dir: Path, found: SlurmJob, verdict: Verd
                 rec = RunRecord(run_name=run_dir.name, run_dir=str(run_dir.resolve()), axes=dict(job.get("axes") or {}),
                                 overrides=list(job.get("overrides") or []))
             logfile = _submitit_log(run_dir, found.job_id)
-            rec.status, rec.error, rec.finished_at = "failed", slurm_error(found), record.now()
+            said = _last_error(logfile)  # what killed it, in its own words (srun: ... signal 2; a MemoryError ...)
+            rec.status, rec.finished_at = "failed", record.now()
+            rec.error = slurm_error(found) + (f"; its log: {said}" if said else "")
             rec.extra["slurm"] = {**asdict(found), "log": str(logfile) if logfile.is_file() else None}
             rec.save(run_dir)
             log.info("#%s %s: recorded as failed (%s)", verdict.idx, run_dir.name, rec.error)

@@ -267,9 +267,10 @@ def test_a_detached_sweep_returns_at_once_and_its_report_job_records_slurms_verd
     # the time-limit signal either reached the job's own handler (which, with no requeue left, fails the run and
     # writes its record) or came before it was installed (the job died without a record: SLURM's verdict)
     assert timed_out["status"] == "failed" and (
-        timed_out["error"] == f"SLURM FAILED: job {jobs[2]['job_id']}"
+        timed_out["error"].startswith(f"SLURM FAILED: job {jobs[2]['job_id']}")
         or "Job not requeued because: timed-out too many times" in timed_out["error"]), timed_out
-    assert cancelled["status"] == "failed" and cancelled["error"] == f"SLURM CANCELLED: job {jobs[3]['job_id']}"
+    assert cancelled["status"] == "failed"
+    assert cancelled["error"].startswith(f"SLURM CANCELLED: job {jobs[3]['job_id']}")
     assert cancelled["axes"]["train.seed"] == 1 and cancelled["slurm"]["state"] == "CANCELLED"
     report = (sweep_dir / "report" / "report.md").read_text()
     assert timed_out["error"] in report and cancelled["error"] in report

@@ -48,6 +48,23 @@ def test_a_job_slurm_killed_before_its_record_gets_a_failed_one(tmp_path):
     assert on_disk["finished_at"]
 
 
+def test_the_failed_record_quotes_the_last_error_line_of_the_jobs_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz0123")
+    jobs = [job(tmp_path, 0, "6_1")]
+    (log_dir := tmp_path / "sweep" / ".submitit" / "6_1").mkdir(parents=True)
+    (log_dir / "6_1_0_log.err").write_text(
+        "x" * 70000 + "\nTraceback (most recent call last):\nRuntimeError: CUDA error: out of memory "
+        "hf_abcdefghijklmnopqrstuvwxyz0123\nsrun: error: vm: task 0: Exited with exit code 1\nsrun: done\n")
+    verdict.reconcile_jobs(jobs, {"6_1": SlurmJob("6_1", "FAILED", exit_code="1:0")})
+    assert RunRecord.read(jobs[0]["run_dir"]).error == \
+        "SLURM FAILED: job 6_1; its log: srun: error: vm: task 0: Exited with exit code 1"
+    (log_dir / "6_1_0_log.err").write_text("RuntimeError: CUDA error: hf_abcdefghijklmnopqrstuvwxyz0123\n")
+    jobs = [job(tmp_path, 1, "6_1")]
+    verdict.reconcile_jobs(jobs, {"6_1": SlurmJob("6_1", "FAILED")})
+    error = RunRecord.read(jobs[0]["run_dir"]).error
+    assert error.startswith("SLURM FAILED: job 6_1; its log: RuntimeError: CUDA error: ") and "hf_abc" not in error
+
+
 def test_a_record_left_running_becomes_failed_and_keeps_what_it_had(tmp_path):
     jobs = [job(tmp_path, 0, "7"), job(tmp_path, 1, "8")]
     saved(jobs[0]["run_dir"], status="running", started_at="2026-12-02T19:00:00Z", hardware={"device": "cpu"})
