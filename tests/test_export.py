@@ -1,14 +1,19 @@
 """medsweep-export: merged safetensors and GGUF (f16, q8_0) answer like the unmerged adapter; Modelfile; CLI checks.
 
-The always-on tests build a LoRA adapter on the tiny random Llama (SmolLM2 tokenizer) with non-zero B matrices,
-so the adapter changes the answers, export it once, and reload everything with transformers. The slow test
-exports a real `experiment=smoke` run through the `medsweep-export` command.
+The always-on tests build a LoRA adapter on the tiny random Llama with non-zero B matrices, so the adapter changes
+the answers, export it, and reload everything with transformers. Their tokenizer is SmolLM2's cut to its first
+1,024 ids (`small_tokenizer_dir`): written into a GGUF and read back (gguf's reader, transformers' GGUF loader) a
+49,152-token vocabulary costs ~25 s a file, 1,024 tokens well under one. Each test exports for itself (the run
+directory is shared), so that mutation testing, which runs the tests that call a function, runs every test that
+reads an export for a mutant of the exporter. The slow test exports a real `experiment=smoke` run, with the full
+vocabulary, through the `medsweep-export` command.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -38,12 +43,40 @@ def _compose(overrides):
         return compose("config", overrides=overrides)
 
 
-def make_run_dir(path: Path) -> Path:
+SMALL_VOCAB = 1024
+
+
+def small_tokenizer(source: Path, out: Path, size: int = SMALL_VOCAB) -> Path:
+    """The tokenizer at `source` (byte-level BPE) cut to its ids below `size`, saved to `out`: its special tokens,
+    the byte alphabet and the merges whose result is kept (SmolLM2 numbers tokens in merge order, so every part of a
+    kept merge is kept too); any text still tokenizes, in more pieces."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = {t: i for t, i in spec["model"]["vocab"].items() if i < size}
+    merges = [m for m in spec["model"]["merges"] if "".join(m) in vocab]
+    assert all(part in vocab for m in merges for part in m)
+    spec["model"].update(vocab=vocab, merges=merges)
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(spec))
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer_dir(tmp_path_factory, embedded_dir) -> Path:
+    return small_tokenizer(embedded_dir, tmp_path_factory.mktemp("tokenizer"))
+
+
+def make_run_dir(path: Path, tokenizer_dir: Path | None = None) -> Path:
     """A run directory as medsweep writes it (config.yaml, adapter/ with the tokenizer), without training: the
-    LoRA B matrices get random values so the adapter really changes the model."""
+    LoRA B matrices get random values so the adapter really changes the model. `tokenizer_dir`: the model's
+    tokenizer (default: the embedded SmolLM2's)."""
     from omegaconf import OmegaConf
 
-    cfg = _compose(["experiment=smoke", "model=tiny_random", f"output_root={path}"])
+    small = [f"model.tokenizer={tokenizer_dir}", f"model.vocab_size={SMALL_VOCAB}"] if tokenizer_dir else []
+    cfg = _compose(["experiment=smoke", "model=tiny_random", f"output_root={path}", *small])
     tokenizer = models.load_tokenizer(cfg.model)
     model, _ = models.load_model(cfg.model, tokenizer, CPU, seed=cfg.train.seed)
     model = models.add_lora(model, cfg.lora, cfg.model)
@@ -64,8 +97,15 @@ def answers(model, tokenizer, cfg, max_new_tokens: int = 12) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, embedded_dir):
-    run_dir = make_run_dir(tmp_path_factory.mktemp("run"))
+def run_dir(tmp_path_factory, small_tokenizer_dir) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("run"), small_tokenizer_dir)
+
+
+@pytest.fixture
+def exported(run_dir):
+    """The run exported to its default folder (<run dir>/export, emptied first), the adapter's and the base's
+    answers: per test (about a second), so each test that reads an export also calls the exporter."""
+    shutil.rmtree(run_dir / "export", ignore_errors=True)
     summary = export.export(run_dir, gguf_types=["f16", "q8_0"])
     model, tokenizer, cfg = export.load_adapted(run_dir)
     with model.disable_adapter():
@@ -142,7 +182,7 @@ def test_gguf_metadata_tensor_types_and_modelfile(exported):
     reader = GGUFReader(out / "model-q8_0.gguf")
     field = lambda key: reader.fields[key].contents()  # noqa: E731
     assert field("general.architecture") == "llama"
-    assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "smollm"
+    assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "gpt-2"
     assert field("tokenizer.chat_template") == exported["tokenizer"].chat_template
     assert (field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id")) == (1, 2)
     assert field("llama.attention.head_count") == 4 and field("llama.attention.head_count_kv") == 2
@@ -246,7 +286,22 @@ def test_export_a_smoke_run_with_the_cli(tmp_path, embedded_dir):
     assert "FROM ./model-f16.gguf" in (out / "Modelfile").read_text()
     model, tokenizer, cfg = export.load_adapted(run_dir)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).eval()
-    assert answers(merged, AutoTokenizer.from_pretrained(out / "merged"), cfg) == answers(model, tokenizer, cfg)
+    expected = answers(model, tokenizer, cfg)
+    assert answers(merged, AutoTokenizer.from_pretrained(out / "merged"), cfg) == expected
+    # the full SmolLM2 vocabulary (the other tests export a cut one): llama.cpp's name for it, every token, and
+    # transformers' GGUF loader renders and tokenizes the prompts as the run's tokenizer does
+    from gguf import GGUFReader
+
+    from medsweep.prompts import prompt_ids
+
+    reader = GGUFReader(out / "model-f16.gguf")
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "smollm"
+    assert len(reader.fields["tokenizer.ggml.tokens"].contents()) == len(tokenizer) == 49152
+    gguf_tok = AutoTokenizer.from_pretrained(out, gguf_file="model-f16.gguf")
+    for q in QUESTIONS:
+        assert prompt_ids(gguf_tok, q, cfg.data.instruction, "chat") == prompt_ids(
+            tokenizer, q, cfg.data.instruction, "chat")
+    assert answers(_gguf(out, "model-f16.gguf"), gguf_tok, cfg) == expected
 
 
 # --------------------------------------------------------------------------- in-process: the command and its checks
@@ -340,14 +395,14 @@ def test_modelfile_text(tmp_path):
     assert str(err.value) == "no Ollama template for this chat template (ChatML and Llama 3 are supported)"
 
 
-def test_main_in_process_without_gguf_prints_what_it_wrote(exported, tmp_path, capsys):
+def test_main_in_process_without_gguf_prints_what_it_wrote(run_dir, tmp_path, capsys):
     out = tmp_path / "plain"
-    assert export.main([str(exported["run_dir"]), "--gguf", "none", "--out", str(out)]) == 0
+    assert export.main([str(run_dir), "--gguf", "none", "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"merged model: {out / 'merged'}\n"
     summary = json.loads((out / "export.json").read_text())
     assert summary["gguf"] == [] and summary["modelfile"] is None and summary["pushed"] is None
     assert summary["merged"] == str(out / "merged") and summary["model"] == "tiny_random"
-    assert summary["adapter"] == str((exported["run_dir"] / "adapter").resolve()) and summary["seconds"] >= 0
+    assert summary["adapter"] == str((run_dir / "adapter").resolve()) and summary["seconds"] >= 0
     assert not (out / "Modelfile").exists() and not list(out.glob("*.gguf"))
     assert (out / "merged" / "model.safetensors").is_file()
 
@@ -369,10 +424,10 @@ def test_export_summary_and_default_paths(exported):
     run_name = exported["run_dir"].name
     assert field("general.name") == f"tiny_random-{run_name}" and field("llama.block_count") == 2
     assert field("llama.embedding_length") == 64 and field("llama.feed_forward_length") == 128
-    assert field("llama.context_length") == 2048 and field("llama.vocab_size") == 49152
+    assert field("llama.context_length") == 2048 and field("llama.vocab_size") == SMALL_VOCAB
     assert field("llama.rope.dimension_count") == 16 and "llama.attention.key_length" not in reader.fields
     assert field("tokenizer.ggml.padding_token_id") == 2 and field("tokenizer.ggml.add_bos_token") is False
-    assert len(field("tokenizer.ggml.tokens")) == 49152 and field("tokenizer.ggml.merges")
+    assert len(field("tokenizer.ggml.tokens")) == SMALL_VOCAB and field("tokenizer.ggml.merges")
     assert "general.quantization_version" not in reader.fields
     q8 = GGUFReader(out / "model-q8_0.gguf")
     assert q8.fields["general.quantization_version"].contents() == 2
@@ -414,8 +469,7 @@ def test_push_to_hub_creates_a_private_repo_and_uploads_the_folder(fake_hub, tmp
     assert fake_hub[1] == ("create_repo", "me/open", False, True)
 
 
-def test_export_pushes_the_folder_asked_for(exported, fake_hub, tmp_path):
-    run_dir = exported["run_dir"]
+def test_export_pushes_the_folder_asked_for(run_dir, fake_hub, tmp_path):
     summary = export.export(run_dir, tmp_path / "a", gguf_types=[], push_repo="me/adapter", push_what="adapter",
                             private=False)
     assert summary["pushed"] == {"repo": "me/adapter", "what": "adapter",
