@@ -106,6 +106,10 @@ def prepare(workdir: Path, modules: list[str], fresh: bool) -> None:
         "also_copy": ["conf/", "hydra_plugins/", "scripts/"],
         "pytest_add_cli_args_test_selection": tests,
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-m", markers],
+        # each mutant's tests run in a process forked from one that has imported the tests but run none: forked
+        # from mutmut's own process, which ran the whole suite first, a child's first torch operation could wait
+        # forever on a lock a thread of the parent held (the export mutants' "timeouts")
+        "process_isolation": "forkserver",
     }
     pyproject = (workdir / "pyproject.toml").read_text().split("\n[tool.mutmut]")[0]
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]

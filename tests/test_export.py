@@ -481,3 +481,65 @@ def test_export_pushes_the_folder_asked_for(run_dir, fake_hub, tmp_path):
     assert fake_hub[1:] == [("create_repo", "me/merged", True, True),
                             ("upload_folder", "me/merged", str(tmp_path / "m" / "merged"), "medsweep-export")]
     assert json.loads((tmp_path / "m" / "export.json").read_text())["pushed"]["what"] == "merged"
+
+
+# --------------------------------------------------------------------------- the command's help, output and logging
+
+
+HELP = """usage: medsweep-export [-h] [--out OUT] [--gguf GGUF] [--push-to-hub REPO]
+                       [--push {merged,adapter}] [--public]
+                       run_dir
+
+`medsweep-export <run dir>`: merge a run's LoRA adapter into its base model and write what other tools load.
+
+positional arguments:
+  run_dir               a medsweep run directory (config.yaml + adapter/)
+
+options:
+  -h, --help            show this help message and exit
+  --out OUT             output folder (default: <run dir>/export)
+  --gguf GGUF           comma-separated GGUF types: f16, q8_0, f32, or none (default: f16,q8_0)
+  --push-to-hub REPO    also upload to this Hub repo (token from HF_TOKEN)
+  --push {merged,adapter}
+                        what --push-to-hub uploads (default: merged)
+  --public              create the Hub repo public (default: private)
+"""
+
+
+def test_help_names_every_option_and_its_default(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps at the terminal width
+    with pytest.raises(SystemExit) as done:
+        export.main(["--help"])
+    assert done.value.code == 0 and capsys.readouterr().out == HELP
+
+
+def test_main_prints_each_file_and_the_push_and_quiets_the_libraries(run_dir, fake_hub, tmp_path, capsys,
+                                                                     monkeypatch):
+    import logging
+
+    # logging.basicConfig only configures a root logger without handlers (pytest gives it some)
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(logging.root, "level", logging.WARNING)
+    noisy = ("transformers", "peft", "huggingface_hub")
+    for name in noisy:
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    out = tmp_path / "out"
+    assert export.main([str(run_dir), "--gguf", "f16", "--out", str(out), "--push-to-hub", "me/m", "--push",
+                        "adapter", "--public"]) == 0
+    size = (out / "model-f16.gguf").stat().st_size
+    assert f"{size / 2**20:.1f}" not in ("0.0", f"{size / 2**21:.1f}")  # the MiB figure below tells 2**20
+    assert capsys.readouterr().out == (f"merged model: {out / 'merged'}\n"
+                                       f"gguf f16: {out / 'model-f16.gguf'} ({size / 2**20:.1f} MiB)\n"
+                                       f"Ollama: ollama create <name> -f {out / 'Modelfile'}\n"
+                                       "pushed adapter to me/m\n")
+    assert fake_hub[1:] == [("create_repo", "me/m", False, True),
+                            ("upload_folder", "me/m", str(run_dir / "adapter"), "medsweep-export")]
+    assert logging.root.level == logging.INFO and len(logging.root.handlers) == 1
+    assert logging.root.handlers[0].formatter._fmt == "medsweep-export: %(message)s"
+    assert [logging.getLogger(name).level for name in noisy] == [logging.WARNING] * 3
+
+
+def test_push_to_hub_returns_what_an_older_hub_client_returns(fake_hub, tmp_path, monkeypatch):
+    # huggingface_hub before 0.20 returned the commit URL itself (a str) from upload_folder
+    monkeypatch.setattr(FakeHub, "upload_folder", lambda self, **kw: "https://hf.co/me/m/commit/def")
+    assert export.push_to_hub(tmp_path, "me/m") == "https://hf.co/me/m/commit/def"
