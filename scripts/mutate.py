@@ -110,6 +110,10 @@ def prepare(workdir: Path, modules: list[str], fresh: bool) -> None:
         # from mutmut's own process, which ran the whole suite first, a child's first torch operation could wait
         # forever on a lock a thread of the parent held (the export mutants' "timeouts")
         "process_isolation": "forkserver",
+        # a mutant's wall-clock limit is (its tests' time on an idle machine + 1 s) x this (mutmut's default 15):
+        # on this shared 2-core machine a busy neighbour stretched unchanged tests past 15x (false timeouts). A
+        # looping mutant is still stopped by its CPU-time limit, twice this multiple of the same estimate.
+        "timeout_multiplier": 60,
     }
     pyproject = (workdir / "pyproject.toml").read_text().split("\n[tool.mutmut]")[0]
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
