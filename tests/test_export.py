@@ -756,6 +756,15 @@ def test_generator_model_from_a_run_dir_is_the_merged_model(run_dir):
     assert len(tokenizer) == SMALL_VOCAB  # the tokenizer saved with the adapter
 
 
+def test_generator_model_from_a_run_dir_merges_for_and_moves_to_the_generator_device(run_dir, monkeypatch):
+    hw = Hardware(device="cpu", precision="fp32", threads=1)  # not export.CPU, merge's default
+    calls: list = []
+    model = types.SimpleNamespace(to=lambda device: calls.append(("to", device)) or "moved")
+    monkeypatch.setattr(export, "merge", lambda path, hw=None: calls.append(("merge", path, hw)) or (model, "tok", {}))
+    assert export.load_generator_model(run_dir, hw) == ("moved", "tok")
+    assert calls == [("merge", run_dir, hw), ("to", "cpu")]
+
+
 def test_generator_model_from_a_model_dir(small_tokenizer_dir, tmp_path):
     from transformers import AutoTokenizer
 
@@ -770,6 +779,8 @@ def test_generator_model_from_a_model_dir(small_tokenizer_dir, tmp_path):
     tokenizer.pad_token = "<|endoftext|>"
     tokenizer.save_pretrained(saved)
     assert export.load_generator_model(saved)[1].pad_token == "<|endoftext|>"  # its own pad token is kept
+    (saved / "config.yaml").write_text("model: {}\n")  # a stray run config beside config.json: still a model dir
+    assert export.load_generator_model(saved)[1].pad_token == "<|endoftext|>"
     # moved to the generator's device: "meta" stands in for a GPU on a machine without one
     model, _ = export.load_generator_model(saved, Hardware(device="meta", precision="fp32", threads=1))
     assert {p.device.type for p in model.parameters()} == {"meta"}
