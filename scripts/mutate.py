@@ -47,6 +47,11 @@ TESTS: dict[str, list[str]] = {
     "gguf_writer": ["tests/test_export.py"],  # split out of export: the GGUF files export writes
     "ollama": ["tests/test_export.py"],  # split out of export: the Modelfile
 }
+# Modules whose mutation runs leave out the tests marked `slow` (pytest -m "not slow"): the end-to-end runs of
+# medsweep-export and medsweep-synth (a training run and the command in subprocesses, SmolLM2 generating), which
+# mutmut would otherwise run for every mutant of the functions they call in-process. The fast tests of these modules
+# check what those check (a mutant only the slow tests would notice shows up as a survivor); `make test` runs all.
+FAST_ONLY = {"export", "gguf_writer", "ollama", "synth", "synth_text", "generators", "generation"}
 # mutmut's exit codes; -11: the mutant crashed the test process (SIGSEGV inside torch), which the tests notice
 STATUS = {1: "killed", 3: "killed", -11: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
           36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
@@ -94,12 +99,21 @@ def prepare(workdir: Path, modules: list[str], fresh: bool) -> None:
         else:
             shutil.copy2(src, dst)
     tests = sorted({t for m in modules for t in TESTS.get(m, []) if (ROOT / t).exists()})
+    markers = "not slurm and not labelstudio" + (" and not slow" if set(modules) <= FAST_ONLY else "")
     settings = {
         "source_paths": ["medsweep/"],
         "only_mutate": [sources(m) for m in modules],
         "also_copy": ["conf/", "hydra_plugins/", "scripts/"],
         "pytest_add_cli_args_test_selection": tests,
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-m", "not slurm and not labelstudio"],
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-m", markers],
+        # each mutant's tests run in a process forked from one that has imported the tests but run none: forked
+        # from mutmut's own process, which ran the whole suite first, a child's first torch operation could wait
+        # forever on a lock a thread of the parent held (the export mutants' "timeouts")
+        "process_isolation": "forkserver",
+        # a mutant's wall-clock limit is (its tests' time on an idle machine + 1 s) x this (mutmut's default 15):
+        # on this shared 2-core machine a busy neighbour stretched unchanged tests past 15x (false timeouts). A
+        # looping mutant is still stopped by its CPU-time limit, twice this multiple of the same estimate.
+        "timeout_multiplier": 60,
     }
     pyproject = (workdir / "pyproject.toml").read_text().split("\n[tool.mutmut]")[0]
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
