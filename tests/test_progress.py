@@ -160,3 +160,100 @@ def test_a_runs_log_shows_training_and_evaluation_progress_without_carriage_retu
     last = json.loads((run_dir / "progress.json").read_text())  # what medsweep-status shows of a running job
     assert (last["phase"], last["task"], last["step"], last["total_steps"]) == ("eval", "perplexity", 6, 6)
     assert last["questions_done"] == last["questions_total"] > 0 and last["loss"] > 0
+
+
+_SCRIPT = """
+import logging, sys, time
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+from medsweep.progress import Progress
+p = Progress("generation", 5, "answer", every_s=0.05)
+for done in range(1, 6):
+    time.sleep(0.03)
+    p.update(done, loss=1.0 / done)
+p.close()
+"""
+
+
+def _run_progress_script(tmp_path, on_tty: bool) -> str:
+    """The script's stderr as a user sees it: on a pseudo-terminal, or redirected to a log file."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if not on_tty:
+        log = tmp_path / "job.log"
+        with log.open("w") as f:
+            subprocess.run([sys.executable, "-c", _SCRIPT], stderr=f, env=env, timeout=120, check=True)
+        return log.read_text()
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT], stdin=follower, stdout=follower, stderr=follower,
+                            env=env)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(leader)
+    return out.decode(errors="replace")
+
+
+def test_a_pseudo_terminal_gets_a_bar_redrawn_in_place_and_a_log_file_plain_lines(tmp_path):
+    terminal = _run_progress_script(tmp_path, on_tty=True)
+    assert "\r" in terminal and re.search(r"generation: +\d+%\|", terminal), terminal  # tqdm's bar, redrawn
+    assert terminal.count("generation: answer 5/5 (100%)") == 1  # the closing line, once
+    logfile = _run_progress_script(tmp_path, on_tty=False)
+    assert "\r" not in logfile and "%|" not in logfile, logfile
+    lines = logfile.splitlines()
+    assert lines and all(line.startswith("generation: answer ") for line in lines), lines
+    assert lines[-1].startswith("generation: answer 5/5 (100%)  loss 0.2") and len(lines) >= 3  # timed lines too
+
+
+def test_a_waiting_sweep_logs_its_job_counts_when_they_change(caplog):
+    from medsweep import submit
+    from medsweep.sweep import PlannedJob
+
+    class Job:
+        """A submitit job seen by the wait: its state at each poll; done once that state is an end."""
+
+        def __init__(self, job_id, states):
+            self.job_id, self.states, self.polls = job_id, states, 0
+
+        @property
+        def state(self):
+            return self.states[self.polls - 1]
+
+        def done(self):
+            self.polls += 1
+            return self.state in ("COMPLETED", "FAILED")
+
+        def results(self):
+            if self.state == "FAILED":
+                raise RuntimeError("Job failed\nValueError: bad")
+            return [self.job_id]
+
+    jobs = [PlannedJob(i, [f"x={i}"], f"d{i}", "submit") for i in range(3)]
+    handles = [Job("1", ["PENDING", "RUNNING", "COMPLETED"]), Job("2", ["RUNNING", "FAILED"]),
+               Job("3", ["PENDING", "PENDING", "RUNNING", "COMPLETED"])]
+    with caplog.at_level(logging.INFO, logger="medsweep"):
+        returns = submit.wait(list(zip(jobs, handles, strict=True)), poll_s=0.0, every_s=3600)
+    assert returns == ["1", "3"] and [j.outcome for j in jobs] == ["completed", "failed", "completed"]
+    counts = [re.sub(r"  [\d.]+ job/s.*", "", m) for m in caplog.messages if m.startswith("sweep:")]
+    assert counts == ["sweep: job 0/3 (0%)  pending 2  running 1  failed 0",
+                      "sweep: job 1/3 (33%)  pending 1  running 1  failed 1",
+                      "sweep: job 2/3 (67%)  pending 0  running 1  failed 1",
+                      "sweep: job 3/3 (100%)  pending 0  running 0  failed 1"]  # the last: close(), once
