@@ -1,7 +1,8 @@
 """Reporting: collect the run records of a sweep into tables, figures and a Markdown report. ``collect`` finds and
 reads run directories into a DataFrame (one row per run; unfinished and corrupt runs are listed as failures, never
 crash the report), ``stats`` computes 95% confidence intervals (Student-t over seeds, or a percentile bootstrap over
-eval examples for a single run), ``tables`` builds and writes the views (Table 4: the best configuration per model;
+eval examples for a single run), ``paired`` the paired sign-flip test, its bootstrap interval and Holm's adjustment,
+``tables`` builds and writes the views (Table 4: the best configuration per model;
 all configurations; a pivot; latency by profile; failures; the stages of a continued fine-tuning chain),
 ``figures`` draws the PNG figures, ``wandb_upload`` logs the tables to W&B, and ``cli`` is the ``medsweep-report``
 command (``main``) and ``report_sweep`` (collect + figures + tables of one sweep, returns its report.md). The
@@ -32,6 +33,7 @@ from medsweep.report.figures import (
     plot_metric_vs_epoch,
     write_figures,
 )
+from medsweep.report.paired import ALPHA, N_RESAMPLES, Paired, holm, paired_interval, paired_test, sign_flip_p
 from medsweep.report.stats import N_BOOT, bootstrap_interval, summarize, t_critical, t_interval
 from medsweep.report.tables import (
     CI_NOTE,
@@ -51,7 +53,8 @@ from medsweep.report.tables import (
 from medsweep.report.wandb_upload import log_wandb
 
 __all__ = [
-    "CI_NOTE", "LATENCY", "NOT_AXES", "N_BOOT", "SCALE", "SEED", "TABLE4",
+    "ALPHA", "CI_NOTE", "LATENCY", "NOT_AXES", "N_BOOT", "N_RESAMPLES", "SCALE", "SEED", "TABLE4", "Paired",
+    "holm", "paired_interval", "paired_test", "sign_flip_p",
     "axis_columns", "bootstrap_interval", "by_config", "by_model", "by_profile", "collect", "complete",
     "config_axes", "display", "failures", "find_run_dirs", "log_wandb", "main", "malformed", "pivot",
     "plot_heatmap", "plot_latency_by_profile", "plot_metric_vs_epoch", "read_run", "report_sweep", "runs_table",
