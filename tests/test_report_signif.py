@@ -1,15 +1,20 @@
 """Paired significance in the report: the sign-flip test, Holm's adjustment and the bootstrap interval against
-textbook cases computed here independently of the code, the best/tied marks of the tables on constructed sweeps,
-and ``medsweep-report --compare`` (offline, fast)."""
+textbook cases computed here independently of the code, and the best/tied marks of the tables on constructed sweeps
+(offline, fast)."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import math
 import random
 import statistics
+import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from medsweep import report
@@ -144,6 +149,185 @@ def test_paired_result_and_degenerate_differences():
                                                      N, True)
     assert r.p == 2 / 2 ** N  # only the identity and the all-flipped vectors are as extreme
     assert math.isnan(report.paired_test([], []).p)
+
+
+# ------------------------------------------------------------------------- constructed sweeps
+
+def prediction_rows(ids, scores, who: str) -> list[dict]:
+    return [{"id": i, "question": f"question {i}?", "reference": f"reference {i}", "generated": f"{who} says {s}",
+             "seconds": 0.1, "generated_tokens": 3,
+             "scores": {"exact_match": float(s == 1.0), "f1": s, "bleu": 100 * s, "rouge1": s, "rouge2": s,
+                        "rougeL": s}}
+            for i, s in zip(ids, scores, strict=True)]
+
+
+def means(scores) -> dict:
+    f1 = statistics.fmean(scores)
+    return {"exact_match": statistics.fmean(float(s == 1.0) for s in scores), "f1": f1, "bleu": 100 * f1,
+            "rouge1": f1, "rouge2": f1, "rougeL": f1, "n_eval": len(scores)}
+
+
+def write_run(run_dir: Path, axes: dict, f1, base=None, ids=None, shuffle: int | None = None) -> Path:
+    """A complete run whose prediction files hold per-item F1 ``f1`` (and its base model's, ``base``)."""
+    ids = ids or [f"q{i:02d}" for i in range(len(f1))]
+    record = {"status": "complete", "run_name": run_dir.name, "axes": axes, "metrics": means(f1),
+              "per_example": {"f1": list(f1)}}
+    rows = prediction_rows(ids, f1, f"{run_dir.name}")
+    if shuffle is not None:
+        random.Random(shuffle).shuffle(rows)
+    run_dir.mkdir(parents=True)
+    (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if base is not None:
+        record["baseline"] = means(base)
+        record["delta"] = {k: v - record["baseline"][k] for k, v in record["metrics"].items()}
+        (run_dir / "predictions_baseline.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in prediction_rows(ids, base, "base")))
+    (run_dir / "metrics.json").write_text(json.dumps(record))
+    return run_dir
+
+
+def axes(model: str, r: int, seed: int = 0) -> dict:
+    return {"model": model, "lora.r": r, "train.seed": seed}
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """m1: r=8 best, r=16 within one item of it (tied), r=4 far behind; m2: r=8 clearly best. Base F1 0.1."""
+    root = tmp_path / "sweep"
+    r16 = [0.8] * (N - 1) + [0.7]
+    for model, r, f1 in [("m1", 4, [0.2] * N), ("m1", 8, [0.8] * N), ("m1", 16, r16),
+                         ("m2", 4, [0.1] * N), ("m2", 8, [0.5] * N)]:
+        write_run(root / f"{model}-r{r}", axes(model, r), f1, base=[0.1] * N)
+    return root
+
+
+def by(table: pd.DataFrame, model: str, r: int) -> pd.Series:
+    return table[(table["model"] == model) & (table["lora.r"] == r)].iloc[0]
+
+
+def test_best_is_marked_only_where_it_is_the_best(sweep: Path):
+    table = report.by_config(report.collect([str(sweep)]))
+    marks = {(m, int(r)): k for m, r, k in zip(table["model"], table["lora.r"], table["mark"], strict=True)}
+    assert marks == {("m1", 4): "", ("m1", 8): "*=", ("m1", 16): "†", ("m2", 4): "", ("m2", 8): "*"}
+    # 8 comparisons in the family (3 against a best, 5 against a base model); six have raw p = 2/4096 (every item
+    # moves the same way), two have p = 1 (r=16 vs r=8: only one item differs; m2 r=4 equals its base model).
+    # Holm: the six smallest become max(8, 7, ..., 3) * 2/4096 = 16/4096; the p = 1 stay 1.
+    assert by(table, "m1", 4)["p vs best"] == pytest.approx(16 / 4096)
+    assert by(table, "m1", 16)["p vs best"] == 1.0 and math.isnan(by(table, "m1", 8)["p vs best"])
+    assert by(table, "m2", 4)["p vs base"] == 1.0 and by(table, "m2", 8)["p vs base"] == pytest.approx(16 / 4096)
+    best = report.by_model(report.collect([str(sweep)]))
+    assert list(zip(best["model"], best["mark"], strict=True)) == [("m1", "*="), ("m2", "*")]
+    assert "p vs best" not in best and "p vs base" in best
+
+
+def test_marks_in_the_markdown_and_csv(sweep: Path, tmp_path: Path):
+    report.write_tables(report.collect([str(sweep)]), tmp_path)
+    out = tmp_path / "report"
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in (out / "by_config.md").read_text().splitlines()]
+    header = rows[0]
+    assert header[-3:] == ["p vs base", "p vs best", "best"] and "mark" not in header
+    shown = {(r[0], r[1]): (r[-2], r[-1]) for r in rows[2:]}
+    assert shown == {("m1", "4"): ("0.0039", ""), ("m1", "8"): ("", "*="), ("m1", "16"): ("1", "†"),
+                     ("m2", "4"): ("0.0039", ""), ("m2", "8"): ("", "*")}
+    csv = pd.read_csv(out / "by_config.csv")
+    assert {"p vs best", "p vs base", "best", "mark"} <= set(csv.columns)
+    text = (out / "report.md").read_text()
+    assert report.SIGNIF_NOTE in text and "seed 0" in report.SIGNIF_NOTE and "Holm" in report.SIGNIF_NOTE
+
+
+def test_p_vs_best_is_the_enumerated_p_of_the_seed_averaged_items(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    best = rng.uniform(0.3, 0.9, N).round(3)
+    seeds = [best - rng.normal(0.05, 0.1, N).round(3) for _ in range(2)]  # two seeds of the other configuration
+    write_run(tmp_path / "best", axes("m", 8), best)
+    for s, f1 in enumerate(seeds):
+        write_run(tmp_path / f"other-s{s}", axes("m", 4, seed=s), f1)
+    table = report.by_config(report.collect([str(tmp_path)]))
+    averaged = (seeds[0] + seeds[1]) / 2 - best
+    expected = enumerated_p(averaged)
+    assert by(table, "m", 4)["p vs best"] == pytest.approx(expected, abs=1e-12)  # one comparison: Holm = raw
+    assert by(table, "m", 8)["mark"] == ("*" if expected < 0.05 else "*=")
+
+
+def test_equal_means_are_a_tie(tmp_path: Path):
+    f1 = [0.2, 0.4, 0.6] * 4
+    write_run(tmp_path / "a", axes("m", 4), f1)
+    write_run(tmp_path / "b", axes("m", 8), f1[::-1])  # the same mean, other items
+    table = report.by_config(report.collect([str(tmp_path)]))
+    assert sorted(table["mark"]) == ["*=", "†"]
+
+
+def test_different_items_are_refused_with_a_reason(tmp_path: Path, caplog):
+    write_run(tmp_path / "a", axes("m", 4), [0.2] * N)
+    write_run(tmp_path / "b", axes("m", 8), [0.9] * N, ids=[f"q{i:02d}" for i in range(1, N + 1)])
+    with caplog.at_level(logging.WARNING, logger="medsweep.report"):
+        table = report.by_config(report.collect([str(tmp_path)]))
+    assert list(table["mark"]) == ["", "*?"] and "p vs best" not in table  # nothing tested: no p column
+    assert "no paired test: model=m lora.r=8 and model=m lora.r=4 were evaluated on different items: " \
+           "1 only in model=m lora.r=8 (e.g. 'q12'), 1 only in model=m lora.r=4 (e.g. 'q00')" in caplog.text
+
+
+def test_seeds_with_different_items_are_refused(tmp_path: Path, caplog):
+    write_run(tmp_path / "s0", axes("m", 4, 0), [0.2] * N)
+    write_run(tmp_path / "s1", axes("m", 4, 1), [0.2] * N, ids=[f"x{i}" for i in range(N)])
+    write_run(tmp_path / "b", axes("m", 8), [0.9] * N)
+    with caplog.at_level(logging.WARNING, logger="medsweep.report"):
+        table = report.by_config(report.collect([str(tmp_path)]))
+    assert by(table, "m", 8)["mark"] == "*?"
+    assert "s0 and s1 were evaluated on different items" in caplog.text
+
+
+def test_items_are_matched_by_identity_not_position(tmp_path: Path):
+    rng = np.random.default_rng(7)
+    a, b = rng.uniform(0, 1, 20).round(3), rng.uniform(0.1, 1, 20).round(3)
+    write_run(tmp_path / "x" / "a", axes("m", 4), a)
+    write_run(tmp_path / "x" / "b", axes("m", 8), b)
+    write_run(tmp_path / "y" / "a", axes("m", 4), a, shuffle=1)  # the same items, written in another order
+    write_run(tmp_path / "y" / "b", axes("m", 8), b, shuffle=2)
+    p = [report.by_config(report.collect([str(tmp_path / d)]))["p vs best"].dropna().iloc[0] for d in "xy"]
+    assert p[0] == p[1]  # 20 items: sampled sign vectors meet the items in identity order either way
+
+
+def test_items_by_question_without_ids_and_bad_files(tmp_path: Path):
+    run = write_run(tmp_path / "a", axes("m", 4), [0.5, 0.25], ids=[None, ""])  # no ids: the question
+    assert list(report.read_items(run).index) == ["question None?", "question ?"]
+    (run / "predictions.jsonl").write_text('{"question": "q", "scores": {"f1": 1}}\n' * 2)
+    with pytest.raises(report.NoItems, match="lists item 'q' more than once"):
+        report.read_items(run)
+    (run / "predictions.jsonl").write_text('{"question": "q", "scores": {"f1": 1}}\nnot json\n')
+    with pytest.raises(report.NoItems, match="line 2 is not JSON"):
+        report.read_items(run)
+    (run / "predictions.jsonl").write_text('[1, 2]\n')
+    with pytest.raises(report.NoItems, match="line 1 is not a prediction row"):
+        report.read_items(run)
+    (run / "predictions.jsonl").write_text("\n")
+    with pytest.raises(report.NoPredictions, match="holds no predictions"):
+        report.read_items(run)
+    with pytest.raises(report.NoPredictions, match=r"predictions_baseline.jsonl does not exist \(eval.baseline"):
+        report.read_items(run, baseline=True)
+
+
+def test_decision_accuracy_per_item_from_the_labels(tmp_path: Path):
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"id": str(i), "question": "q", "generated": g, "label": label, "scores": {"f1": 0.0}}
+            for i, (g, label) in enumerate([("Yes, it does.", "yes"), ("maybe", "no"), ("No.", "no")])]
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report.read_items(run)["decision_accuracy"].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_a_48_item_8_configuration_table_is_fast(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    for r in range(8):
+        write_run(tmp_path / f"r{r}", axes("m", 2 ** r), rng.uniform(0, 1, 48).round(3),
+                  base=rng.uniform(0, 1, 48).round(3))
+    df = report.collect([str(tmp_path)])
+    report.by_config(df)  # the prediction files read once
+    start = time.process_time()  # this process's CPU time: the machine may be busy with others
+    table = report.by_config(df)
+    assert time.process_time() - start < 2.0  # 15 sampled tests of 10,000 sign vectors, numpy-vectorised
+    assert table["p vs best"].notna().sum() == 7 and table["p vs base"].notna().sum() == 8
 
 
 def test_blocks_of_sign_vectors_change_nothing(monkeypatch):
