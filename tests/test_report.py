@@ -1239,13 +1239,16 @@ def test_cli_help_names_every_option(capsys):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: medsweep-report ")
-    for phrase in ["PATH [PATH ...]", "Tables and figures for medsweep run records.",
+    for phrase in ["[PATH ...]", "Tables and figures for medsweep run records.",
                    "sweep dirs, run dirs or globs (searched recursively)", "--by AXIS [AXIS ...]",
                    "axes of the pivot table/heatmap", "--metric METRIC", "metric for pivot, best config, figures",
                    "--out OUT", "output dir (report/ is created in it); default: the first PATH if it is a directory",
                    "--wandb", "also log tables to W&B", "--stages",
                    ("PATH is the last run of a continued fine-tuning chain (train.init_adapter): print base -> "
-                    "stage 1 -> stage 2 on the same held-out questions")]:
+                    "stage 1 -> stage 2 on the same held-out questions"),
+                   "--compare A B", "axis=value[,axis=value] selecting one configuration among the PATH runs",
+                   "'base': the base model of the other side's runs.", "--top N",
+                   "medsweep-report results/sweeps/s --compare lora.r=4 lora.r=16;"]:
         assert re.search(rf"(^|\s){re.escape(phrase)}(\s|$)", text), phrase  # the whole phrase, as written
     with pytest.raises(SystemExit) as exit_:
         report.main([])  # PATH is required

@@ -1,6 +1,6 @@
 """Paired significance in the report: the sign-flip test, Holm's adjustment and the bootstrap interval against
-textbook cases computed here independently of the code, and the best/tied marks of the tables on constructed sweeps
-(offline, fast)."""
+textbook cases computed here independently of the code, the best/tied marks of the tables on constructed sweeps,
+and ``medsweep-report --compare`` (offline, fast)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import random
+import re
 import statistics
 import time
 from pathlib import Path
@@ -336,3 +337,110 @@ def test_blocks_of_sign_vectors_change_nothing(monkeypatch):
     monkeypatch.setattr(paired_mod, "_BLOCK", 7 * 3)  # blocks of 3 sign vectors of 7 items, 1 of 21 items
     assert report.sign_flip_p([d])[0] == enumerated_p(d)
     assert report.sign_flip_p([d * 3], n_resamples=50)[0] == sampled
+
+
+# ------------------------------------------------------------------------- medsweep-report --compare
+
+@pytest.fixture
+def varied(tmp_path: Path) -> Path:
+    """One model, r=4 (two seeds) and r=8 (one run) with varied per-item F1, and a base model."""
+    rng = np.random.default_rng(11)
+    root = tmp_path / "varied"
+    base = rng.uniform(0, 0.5, N).round(3)
+    r4 = [rng.uniform(0.2, 0.8, N).round(3) for _ in range(2)]
+    r8 = (r4[0] + np.linspace(-0.1, 0.45, N)).round(3)  # item q11 gains most, then q10, ...
+    for seed, f1 in enumerate(r4):
+        write_run(root / f"r4-s{seed}", axes("m", 4, seed), f1, base=base)
+    write_run(root / "r8-s0", axes("m", 8, 0), r8, base=base)
+    return root
+
+
+def compare_rows(text: str) -> dict[str, list[str]]:
+    """metric -> its cells in the comparison table."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+
+
+def test_compare_two_configurations(varied: Path, capsys):
+    assert report.main([str(varied), "--compare", "lora.r=4", "lora.r=8", "--top", "3"]) == 0
+    out, err = capsys.readouterr()
+    a = np.mean([[r["scores"]["f1"] for r in map(json.loads, (varied / f"r4-s{s}" / "predictions.jsonl")
+                                                 .read_text().splitlines())] for s in (0, 1)], axis=0)
+    b = np.array([json.loads(line)["scores"]["f1"] for line in (varied / "r8-s0" / "predictions.jsonl")
+                  .read_text().splitlines()])
+    f1 = compare_rows(out)["F1"]  # A, B, B − A, 95% CI, p, p (Holm), items, differ
+    assert [float(x) for x in f1[:3]] == pytest.approx([a.mean(), b.mean(), (b - a).mean()], abs=5e-4)
+    low, high = (float(x) for x in f1[3].strip("[]").split(","))
+    assert low < (b - a).mean() < high
+    assert float(f1[4]) == pytest.approx(enumerated_p(b - a), rel=0.05)  # printed with 2 significant digits
+    assert f1[6:] == [str(N), str(int((a != b).sum()))]
+    assert set(compare_rows(out)) == {"EM %", "F1", "BLEU (sentence)", "ROUGE-1", "ROUGE-2", "ROUGE-L"}
+    assert "A: lora.r=4: 2 runs (r4-s0, r4-s1)" in out and "B: lora.r=8: 1 run (r8-s0)" in out
+    assert "seed 0" in out and "sign-flip" in out and "Holm" in out
+    # the items where they differ most, largest first, with both seeds' answers of A and the reference
+    gap = np.abs(b - a)
+    top = [f"q{i:02d}" for i in np.argsort(-gap, kind="stable")[:3]]
+    assert re.findall(r"^### \d\. (q\d\d) ", out, flags=re.M) == top
+    assert "- question: question q11?\n- reference: reference q11\n- A, seed 0 (F1 " in out
+    assert "- A, seed 1 (F1 " in out and "- B (F1 " in out and "r8-s0 says" in out
+    written = varied / "report" / "compare_lora.r=4_vs_lora.r=8.md"
+    assert out == written.read_text() + "\n" and err.endswith(f"medsweep-report: wrote {written}\n")
+
+
+def test_compare_against_the_base_model_and_run_dirs(varied: Path, capsys):
+    assert report.main([str(varied), "--compare", "base", "lora.r=8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# base (lora.r=8) vs lora.r=8\n\nA: base (lora.r=8): the base model of 1 run (r8-s0)")
+    record = json.loads((varied / "r8-s0" / "metrics.json").read_text())
+    assert float(compare_rows(out)["F1"][0]) == pytest.approx(record["baseline"]["f1"], abs=5e-4)
+    assert float(compare_rows(out)["F1"][2]) == pytest.approx(record["delta"]["f1"], abs=5e-4)
+    # run dirs need no PATH, and nothing is written without one
+    assert report.main(["--compare", str(varied / "r4-s0"), str(varied / "r8-s0")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"# {varied / 'r4-s0'} vs {varied / 'r8-s0'}\n") and "wrote" not in err
+    assert not (varied / "r4-s0" / "report").exists()
+
+
+def test_compare_p_is_exact_on_identical_shifts(sweep: Path, capsys):
+    assert report.main([str(sweep), "--compare", "model=m2,lora.r=4", "model=m2,lora.r=8"]) == 0
+    f1 = compare_rows(capsys.readouterr().out)["F1"]
+    assert f1[:4] == ["0.1", "0.5", "0.4", "[0.4, 0.4]"] and f1[4] == f"{2 / 2 ** N:.2g}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compare", "nope", "lora.r=4"], "unknown run or selection 'nope': give a run dir, axis=value[,axis=value] "
+                                        "or base"),
+    (["--compare", "lora.r=4", "lora.r=5"], "lora.r=5 matches no complete run; values in these runs: lora.r: 4, 8"),
+    (["--compare", "model=m", "lora.r=8"], "model=m matches 3 runs of more than one configuration (lora.r: 4, 8); "
+                                           "narrow it with axis=value"),
+    (["--compare", "rank=4", "lora.r=8"], "rank=4: unknown axis rank; axes in these runs: model, lora.r, train.seed"),
+    (["--compare", "base", "base"], "--compare base base: one side must be runs"),
+    (["--compare", "lora.r=4", "lora.r=8", "--metric", "nope"], "unknown metric 'nope'; per-item metrics: "),
+])
+def test_compare_errors_are_one_line_and_exit_2(varied: Path, capsys, argv, message):
+    assert report.main([str(varied), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"medsweep-report: error: {message}") and err.count("\n") == 1
+
+
+def test_compare_refuses_different_items_and_missing_baselines(tmp_path: Path, capsys):
+    write_run(tmp_path / "a", axes("m", 4), [0.2] * N)
+    write_run(tmp_path / "b", axes("m", 8), [0.9] * N, ids=[f"q{i:02d}" for i in range(1, N + 1)])
+    assert report.main([str(tmp_path), "--compare", "lora.r=4", "lora.r=8"]) == 2
+    assert capsys.readouterr().err == ("medsweep-report: error: lora.r=4 and lora.r=8 were evaluated on different "
+                                       "items: 1 only in lora.r=4 (e.g. 'q00'), 1 only in lora.r=8 (e.g. 'q12')\n")
+    assert report.main(["--compare", "base", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err == (f"medsweep-report: error: {tmp_path / 'a' / 'predictions_baseline.jsonl'} "
+                                       "does not exist (eval.baseline=false?)\n")
+    assert report.main(["--compare", "lora.r=4", "lora.r=8"]) == 2
+    assert capsys.readouterr().err == ("medsweep-report: error: lora.r=4 selects by axis values: give the sweep "
+                                       "dir(s) it selects from\n")
+
+
+def test_compare_needs_a_positive_top_and_a_path_without_compare(varied: Path, capsys):
+    for argv in ([str(varied), "--compare", "lora.r=4", "lora.r=8", "--top", "0"], ["--stages"]):
+        with pytest.raises(SystemExit) as exit_:
+            report.main(argv)
+        assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--top must be at least 1, got 0" in err and "the following arguments are required: PATH" in err
