@@ -374,7 +374,7 @@ def test_compare_two_configurations(varied: Path, capsys):
     assert low < (b - a).mean() < high
     assert float(f1[4]) == pytest.approx(enumerated_p(b - a), rel=0.05)  # printed with 2 significant digits
     assert f1[6:] == [str(N), str(int((a != b).sum()))]
-    assert set(compare_rows(out)) == {"EM %", "F1", "BLEU (sentence)", "ROUGE-1", "ROUGE-2", "ROUGE-L"}
+    assert set(compare_rows(out)) == {"EM %", "F1", "sentence BLEU", "ROUGE-1", "ROUGE-2", "ROUGE-L"}
     assert "A: lora.r=4: 2 runs (r4-s0, r4-s1)" in out and "B: lora.r=8: 1 run (r8-s0)" in out
     assert "seed 0" in out and "sign-flip" in out and "Holm" in out
     # the items where they differ most, largest first, with both seeds' answers of A and the reference
@@ -402,9 +402,16 @@ def test_compare_against_the_base_model_and_run_dirs(varied: Path, capsys):
 
 
 def test_compare_p_is_exact_on_identical_shifts(sweep: Path, capsys):
-    assert report.main([str(sweep), "--compare", "model=m2,lora.r=4", "model=m2,lora.r=8"]) == 0
-    f1 = compare_rows(capsys.readouterr().out)["F1"]
+    assert report.main([str(sweep), "--compare", "model=m2,lora.r=4", "model=m2,lora.r=8", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    f1 = compare_rows(out)["F1"]
     assert f1[:4] == ["0.1", "0.5", "0.4", "[0.4, 0.4]"] and f1[4] == f"{2 / 2 ** N:.2g}"
+    assert "\n## The item where they differ most in F1\n\n### 1. q00 (F1: A 0.1, B 0.5)\n" in out
+    (sweep / "m2-r8" / "predictions.jsonl").write_text("".join(
+        json.dumps({**row, "generated": " \n"}) + "\n" for row in prediction_rows(
+            [f"q{i:02d}" for i in range(N)], [0.5] * N, "")))
+    assert report.main([str(sweep), "--compare", "model=m2,lora.r=4", "model=m2,lora.r=8", "--top", "1"]) == 0
+    assert "- B (F1 0.5): _(empty)_\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

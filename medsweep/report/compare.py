@@ -116,7 +116,7 @@ def sides(paths: list[str], a: str, b: str) -> tuple[Side, Side]:
 
 
 def _label(metric: str) -> str:
-    return "BLEU (sentence)" if metric == "bleu" else registry.label(metric)
+    return "sentence BLEU" if metric == "bleu" else registry.label(metric)
 
 
 def _text(value) -> str:
@@ -149,7 +149,8 @@ def _answers(side: Side, name: str, item: str, metric: str) -> list[str]:
     for run, seed in zip(side.runs, side.seeds, strict=True):
         row = read_items(run, side.baseline).loc[item]
         where = f", seed {_num(seed)}" if len(side.runs) > 1 and seed is not None else ""
-        lines.append(f"- {name}{where} ({_label(metric)} {_num(row[metric] * k)}): {_text(row['generated'])}")
+        answer = _text(row["generated"]) or "_(empty)_"
+        lines.append(f"- {name}{where} ({_label(metric)} {_num(row[metric] * k)}): {answer}")
     return lines
 
 
@@ -158,7 +159,8 @@ def _items(a: Side, b: Side, items_a: pd.DataFrame, items_b: pd.DataFrame, metri
     reference and every run's answer."""
     gap = (items_b[metric] - items_a[metric]).abs()
     order = gap[gap > 0].sort_values(ascending=False, kind="stable").index[:top]
-    heading = f"## The {len(order)} items where they differ most in {_label(metric)}"
+    what = "The item where they differ" if len(order) == 1 else f"The {len(order)} items where they differ"
+    heading = f"## {what} most in {_label(metric)}"
     if not len(order):
         return [heading, "", f"_(no item differs in {_label(metric)})_", ""]
     k = registry.SCALE.get(metric, 1.0)
@@ -186,7 +188,7 @@ def compare(a: Side, b: Side, metric: str = "f1", top: int = TOP) -> str:
         f"BCa bootstrap over items ({N_RESAMPLES} resamples, seed {RNG_SEED}); p: two-sided paired sign-flip test "
         f"(all 2^n sign vectors of n items when 2^n <= {N_RESAMPLES}, else {N_RESAMPLES} random ones, seed "
         f"{RNG_SEED}); p (Holm): adjusted over the {len(results)} metrics."
-        + (" BLEU here is the mean sentence BLEU, not the records' corpus BLEU." if "bleu" in results else "")
+        + (" Sentence BLEU is the mean over items, not the records' corpus BLEU." if "bleu" in results else "")
         + ("" if shown == metric else f" {metric} has no per-item scores: the items are ranked by {_label(shown)}."),
     ]
     return "\n".join([f"# {a.label} vs {b.label}", "", *notes, "", _table(items_a, items_b, results), "",
