@@ -231,6 +231,8 @@ def test_marks_in_the_markdown_and_csv(sweep: Path, tmp_path: Path):
     shown = {(r[0], r[1]): (r[-2], r[-1]) for r in rows[2:]}
     assert shown == {("m1", "4"): ("0.0039", ""), ("m1", "8"): ("", "*="), ("m1", "16"): ("1", "†"),
                      ("m2", "4"): ("0.0039", ""), ("m2", "8"): ("", "*")}
+    tex = (out / "by_config.tex").read_text()
+    assert r"\textdagger{}" in tex and "†" not in tex and r"*=" in tex
     csv = pd.read_csv(out / "by_config.csv")
     assert {"p vs best", "p vs base", "best", "mark"} <= set(csv.columns)
     text = (out / "report.md").read_text()

@@ -222,7 +222,7 @@ def to_markdown(view: pd.DataFrame) -> str:
 def to_latex(view: pd.DataFrame) -> str:
     """booktabs LaTeX table of a view."""
     tex = display(view).to_latex(index=False, escape=True)
-    return tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+    return tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("†", r"\textdagger{}")
 
 
 # --------------------------------------------------------------------------- writing
