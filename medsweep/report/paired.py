@@ -1,20 +1,24 @@
 """Paired significance on the same evaluation items: the sign-flip (approximate randomization) test of a mean
-per-item difference, its percentile-corrected (BCa) bootstrap interval, and Holm's step-down adjustment of a family
-of p-values.
+per-item difference, its bias-corrected and accelerated (BCa) bootstrap interval, and Holm's step-down adjustment
+of a family of p-values.
 
 The default test is approximate randomization (Noreen 1989): under the null hypothesis that the two systems are
 exchangeable on every item, each per-item difference is as likely to carry either sign, so the null distribution
 of the mean difference is that of the means of the differences with random signs. With n items and at most
 ``N_RESAMPLES`` sign vectors the whole distribution is enumerated and the p-value is exact; otherwise it is sampled
-and counted as (hits + 1) / (resamples + 1), which never understates the p-value. A paired bootstrap p-value has
-to recentre the resampled differences on the null, and it rejects too often at the item counts of a held-out set
-(Riezler & Maxwell 2005 compared both on MT evaluation); the bootstrap is used where it fits, for the interval of
-the difference, where the sign-flip null says nothing.
+and counted as (hits + 1) / (resamples + 1), which keeps the test valid (Phipson & Smyth 2010). A paired bootstrap
+p-value has to recentre the resampled differences on the null, and it was found to reject true nulls more often
+than approximate randomization (Riezler & Maxwell 2005, on MT evaluation); the bootstrap is used where it fits, for
+the interval of the difference, about which the sign-flip null says nothing.
 
 Seeds: each side's scores are averaged over its seeds per item, then items are tested. With the 2 to 5 seeds of a
 sweep, the seed level of a two-level bootstrap has 3 to 126 distinct resamples, too few to estimate a seed variance
 component, while averaging keeps the pairing by item and lowers the per-item noise. The test then generalises over
 items at the trained seeds; the spread between seeds is what the tables' t interval over seeds shows.
+
+The sign flips are one matrix product per item count in numpy, shared by the comparisons of a table;
+scipy.stats.permutation_test computes the same p-values (the tests check it) but, built for any statistic, it
+resamples index arrays for each test, which a table of many comparisons pays many times over.
 
 Every random draw comes from ``numpy.random.default_rng(seed)`` (``RNG_SEED`` unless told), the same for every
 comparison, so a report is reproduced exactly.
