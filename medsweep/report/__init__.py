@@ -1,12 +1,14 @@
 """Reporting: collect the run records of a sweep into tables, figures and a Markdown report. ``collect`` finds and
 reads run directories into a DataFrame (one row per run; unfinished and corrupt runs are listed as failures, never
 crash the report), ``stats`` computes 95% confidence intervals (Student-t over seeds, or a percentile bootstrap over
-eval examples for a single run), ``tables`` builds and writes the views (Table 4: the best configuration per model;
-all configurations; a pivot; latency by profile; failures; the stages of a continued fine-tuning chain),
-``figures`` draws the PNG figures, ``wandb_upload`` logs the tables to W&B, and ``cli`` is the ``medsweep-report``
-command (``main``) and ``report_sweep`` (collect + figures + tables of one sweep, returns its report.md). The
-public functions are re-exported here (``medsweep.report.X``); the modules import each other directly, in that
-order, so the package has no import cycle.
+eval examples for a single run), ``paired`` the paired sign-flip test, its bootstrap interval and Holm's adjustment,
+``items`` reads the per-item scores of runs from their prediction files, ``signif`` adds the paired tests and the
+best/tied marks to a table, ``tables`` builds and writes the views (Table 4: the best configuration per model; all
+configurations; a pivot; latency by profile; failures; the stages of a continued fine-tuning chain), ``figures``
+draws the PNG figures, ``compare`` compares two runs or configurations item by item, ``wandb_upload`` logs the
+tables to W&B, and ``cli`` is the ``medsweep-report`` command (``main``) and ``report_sweep`` (collect + figures +
+tables of one sweep, returns its report.md). The public functions are re-exported here (``medsweep.report.X``); the
+modules import each other directly, in that order, so the package has no import cycle.
 """
 
 from medsweep.report.cli import main, report_sweep
@@ -26,12 +28,17 @@ from medsweep.report.collect import (
     stage_chain,
     varying_axes,
 )
+from medsweep.report.compare import Side, compare, run_compare, select, sides
 from medsweep.report.figures import (
     plot_heatmap,
     plot_latency_by_profile,
     plot_metric_vs_epoch,
     write_figures,
 )
+from medsweep.report.items import ITEM_METRICS, TESTABLE, NoItems, NoPredictions, items_of, matched, read_items
+from medsweep.report.paired import ALPHA, N_RESAMPLES, Paired, holm, paired_interval, paired_test, sign_flip_p
+from medsweep.report.signif import NOTE as SIGNIF_NOTE
+from medsweep.report.signif import annotate
 from medsweep.report.stats import N_BOOT, bootstrap_interval, summarize, t_critical, t_interval
 from medsweep.report.tables import (
     CI_NOTE,
@@ -51,10 +58,13 @@ from medsweep.report.tables import (
 from medsweep.report.wandb_upload import log_wandb
 
 __all__ = [
-    "CI_NOTE", "LATENCY", "NOT_AXES", "N_BOOT", "SCALE", "SEED", "TABLE4",
-    "axis_columns", "bootstrap_interval", "by_config", "by_model", "by_profile", "collect", "complete",
-    "config_axes", "display", "failures", "find_run_dirs", "log_wandb", "main", "malformed", "pivot",
-    "plot_heatmap", "plot_latency_by_profile", "plot_metric_vs_epoch", "read_run", "report_sweep", "runs_table",
-    "stage_chain", "stages", "summarize", "t_critical", "t_interval", "to_latex", "to_markdown", "varying_axes",
-    "views", "write_figures", "write_tables",
+    "ALPHA", "CI_NOTE", "ITEM_METRICS", "LATENCY", "NOT_AXES", "N_BOOT", "N_RESAMPLES", "SCALE", "SEED",
+    "SIGNIF_NOTE", "TABLE4", "TESTABLE",
+    "NoItems", "NoPredictions", "Paired", "Side",
+    "annotate", "axis_columns", "bootstrap_interval", "by_config", "by_model", "by_profile", "collect", "compare",
+    "complete", "config_axes", "display", "failures", "find_run_dirs", "holm", "items_of", "log_wandb", "main",
+    "malformed", "matched", "paired_interval", "paired_test", "pivot", "plot_heatmap", "plot_latency_by_profile",
+    "plot_metric_vs_epoch", "read_items", "read_run", "report_sweep", "run_compare", "runs_table", "select", "sides",
+    "sign_flip_p", "stage_chain", "stages", "summarize", "t_critical", "t_interval", "to_latex", "to_markdown",
+    "varying_axes", "views", "write_figures", "write_tables",
 ]

@@ -1,7 +1,8 @@
 """The ``medsweep-report`` command line and ``report_sweep``: collect the run records under the given paths, write
 figures and tables to ``<out>/report/``, print the report (rendered with rich on a terminal), optionally log it to
-W&B, or print the base -> stage 1 -> stage 2 table of a continued fine-tuning chain (``--stages``). User errors are
-one line on stderr with exit code 2 (or the error's own ``exit_code``).
+W&B, print the base -> stage 1 -> stage 2 table of a continued fine-tuning chain (``--stages``), or compare two runs
+or configurations item by item (``--compare``, compare.py). User errors are one line on stderr with exit code 2 (or
+the error's own ``exit_code``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from medsweep.errors import MedsweepError
 from medsweep.report.collect import collect
+from medsweep.report.compare import TOP, run_compare
 from medsweep.report.figures import write_figures
 from medsweep.report.tables import _atomic_write, _check_metric, stages, to_markdown, write_tables
 from medsweep.report.wandb_upload import log_wandb
@@ -26,9 +28,12 @@ def report_sweep(sweep_dir, metric: str = "f1") -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsweep-report",
-                                description="Tables and figures for medsweep run records.")
-    p.add_argument("paths", nargs="+", metavar="PATH",
+    p = argparse.ArgumentParser(
+        prog="medsweep-report", description="Tables and figures for medsweep run records.",
+        epilog="examples: medsweep-report results/sweeps/s --compare lora.r=4 lora.r=16;  "
+               "medsweep-report results/sweeps/s --compare base lora.r=16;  "
+               "medsweep-report --compare results/runs/a results/runs/b")
+    p.add_argument("paths", nargs="*", metavar="PATH",
                    help="sweep dirs, run dirs or globs (searched recursively)")
     p.add_argument("--by", nargs="+", metavar="AXIS", help="axes of the pivot table/heatmap")
     p.add_argument("--metric", default="f1", help="metric for pivot, best config, figures")
@@ -37,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", action="store_true", help="also log tables to W&B")
     p.add_argument("--stages", action="store_true", help="PATH is the last run of a continued fine-tuning chain "
                    "(train.init_adapter): print base -> stage 1 -> stage 2 on the same held-out questions")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="compare B with A item by item (difference B - A, 95%% interval, paired sign-flip p, the items "
+                        "where they differ most); A and B are each a run dir (a dir of one configuration's seeds), "
+                        "axis=value[,axis=value] selecting one configuration among the PATH runs (e.g. lora.r=16 "
+                        "or model=smollm2_135m,lora.r=4), or 'base': the base model of the other side's runs. "
+                        "Written to <out>/report/compare_<A>_vs_<B>.md when PATH is a sweep dir or --out is given")
+    p.add_argument("--top", type=int, default=TOP, metavar="N",
+                   help=f"--compare: show the N items where A and B differ most (default {TOP})")
     return p
 
 
@@ -55,7 +68,12 @@ def _print_markdown(text: str) -> None:
 
 def main(argv=None) -> int:
     """CLI entry point; returns 0 on success, 2 (one line on stderr) on a user error."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.paths and (args.stages or not args.compare):
+        parser.error("the following arguments are required: PATH")
+    if args.top < 1:
+        parser.error(f"--top must be at least 1, got {args.top}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="medsweep-report: %(message)s")
     try:
@@ -64,6 +82,15 @@ def main(argv=None) -> int:
             print(table)
             if args.out:
                 _atomic_write(Path(args.out) / "stages.md", table + "\n")
+            return 0
+        if args.compare:
+            out = Path(args.out) if args.out else (
+                Path(args.paths[0]) if args.paths and Path(args.paths[0]).is_dir() else None)
+            a, b = args.compare
+            text, written = run_compare(args.paths, a, b, metric=args.metric, top=args.top, out=out)
+            _print_markdown(text)
+            if written:
+                print(f"medsweep-report: wrote {written}", file=sys.stderr)
             return 0
         df = collect(args.paths)
         _check_metric(df, args.metric)

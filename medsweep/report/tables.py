@@ -26,6 +26,8 @@ from medsweep.report.collect import (
     config_axes,
     stage_chain,
 )
+from medsweep.report.signif import NOTE as SIGNIF_NOTE
+from medsweep.report.signif import P_BEST, annotate
 from medsweep.report.stats import N_BOOT, summarize
 from medsweep.runrecord import RunRecord
 
@@ -34,8 +36,7 @@ CI_NOTE = (
     "(t over seeds, df = n − 1) for configurations with ≥ 2 seeds; `mean [low, high]` is "
     f"a percentile bootstrap over eval examples ({N_BOOT} resamples, seed 0) for "
     "configurations with a single run and per-example scores; a bare number is a single "
-    "run without an interval. The `CI` column says which was used. "
-    "`*` marks the best configuration per model by mean F1."
+    "run without an interval. The `CI` column says which was used."
 )
 
 
@@ -66,30 +67,34 @@ def by_config(df: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     metrics = _present(done, TABLE4)
     if metric not in metrics:
         metrics[metric] = metric
-    table = summarize(done, config_axes(done), metrics, primary=metric, scale=SCALE)
+    by = config_axes(done)
+    table = summarize(done, by, metrics, primary=metric, scale=SCALE)
     if table.empty:
         return table
-    return _mark_best(table, metrics[metric], lower=not registry.higher_is_better(metric))
+    table = _mark_best(table, metrics[metric], lower=not registry.higher_is_better(metric))
+    return annotate(table, done, by, metric, metrics[metric])
 
 
 def by_model(df: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     """Table 4: per model, its best configuration by mean ``metric`` (default F1).
 
     Columns: the model and config axes, ``n``, ``CI``, then EM % (exact_match × 100), BLEU,
-    ROUGE-1/2/L, F1, Inference s/answer, Perplexity (each with ``lo``/``hi`` CI bounds)
-    and ``Δ <metric>`` (finetuned − baseline) where baselines were measured.
+    ROUGE-1/2/L, F1, Inference s/answer, Perplexity (each with ``lo``/``hi`` CI bounds),
+    ``Δ <metric>`` (finetuned − baseline) where baselines were measured, ``p vs base`` where it was tested
+    and the ``mark`` of signif.py (``*=``: other configurations are not distinguishable from it).
     """
     table = by_config(df, metric)
     if table.empty:
         return table
-    return table[table["best"]].drop(columns="best").reset_index(drop=True)
+    best = table[table["best"]].drop(columns=["best", P_BEST], errors="ignore")
+    return best.reset_index(drop=True)
 
 
 def pivot(df: pd.DataFrame, by: list[str] | None = None, metric: str = "f1") -> pd.DataFrame:
     """``metric`` per combination of the ``by`` axes: mean, 95% CI (lo/hi), n and method.
 
     Indexed by the ``by`` axes (default: the varying non-seed axes). With ``model`` in
-    ``by`` a ``best`` column marks the best row per model.
+    ``by`` a ``best`` column marks the best row per model, and signif.py's paired tests and ``mark`` are added.
     """
     _check_metric(df, metric)
     by = _check_axes(df, by) if by else config_axes(complete(df))
@@ -98,6 +103,7 @@ def pivot(df: pd.DataFrame, by: list[str] | None = None, metric: str = "f1") -> 
         return table
     if "model" in by:
         table = _mark_best(table, metric, lower=not registry.higher_is_better(metric))
+        table = annotate(table, df, by, metric, metric)
     return table.set_index(by) if by else table
 
 
@@ -189,15 +195,20 @@ def _cell(mean, low, high, method: str) -> str:
 
 
 def display(view: pd.DataFrame) -> pd.DataFrame:
-    """Readable copy of a view: ``X``, ``X lo``, ``X hi`` merged into one cell; ``*`` for best."""
+    """Readable copy of a view: ``X``, ``X lo``, ``X hi`` merged into one cell; the ``best`` column shows the
+    ``mark`` of signif.py (``*`` where a view has no mark); p-values with two significant digits."""
     table = view.reset_index() if view.index.names[0] is not None else view.copy()
     for name in [c for c in table.columns if f"{c} lo" in table and f"{c} hi" in table]:
         method = table["CI"] if "CI" in table else pd.Series("", index=table.index)
         table[name] = [_cell(m, lo, hi, str(k)) for m, lo, hi, k in
                        zip(table[name], table[f"{name} lo"], table[f"{name} hi"], method, strict=True)]
         table = table.drop(columns=[f"{name} lo", f"{name} hi"])
-    if "best" in table:
+    if "mark" in table:
+        table["best"] = table.pop("mark")
+    elif "best" in table:
         table["best"] = table["best"].map({True: "*", False: ""})
+    for column in [c for c in table.columns if str(c).startswith("p vs ")]:
+        table[column] = [f"{p:.2g}" if pd.notna(p) else "" for p in table[column]]
     return table.map(_num) if not table.empty else table.astype(str)
 
 
@@ -211,7 +222,7 @@ def to_markdown(view: pd.DataFrame) -> str:
 def to_latex(view: pd.DataFrame) -> str:
     """booktabs LaTeX table of a view."""
     tex = display(view).to_latex(index=False, escape=True)
-    return tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+    return tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("†", r"\textdagger{}")
 
 
 # --------------------------------------------------------------------------- writing
@@ -260,7 +271,7 @@ def write_tables(df: pd.DataFrame, out_dir, by: list[str] | None = None,
     written.append(_atomic_write(report_dir / "runs.csv", runs_table(df).to_csv(index=False)))
     images = [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
     text = "\n".join([
-        "# medsweep report", "", _summary_line(df), "", CI_NOTE, "", *sections,
+        "# medsweep report", "", _summary_line(df), "", CI_NOTE, "", SIGNIF_NOTE, "", *sections,
         *(["## Figures", "", *images, ""] if images else []),
         "Full run table: `runs.csv`.", "",
     ])
