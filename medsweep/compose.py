@@ -53,7 +53,15 @@ class ComposeCache:
         # Hydra's test of a group override (defaults_list.Overrides) on the loader's repository; a stand-in loader
         # without one: the folders of conf/
         exists = getattr(getattr(loader, "repository", None), "group_exists", None)
-        self._is_group: Callable[[str], bool] = exists if callable(exists) else _conf_groups().__contains__
+        exists = exists if callable(exists) else _conf_groups().__contains__
+        groups: dict[str, bool] = {}  # the repository asks every config source (files, packages) each time
+
+        def is_group(key: str) -> bool:
+            if key not in groups:
+                groups[key] = exists(key)
+            return groups[key]
+
+        self._is_group: Callable[[str], bool] = is_group
         self._parser = OverridesParser.create()
         self._parsed: dict[str, Override] = {}
         self._bases: dict[tuple[str, ...], DictConfig] = {}
