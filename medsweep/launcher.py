@@ -31,12 +31,12 @@ from omegaconf import DictConfig
 
 from medsweep import config as config_schema
 from medsweep import record, submit
-from medsweep.checks import check
 from medsweep.compose import ComposeCache
 from medsweep.errors import MedsweepError
 from medsweep.runrecord import RunRecord
 from medsweep.submit import chunks, cluster_limits
 from medsweep.sweep import PlannedJob, detached, end, read_jobs, write_jobs
+from medsweep.typedjobs import TypedJobs
 
 if TYPE_CHECKING:
     from medsweep.config import RunConfig
@@ -74,30 +74,35 @@ def resources(cfg: RunConfig, executor: str, processes: int = 1) -> dict[str, An
 def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, executor: str
               ) -> list[PlannedJob]:
     jobs = []
-    configs = ComposeCache(launcher.hydra_context.config_loader, launcher.config)
+    typed = TypedJobs(ComposeCache(launcher.hydra_context.config_loader, launcher.config))
+    texts = {o for overrides in job_overrides for o in overrides}
+    for text in texts:  # every secret given for a secret-looking key first, so each is masked in every job's row
+        record.redact_override(text)
+    shown = {text: record.redact_override(text) for text in texts}
     for i, overrides in enumerate(job_overrides):
         idx = initial_job_idx + i
-        cfg: Any = configs.compose(list(overrides))  # a DictConfig of the RunConfig schema
-        run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        shown = [record.redact_override(o) for o in filter_overrides(overrides)
-                 if not o.startswith(("plan=", "detach="))]
-        job = PlannedJob(idx=idx, overrides=shown, run_dir=str(run_dir), status="submit")
+        job_cfg = typed.job(list(overrides))
+        job = PlannedJob(idx=idx, run_dir=job_cfg.run_dir, status="submit",
+                         overrides=[shown[o] for o in filter_overrides(overrides)
+                                    if not o.startswith(("plan=", "detach="))])
         try:
-            estimate = check(cfg)
+            run, estimate = job_cfg.check()
         except MedsweepError as exc:
-            job.status, job.reason = "invalid", str(exc)
+            job.status, job.reason, job.axes = "invalid", str(exc), job_cfg.axes()
             jobs.append(job)
             continue
+        job.axes = record.axes(run)
         job.need_gib, job.have_gib, job.gpu_hours = estimate.need_gib, estimate.have_gib, estimate.gpu_hours
         job.mode, job.processes = estimate.mode, estimate.world_size
-        job.resources = resources(cfg, executor, estimate.world_size)
-        done = RunRecord.load(run_dir)
+        job.resources = resources(run, executor, estimate.world_size)
+        done = RunRecord.load(job.run_dir)
         if done and done.is_complete:
             job.status, job.reason = "complete", "record complete: skipped"
         elif not estimate.fits:
             job.status, job.reason = "refused", f"does not fit: {estimate.detail}"
         jobs.append(job)
-    log.debug("plan: %d job configs, %d composed by Hydra", len(jobs), configs.full)
+    log.debug("plan: %d job configs, %d composed by Hydra, %d typed from their structure's", len(jobs),
+              typed.configs.full, typed.fast)
     return jobs
 
 
