@@ -106,24 +106,49 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
     return jobs
 
 
+PLAN_ROWS = 1000  # a longer plan lists its refused and invalid jobs and counts the others by group
+
+
 def plan_table(jobs: list[PlannedJob]) -> str:
     import pandas as pd
 
+    def need(j: PlannedJob) -> str:
+        return f"{j.need_gib:.1f}/{j.have_gib:.1f}" if j.have_gib not in (0.0, float("inf")) else "cpu"
+
+    def gpus(j: PlannedJob) -> Any:
+        return j.resources.get("slurm_gres") or j.resources.get("gpus_per_node") or 0
+
+    def mode(j: PlannedJob) -> str:
+        return f"{j.mode} x{j.processes}" if j.processes > 1 else j.mode
+
+    listed = jobs if len(jobs) <= PLAN_ROWS else [j for j in jobs if j.status in ("refused", "invalid")]
     rows = [{"#": j.idx, "overrides": " ".join(j.overrides), "status": j.status,
-             "cpus": j.resources.get("cpus_per_task"),
-             "gpus": j.resources.get("slurm_gres") or j.resources.get("gpus_per_node") or 0,
-             "time_min": j.resources.get("timeout_min"),
-             "mode": f"{j.mode} x{j.processes}" if j.processes > 1 else j.mode,
-             "need/have GiB": f"{j.need_gib:.1f}/{j.have_gib:.1f}" if j.have_gib not in (0.0, float("inf")) else "cpu",
-             "est_gpu_h": round(j.gpu_hours, 2), "run_dir": Path(j.run_dir).name, "reason": j.reason}
-            for j in jobs]
+             "cpus": j.resources.get("cpus_per_task"), "gpus": gpus(j), "time_min": j.resources.get("timeout_min"),
+             "mode": mode(j), "need/have GiB": need(j), "est_gpu_h": round(j.gpu_hours, 2),
+             "run_dir": Path(j.run_dir).name, "reason": j.reason}
+            for j in listed]
     total = sum(j.gpu_hours for j in jobs if j.status == "submit")
     counts = {s: sum(j.status == s for j in jobs) for s in ("submit", "complete", "queued", "refused", "invalid")}
     queued = f"{counts['queued']} still queued in SLURM (not submitted again), " if counts["queued"] else ""
     summary = (f"{len(jobs)} jobs: {counts['submit']} to run, {counts['complete']} complete (skipped), {queued}"
                f"{counts['refused']} refused (do not fit), {counts['invalid']} invalid; "
                f"estimated {total:.2f} GPU-hours to run")
-    return pd.DataFrame(rows).to_markdown(index=False) + "\n" + summary
+    if len(jobs) <= PLAN_ROWS:
+        return pd.DataFrame(rows).to_markdown(index=False) + "\n" + summary
+    groups: dict[tuple, list[PlannedJob]] = {}
+    for j in jobs:
+        key = (j.status, j.axes.get("model", ""), j.axes.get("profile", ""), mode(j),
+               j.resources.get("cpus_per_task"), gpus(j), j.resources.get("timeout_min"))
+        groups.setdefault(key, []).append(j)
+    grouped = [{"status": k[0], "model": k[1], "profile": k[2], "mode": k[3], "cpus": k[4], "gpus": k[5],
+                "time_min": k[6], "jobs": len(g), "need/have GiB": need(max(g, key=lambda j: j.need_gib)),
+                "est_gpu_h": round(sum(j.gpu_hours for j in g), 2)} for k, g in groups.items()]
+    out = [f"{len(jobs)} jobs in {len(grouped)} groups (status, model, profile, resources; need/have: the largest "
+           f"need of the group); more than {PLAN_ROWS} jobs: only the refused and invalid ones are listed",
+           pd.DataFrame(grouped).to_markdown(index=False)]
+    if rows:
+        out.append(pd.DataFrame(rows).to_markdown(index=False))
+    return "\n".join(out) + "\n" + summary
 
 
 class SweepLauncherMixin:

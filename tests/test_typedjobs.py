@@ -1,7 +1,8 @@
 """The plan's typed path (medsweep/typedjobs.py): every job it builds plans exactly as the job composed by Hydra does
 (run directory, status and reason, resources, fit figures, axes), whatever the structure and the kind of value; it
 steps aside where an interpolation of the structure reads a value, for Hydra's own run-directory templates and for
-values it cannot take as written; its safety net sends a shape whose first job differs back to compose.py."""
+values it cannot take as written; its safety net sends a shape whose first job differs back to compose.py. Also the
+plan table of a sweep too long to list job by job."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from medsweep import compose as compose_mod
 from medsweep import launcher, record, typedjobs
 from medsweep.compose import ComposeCache
+from medsweep.sweep import PlannedJob
 from medsweep.typedjobs import TypedJobs
 
 # a fitting GPU model, a 7-8B model on one 16 GB V100 (refused), data parallel on two A100s (an odd batch there is
@@ -167,3 +169,23 @@ def test_dir_parts():
     assert typedjobs._dir_parts("${run_id:}") == [("run_id", "")]
     for other in ("${hydra.job.override_dirname}", "${now:%H}", "${lora.r}", "a\\${x}", "${model}", None):
         assert typedjobs._dir_parts(other) is None
+
+
+def test_a_long_plan_lists_its_refused_and_invalid_jobs_and_groups_the_others(monkeypatch):
+    monkeypatch.setattr(launcher, "PLAN_ROWS", 4)
+    axes = [{"model": "distilgpt2", "profile": "1cpu_1a100"}, {"model": "llama3_8b", "profile": "1cpu_1v100"}]
+    jobs = [PlannedJob(i, [f"a={i}"], f"/x/run-{i}", "submit", resources={"cpus_per_task": 1, "timeout_min": 60,
+                       "slurm_gres": "gpu:a100:1"}, need_gib=2.0 + i, have_gib=76.0, mode="single", gpu_hours=0.5,
+                       axes=axes[0]) for i in range(5)]
+    jobs.append(PlannedJob(5, ["a=5"], "/x/run-5", "refused", reason="does not fit: llama3_8b ...",
+                           resources={"cpus_per_task": 1, "timeout_min": 60, "slurm_gres": "gpu:v100:1"},
+                           need_gib=20.6, have_gib=15.2, mode="single", gpu_hours=0.1, axes=axes[1]))
+    jobs.append(PlannedJob(6, ["lora.r=0"], "/x/run-6", "invalid", reason="lora.r=0 is invalid: must be > 0"))
+    lines = launcher.plan_table(jobs).splitlines()
+    assert lines[0].startswith("7 jobs in 3 groups") and lines[-1].startswith("7 jobs: 5 to run, 0 complete")
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines if line.startswith("|")]
+    assert ["submit", "distilgpt2", "1cpu_1a100", "single", "1", "gpu:a100:1", "60", "5", "6.0/76.0", "2.5"] in cells
+    assert ["refused", "llama3_8b", "1cpu_1v100", "single", "1", "gpu:v100:1", "60", "1", "20.6/15.2", "0.1"] in cells
+    listed = [c for c in cells if c and c[0] in ("5", "6")]
+    assert [c[-1] for c in listed] == ["does not fit: llama3_8b ...", "lora.r=0 is invalid: must be > 0"]
+    assert not any(f"a={i}" in c for i in range(5) for c in cells)  # the jobs to run are only counted
