@@ -48,13 +48,21 @@ _DIR_PART = re.compile(r"\$\{(run_id:|[A-Za-z_]\w*)\}")
 
 @dataclass
 class JobConfig:
-    """One job of a plan: its run directory and its config, composed (`cfg`, checked whole) or built by the fast path
-    (`run`, its structure's inputs checked once for all its jobs)."""
+    """One job of a plan: its config, composed (`cfg`, checked whole) or built by the fast path (`run`, its
+    structure's inputs checked once for all its jobs), and its run directory."""
 
-    run_dir: str
     cfg: DictConfig | None = None
     run: config.RunConfig | None = None
     resolved: dict[str, Any] | None = None  # the fast path's record.run_config, for its safety net
+    dir: str | None = None  # the fast path's run directory; a composed config's is resolved when first asked
+
+    @property
+    def run_dir(self) -> str:
+        """hydra.sweep.dir / hydra.sweep.subdir (the run id)."""
+        if self.dir is None:
+            assert self.cfg is not None
+            self.dir = str(Path(str(self.cfg.hydra.sweep.dir)) / str(self.cfg.hydra.sweep.subdir))
+        return self.dir
 
     def check(self) -> tuple[config.RunConfig, fit.Fit]:
         """checks.checked: the validated config and its fit; ConfigError naming the key on an invalid value."""
@@ -71,7 +79,7 @@ class JobConfig:
 
 
 def composed(cfg: DictConfig) -> JobConfig:
-    return JobConfig(str(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)), cfg=cfg)
+    return JobConfig(cfg=cfg)
 
 
 @dataclass
@@ -197,7 +205,7 @@ class TypedJobs:
                 resolved[name] = plain
         run = dataclasses.replace(structure.run, **top, **{
             group: dataclasses.replace(getattr(structure.run, group), **fields) for group, fields in groups.items()})
-        return JobConfig(structure.run_dir(resolved), run=run, resolved=resolved)
+        return JobConfig(run=run, resolved=resolved, dir=structure.run_dir(resolved))
 
 
 def _same(fast: JobConfig, reference: JobConfig) -> bool:
