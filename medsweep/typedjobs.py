@@ -2,7 +2,7 @@
 
 compose.py gives each job a DictConfig (Hydra once per structure, the values on a copy), but checking that config
 (`config.typed`: merged onto the schema, resolved, made into dataclasses) and resolving its run directory (the run-id
-hash of the whole resolved config) still cost tens of milliseconds a job: most of a large plan. `TypedJobs` does
+hash of the whole resolved config) still cost more than everything else the plan does for a job. `TypedJobs` does
 those once per structure: its config (compose.py's base) as a RunConfig, the resolved configuration the run id
 hashes (`record.run_config`), and what only a composed config can say (`checks.check_inputs`: interpolations, unread
 keys). Per job, each value is converted by OmegaConf with the update Hydra makes (`OmegaConf.update(..., merge=True)`,
