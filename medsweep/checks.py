@@ -93,15 +93,23 @@ def validate(cfg: DictConfig | config.RunConfig) -> config.RunConfig:
     return cfg
 
 
-def check(cfg: DictConfig, *, require_fit: bool = False) -> fit.Fit:
+def check(cfg: DictConfig | config.RunConfig, *, require_fit: bool = False) -> fit.Fit:
     """Validate `cfg` (raises ConfigError, naming the key, on an invalid value) and return its fit estimate: the
     layout (mode, world size), the memory need against what the profile has, the GPU-hours.
 
     A config that does not fit is not invalid: the caller decides (the launcher refuses that job in its plan table,
     a single run's `--plan` reports it). With `require_fit` (the pre-flight of a single run) it raises
-    ConfigError("model=<m> profile=<p> does not fit: <detail>"), unless the config is only a plan (plan=true)."""
+    ConfigError("model=<m> profile=<p> does not fit: <detail>"), unless the config is only a plan (plan=true).
+
+    A RunConfig skips what only the composed config can say (`check_inputs`): the sweep plan's fast path
+    (medsweep/typedjobs.py) checked that once for every job of its structure."""
+    return checked(cfg, require_fit=require_fit)[1]
+
+
+def checked(cfg: DictConfig | config.RunConfig, *, require_fit: bool = False) -> tuple[config.RunConfig, fit.Fit]:
+    """`check`, returning the validated config as the schema's dataclasses as well as its fit."""
     run = validate(cfg)
     estimate = fit.estimate(run)
     if require_fit and not run.plan and not estimate.fits:
         raise ConfigError(f"model={run.model.name} profile={run.profile.name} does not fit: {estimate.detail}")
-    return estimate
+    return run, estimate

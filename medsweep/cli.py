@@ -149,6 +149,43 @@ def _check_output_root(root: Path) -> None:
         raise ConfigError(f"output_root={str(root)!r} is invalid: cannot write in {existing} ({reason})") from None
 
 
+class _ComposeLoader:
+    """The compose API as the sweep plan's config loader (medsweep/compose.py), for the pre-flight's variants."""
+
+    def load_sweep_config(self, master: None, overrides: list[str]):
+        from hydra import compose
+
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def _check_variants(variants: list[list[str]]) -> None:
+    """Each variant of a sweep composed and checked as the launcher's plan does it (medsweep/typedjobs.py: Hydra
+    once per structure, the values typed into its dataclasses); a sweep's jobs are refused for their fit by the
+    launcher (its table), not here."""
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from medsweep import config, record
+    from medsweep.compose import ComposeCache
+    from medsweep.typedjobs import TypedJobs
+
+    config.register_configs()
+    record.register_resolvers()
+    typed = TypedJobs(ComposeCache(_ComposeLoader(), None))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for n, variant in enumerate(variants):
+            try:
+                job = typed.job(variant)
+            except (HydraException, OmegaConfBaseException) as exc:
+                raise ConfigError(_one_line(exc)) from exc
+            if n == 0:
+                composed = job.cfg if job.cfg is not None else job.run
+                assert composed is not None
+                _check_output_root(Path(str(composed.output_root)))
+            job.check()
+
+
 def preflight(args: list[str]) -> None:
     """Compose and validate every value of every override (one composition per sweep value, not per
     combination); for a single run, also the fit of the model on the profile."""
@@ -163,16 +200,16 @@ def preflight(args: list[str]) -> None:
     except Exception as exc:  # noqa: BLE001 - Hydra's parse error, on one line
         raise ConfigError(f"cannot parse {' '.join(search)!r}: {_one_line(exc)}") from exc
     _check_group_names(fixed + [value for values in sweeps for value in values], dirs)
-    # Every value of every sweep, each with the first value of the other sweeps (a sweep may supply a key
-    # that the fixed overrides require, e.g. data=local with data.path=a.jsonl,b.jsonl).
-    firsts = [values[0] for values in sweeps]
-    variants = [fixed + firsts] + [fixed + firsts[:i] + [value] + firsts[i + 1:]
-                                   for i, values in enumerate(sweeps) for value in values[1:]]
-    for n, variant in enumerate(variants):
-        cfg = _compose(search + variant)
-        if n == 0:
-            _check_output_root(Path(str(cfg.output_root)))
-        check(cfg, require_fit=not sweeps)  # a sweep's jobs are refused for their fit by the launcher (its table)
+    if sweeps:
+        # Every value of every sweep, each with the first value of the other sweeps (a sweep may supply a key
+        # that the fixed overrides require, e.g. data=local with data.path=a.jsonl,b.jsonl).
+        firsts = [values[0] for values in sweeps]
+        _check_variants([search + fixed + firsts] + [search + fixed + firsts[:i] + [value] + firsts[i + 1:]
+                                                     for i, values in enumerate(sweeps) for value in values[1:]])
+        return
+    cfg = _compose(search + fixed)
+    _check_output_root(Path(str(cfg.output_root)))
+    check(cfg, require_fit=True)
 
 
 def _task(cfg) -> None:

@@ -40,7 +40,7 @@ def _conf_groups() -> set[str]:
     return {str(p.relative_to(CONF_DIR)) for p in CONF_DIR.rglob("*") if p.is_dir()}
 
 
-def _overlaps(a: str, b: str) -> bool:
+def overlaps(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
@@ -53,14 +53,23 @@ class ComposeCache:
         # Hydra's test of a group override (defaults_list.Overrides) on the loader's repository; a stand-in loader
         # without one: the folders of conf/
         exists = getattr(getattr(loader, "repository", None), "group_exists", None)
-        self._is_group: Callable[[str], bool] = exists if callable(exists) else _conf_groups().__contains__
+        exists = exists if callable(exists) else _conf_groups().__contains__
+        groups: dict[str, bool] = {}  # the repository asks every config source (files, packages) each time
+
+        def is_group(key: str) -> bool:
+            if key not in groups:
+                groups[key] = exists(key)
+            return groups[key]
+
+        self._is_group: Callable[[str], bool] = is_group
         self._parser = OverridesParser.create()
         self._parsed: dict[str, Override] = {}
         self._bases: dict[tuple[str, ...], DictConfig] = {}
         self._checked: dict[tuple[Any, ...], bool] = {}  # structure -> the fast path gives Hydra's config
         self.full = self.fast = 0  # compositions by Hydra, configs made by the fast path
 
-    def _hydra(self, overrides: Sequence[str]) -> DictConfig:
+    def hydra(self, overrides: Sequence[str]) -> DictConfig:
+        """Hydra's own composition of a job."""
         self.full += 1
         return self.loader.load_sweep_config(self.master, list(overrides))
 
@@ -73,7 +82,7 @@ class ComposeCache:
         return (o.type != OverrideType.CHANGE or o.package is not None or o.is_sweep_override()
                 or o.is_hydra_override() or o.key_or_group == "hydra" or self._is_group(o.key_or_group))
 
-    def _split(self, overrides: Sequence[str]) -> tuple[list[Override], list[Override], list[Override]]:
+    def split(self, overrides: Sequence[str]) -> tuple[list[Override], list[Override], list[Override]]:
         """The job's overrides parsed, its structural ones and its values."""
         parsed = [self._parse(text) for text in overrides]
         fixed = [self._structural(o) for o in parsed]
@@ -81,35 +90,33 @@ class ComposeCache:
         # order, composed by Hydra
         touched = [o.key_or_group for o, f in zip(parsed, fixed, strict=True)
                    if f and not self._is_group(o.key_or_group)]
-        fixed = [f or any(_overlaps(o.key_or_group, k) for k in touched) for o, f in zip(parsed, fixed, strict=True)]
+        fixed = [f or any(overlaps(o.key_or_group, k) for k in touched) for o, f in zip(parsed, fixed, strict=True)]
         return (parsed, [o for o, f in zip(parsed, fixed, strict=True) if f],
                 [o for o, f in zip(parsed, fixed, strict=True) if not f])
 
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         if not enabled():
-            return self._hydra(overrides)
+            return self.hydra(overrides)
         try:
-            parsed, structural, values = self._split(overrides)
+            parsed, structural, values = self.split(overrides)
         except Exception as exc:  # noqa: BLE001 - Hydra's composition reports it as it always has
             log.debug("plan: cannot split %s (%s): composed by Hydra", " ".join(overrides), exc)
-            return self._hydra(overrides)
+            return self.hydra(overrides)
         if not values:  # nothing to share: this job's own composition
-            return self._hydra(overrides)
+            return self.hydra(overrides)
         base_key = tuple(str(o.input_line) for o in structural)
         shape = (base_key, tuple(o.key_or_group for o in values))
         if self._checked.get(shape) is False:
-            return self._hydra(overrides)
+            return self.hydra(overrides)
         try:
-            if base_key not in self._bases:
-                self._bases[base_key] = self._hydra(base_key)
-            cfg = self._apply(self._bases[base_key], parsed, values)
+            cfg = self._apply(self.base(base_key), parsed, values)
         except Exception as exc:  # noqa: BLE001 - Hydra's composition decides (and reports) this job
             log.debug("plan: fast composition of %s failed (%s): composed by Hydra", " ".join(overrides), exc)
             if shape not in self._checked:
                 self._checked[shape] = False
-            return self._hydra(overrides)
+            return self.hydra(overrides)
         if shape not in self._checked:
-            reference = self._hydra(overrides)
+            reference = self.hydra(overrides)
             try:
                 self._checked[shape] = same(cfg, reference)
             except Exception:  # noqa: BLE001 - e.g. the run dir does not resolve: the reference raises it in the plan
@@ -120,6 +127,12 @@ class ComposeCache:
             return reference
         self.fast += 1
         return cfg
+
+    def base(self, structural: tuple[str, ...]) -> DictConfig:
+        """The config of a set of structural overrides (`split`'s, as written), composed by Hydra once."""
+        if structural not in self._bases:
+            self._bases[structural] = self.hydra(structural)
+        return self._bases[structural]
 
     def _apply(self, base: DictConfig, parsed: list[Override], values: list[Override]) -> DictConfig:
         """Hydra's steps after the defaults are composed, for the values: the same update, and its own node's

@@ -31,12 +31,12 @@ from omegaconf import DictConfig
 
 from medsweep import config as config_schema
 from medsweep import record, submit
-from medsweep.checks import check
 from medsweep.compose import ComposeCache
 from medsweep.errors import MedsweepError
 from medsweep.runrecord import RunRecord
 from medsweep.submit import chunks, cluster_limits
 from medsweep.sweep import PlannedJob, detached, end, read_jobs, write_jobs
+from medsweep.typedjobs import TypedJobs
 
 if TYPE_CHECKING:
     from medsweep.config import RunConfig
@@ -74,51 +74,81 @@ def resources(cfg: RunConfig, executor: str, processes: int = 1) -> dict[str, An
 def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, executor: str
               ) -> list[PlannedJob]:
     jobs = []
-    configs = ComposeCache(launcher.hydra_context.config_loader, launcher.config)
+    typed = TypedJobs(ComposeCache(launcher.hydra_context.config_loader, launcher.config))
+    texts = {o for overrides in job_overrides for o in overrides}
+    for text in texts:  # every secret given for a secret-looking key first, so each is masked in every job's row
+        record.redact_override(text)
+    shown = {text: record.redact_override(text) for text in texts}
     for i, overrides in enumerate(job_overrides):
         idx = initial_job_idx + i
-        cfg: Any = configs.compose(list(overrides))  # a DictConfig of the RunConfig schema
-        run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        shown = [record.redact_override(o) for o in filter_overrides(overrides)
-                 if not o.startswith(("plan=", "detach="))]
-        job = PlannedJob(idx=idx, overrides=shown, run_dir=str(run_dir), status="submit")
+        job_cfg = typed.job(list(overrides))
+        job = PlannedJob(idx=idx, run_dir=job_cfg.run_dir, status="submit",
+                         overrides=[shown[o] for o in filter_overrides(overrides)
+                                    if not o.startswith(("plan=", "detach="))])
         try:
-            estimate = check(cfg)
+            run, estimate = job_cfg.check()
         except MedsweepError as exc:
-            job.status, job.reason = "invalid", str(exc)
+            job.status, job.reason, job.axes = "invalid", str(exc), job_cfg.axes()
             jobs.append(job)
             continue
+        job.axes = record.axes(run)
         job.need_gib, job.have_gib, job.gpu_hours = estimate.need_gib, estimate.have_gib, estimate.gpu_hours
         job.mode, job.processes = estimate.mode, estimate.world_size
-        job.resources = resources(cfg, executor, estimate.world_size)
-        done = RunRecord.load(run_dir)
+        job.resources = resources(run, executor, estimate.world_size)
+        done = RunRecord.load(job.run_dir)
         if done and done.is_complete:
             job.status, job.reason = "complete", "record complete: skipped"
         elif not estimate.fits:
             job.status, job.reason = "refused", f"does not fit: {estimate.detail}"
         jobs.append(job)
-    log.debug("plan: %d job configs, %d composed by Hydra", len(jobs), configs.full)
+    log.debug("plan: %d job configs, %d composed by Hydra, %d typed from their structure's", len(jobs),
+              typed.configs.full, typed.fast)
     return jobs
+
+
+PLAN_ROWS = 1000  # a longer plan lists its refused and invalid jobs and counts the others by group
 
 
 def plan_table(jobs: list[PlannedJob]) -> str:
     import pandas as pd
 
+    def need(j: PlannedJob) -> str:
+        return f"{j.need_gib:.1f}/{j.have_gib:.1f}" if j.have_gib not in (0.0, float("inf")) else "cpu"
+
+    def gpus(j: PlannedJob) -> Any:
+        return j.resources.get("slurm_gres") or j.resources.get("gpus_per_node") or 0
+
+    def mode(j: PlannedJob) -> str:
+        return f"{j.mode} x{j.processes}" if j.processes > 1 else j.mode
+
+    listed = jobs if len(jobs) <= PLAN_ROWS else [j for j in jobs if j.status in ("refused", "invalid")]
     rows = [{"#": j.idx, "overrides": " ".join(j.overrides), "status": j.status,
-             "cpus": j.resources.get("cpus_per_task"),
-             "gpus": j.resources.get("slurm_gres") or j.resources.get("gpus_per_node") or 0,
-             "time_min": j.resources.get("timeout_min"),
-             "mode": f"{j.mode} x{j.processes}" if j.processes > 1 else j.mode,
-             "need/have GiB": f"{j.need_gib:.1f}/{j.have_gib:.1f}" if j.have_gib not in (0.0, float("inf")) else "cpu",
-             "est_gpu_h": round(j.gpu_hours, 2), "run_dir": Path(j.run_dir).name, "reason": j.reason}
-            for j in jobs]
+             "cpus": j.resources.get("cpus_per_task"), "gpus": gpus(j), "time_min": j.resources.get("timeout_min"),
+             "mode": mode(j), "need/have GiB": need(j), "est_gpu_h": round(j.gpu_hours, 2),
+             "run_dir": Path(j.run_dir).name, "reason": j.reason}
+            for j in listed]
     total = sum(j.gpu_hours for j in jobs if j.status == "submit")
     counts = {s: sum(j.status == s for j in jobs) for s in ("submit", "complete", "queued", "refused", "invalid")}
     queued = f"{counts['queued']} still queued in SLURM (not submitted again), " if counts["queued"] else ""
     summary = (f"{len(jobs)} jobs: {counts['submit']} to run, {counts['complete']} complete (skipped), {queued}"
                f"{counts['refused']} refused (do not fit), {counts['invalid']} invalid; "
                f"estimated {total:.2f} GPU-hours to run")
-    return pd.DataFrame(rows).to_markdown(index=False) + "\n" + summary
+    if len(jobs) <= PLAN_ROWS:
+        return pd.DataFrame(rows).to_markdown(index=False) + "\n" + summary
+    groups: dict[tuple, list[PlannedJob]] = {}
+    for j in jobs:
+        key = (j.status, j.axes.get("model", ""), j.axes.get("profile", ""), mode(j),
+               j.resources.get("cpus_per_task"), gpus(j), j.resources.get("timeout_min"))
+        groups.setdefault(key, []).append(j)
+    grouped = [{"status": k[0], "model": k[1], "profile": k[2], "mode": k[3], "cpus": k[4], "gpus": k[5],
+                "time_min": k[6], "jobs": len(g), "need/have GiB": need(max(g, key=lambda j: j.need_gib)),
+                "est_gpu_h": round(sum(j.gpu_hours for j in g), 2)} for k, g in groups.items()]
+    out = [f"{len(jobs)} jobs in {len(grouped)} groups (status, model, profile, resources; need/have: the largest "
+           f"need of the group); more than {PLAN_ROWS} jobs: only the refused and invalid ones are listed",
+           pd.DataFrame(grouped).to_markdown(index=False)]
+    if rows:
+        out.append(pd.DataFrame(rows).to_markdown(index=False))
+    return "\n".join(out) + "\n" + summary
 
 
 class SweepLauncherMixin:

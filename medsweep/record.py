@@ -15,7 +15,7 @@ import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -71,11 +71,22 @@ def _identity(cfg: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_id(root: DictConfig) -> str:
-    """Readable name + 8-hex hash of the resolved configuration (minus NON_IDENTITY_KEYS)."""
+def run_config(root: DictConfig) -> dict[str, Any]:
+    """The resolved configuration a run id is made from (Hydra's own node left out), as plain containers."""
     body = {k: root[k] for k in root if k != "hydra"}
     cfg = OmegaConf.to_container(OmegaConf.create(body), resolve=True)
     assert isinstance(cfg, dict)  # the container of a DictConfig
+    return cast(dict[str, Any], cfg)
+
+
+def run_id(root: DictConfig) -> str:
+    """Readable name + 8-hex hash of the resolved configuration (minus NON_IDENTITY_KEYS)."""
+    return run_id_of(run_config(root))
+
+
+def run_id_of(cfg: dict[str, Any]) -> str:
+    """`run_id` of a configuration already resolved by `run_config` (a sweep's plan builds it once per structure
+    and puts each job's values in: medsweep/typedjobs.py)."""
     digest = hashlib.sha256(json.dumps(_identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
     m, lo, t = cfg["model"], cfg["lora"], cfg["train"]
     readable = (

@@ -43,6 +43,7 @@ class PlannedJob:
     job_id: str = ""  # submitit / SLURM job id
     outcome: str = ""  # completed | failed | skipped; submitted: detached, or still queued from an earlier submission
     error: str = ""
+    axes: dict[str, Any] = field(default_factory=dict)  # record.axes of the job's config ({} if it did not resolve)
 
 
 def detached(cfg: DictConfig) -> bool:

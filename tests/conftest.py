@@ -116,6 +116,27 @@ def compose():
     return _compose
 
 
+@pytest.fixture
+def hydra_loader():
+    """loader(*master_overrides) -> (Hydra's config loader, the sweep's master config), as the launcher gets them
+    (tests/test_compose.py, tests/test_typedjobs.py)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from medsweep.run import config_schema  # noqa: F401  registers schemas and resolvers
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+
+        def make(*overrides: str):
+            master = hydra.compose_config("config", overrides=list(overrides), run_mode=RunMode.MULTIRUN)
+            return hydra.config_loader, master
+
+        yield make
+
+
 def run_medsweep(*overrides: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600,
                  multirun: bool = False) -> subprocess.CompletedProcess:
     """The entrypoint as a user runs it: `python -m medsweep k=v ...` in a subprocess."""

@@ -146,3 +146,32 @@ def test_the_preflight_knows_the_users_own_configs_on_hydras_search_path(tmp_pat
         cli.preflight(["experiment=mine", f"output_root={tmp_path}"])  # without the search path: unknown
     with pytest.raises(ConfigError, match=r"^experiment=theirs is invalid: .*, example_sweep, mine, paper_grid, "):
         cli.preflight([search, "experiment=theirs", f"output_root={tmp_path}"])
+
+
+def test_a_sweeps_values_are_checked_with_one_hydra_composition_per_structure(tmp_path, monkeypatch):
+    """The pre-flight's variants go through the plan's typed path: Hydra composes the structure and checks the first
+    variant; the other values are typed in, and a bad one among them is still named."""
+    import hydra
+
+    from medsweep import cli
+    from medsweep.errors import ConfigError
+
+    calls: list = []
+    real = hydra.compose
+    monkeypatch.setattr(hydra, "compose", lambda *a, **k: calls.append(k["overrides"]) or real(*a, **k))
+    sweep = ["lora.r=4,8,16", "lora.alpha=8,16", "lora.dropout=0.1,0.7", f"output_root={tmp_path}"]
+    cli.preflight(["-m", *sweep])
+    assert calls == [[], [f"output_root={tmp_path}", "lora.r=4", "lora.alpha=8", "lora.dropout=0.1"]]
+    with pytest.raises(ConfigError, match=r"lora.dropout=1.0 is invalid: must be in \[0, 1\)"):
+        cli.preflight(["-m", *sweep[:2], "lora.dropout=0.1,0.7,1", f"output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="lora.r='eight' is invalid"):  # a value Hydra refuses: its own line
+        cli.preflight(["-m", "lora.r=4,eight", f"output_root={tmp_path}"])
+    assert not any(tmp_path.rglob("*"))
+    mine = tmp_path / "conf" / "experiment"  # the user's own experiment on Hydra's search path, in a sweep
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text("# @package _global_\ntrain:\n  max_steps: 3\n")
+    calls.clear()
+    with pytest.raises(ConfigError, match="lora.r=0 is invalid"):
+        cli.preflight(["-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=mine", "lora.r=4,8,0",
+                       f"output_root={tmp_path / 'out'}"])
+    assert len(calls) == 2 and all("experiment=mine" in c for c in calls)

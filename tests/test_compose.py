@@ -28,26 +28,6 @@ STRUCTURES = [("model=distilgpt2", "profile=1cpu_1a100"), ("model=smollm2_135m",
 JOBS = [[*s, *v] for s in STRUCTURES for v in VALUES]
 
 
-@pytest.fixture
-def hydra_loader():
-    """loader(*master_overrides) -> (Hydra's config loader, the sweep's master config), as the launcher gets them."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
-
-    from medsweep.run import config_schema  # noqa: F401  registers schemas and resolvers
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        hydra = GlobalHydra.instance().hydra
-        assert hydra is not None
-
-        def make(*overrides: str):
-            master = hydra.compose_config("config", overrides=list(overrides), run_mode=RunMode.MULTIRUN)
-            return hydra.config_loader, master
-
-        yield make
-
-
 def as_written(cfg) -> str:
     """Every key and value with its type, Hydra's node included, and the run directory resolved."""
     return repr((OmegaConf.to_container(cfg, resolve=False), str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)))
