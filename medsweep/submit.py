@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from medsweep.errors import MedsweepError
-from medsweep.progress import EVERY_S, Progress
+from medsweep.progress_file import EVERY_S
 
 if TYPE_CHECKING:
     from hydra.core.utils import JobReturn
@@ -62,6 +62,8 @@ def wait(pairs: Sequence[tuple[PlannedJob, Any]], *, poll_s: float = 1.0, every_
     """Wait for every submitit job; its outcome (and a failure's one-line error) goes on its PlannedJob, never
     raised here. Meanwhile one line of job counts by state: a bar on a terminal, a log line when the counts change
     and at least every `every_s` seconds in a log file."""
+    from medsweep.progress import Progress  # transformers comes with it: not for a plan or a detached sweep
+
     returns: list[JobReturn] = []
     if not pairs:
         return returns
