@@ -323,8 +323,13 @@ def _submitted(jobs: list[PlannedJob], handles: Sequence[Any]) -> list[tuple[Pla
 
 def _keep_queued(sweep_dir: Path, jobs: list[PlannedJob]) -> None:
     """A job whose earlier submission is still pending or running in SLURM is not submitted again: re-running the
-    command of a sweep submits only what failed or never ran (a complete record is skipped in the plan)."""
-    earlier = {p["run_dir"]: p for p in read_jobs(sweep_dir) if p.get("job_id") and p.get("outcome") == "submitted"}
+    command of a sweep submits only what failed or never ran (a complete record is skipped in the plan). A skipped
+    job keeps the id of the SLURM job that completed it, for the status command and the report job."""
+    previous = {p["run_dir"]: p for p in read_jobs(sweep_dir) if p.get("job_id")}
+    for j in jobs:
+        if j.status == "complete" and j.run_dir in previous:
+            j.job_id = str(previous[j.run_dir]["job_id"])
+    earlier = {d: p for d, p in previous.items() if p.get("outcome") == "submitted"}
     mine = {j.run_dir: earlier[j.run_dir] for j in jobs if j.status == "submit" and j.run_dir in earlier}
     if not mine:
         return

@@ -596,18 +596,20 @@ def test_a_rerun_does_not_submit_again_what_slurm_still_runs(tmp_path, executors
         return {"1000": slurm.SlurmJob("1000", "RUNNING"), "1001": slurm.SlurmJob("1001", "FAILED")}
 
     monkeypatch.setattr(slurm, "job_states", states)
+    record.atomic_write_json(Path(first[2]["run_dir"]) / "metrics.json", {"status": "complete"})
     capsys.readouterr()
     multirun(*sweep)
-    assert asked == [["1000", "1001", "1002"]]  # one query for the earlier submission's jobs
+    assert asked == [["1000", "1001"]]  # one query for the earlier submission's unfinished jobs
     out = capsys.readouterr().out
-    assert "3 jobs: 2 to run, 0 complete (skipped), 1 still queued in SLURM (not submitted again)" in out
+    assert "3 jobs: 1 to run, 1 complete (skipped), 1 still queued in SLURM (not submitted again)" in out
     again = [c for e in executors.made for c in e.calls if c[0] == "map_array"][1:]
-    assert [c[1] for c in again] == [[1, 2]]  # FAILED and unknown to SLURM: submitted again
+    assert [c[1] for c in again] == [[1]]  # FAILED in SLURM: submitted again
     jobs = jobs_file(tmp_path)
     assert [(j["status"], j["job_id"], j["reason"]) for j in jobs] == [
-        ("queued", "1000", "already in SLURM as job 1000 (RUNNING)"), ("submit", "1004", ""), ("submit", "1005", "")]
+        ("queued", "1000", "already in SLURM as job 1000 (RUNNING)"), ("submit", "1004", ""),
+        ("complete", "1002", "record complete: skipped")]  # a skipped job keeps the id of the job that completed it
     (_, report) = [c for e in executors.made for c in e.calls if c[0] == "report"]
-    assert report[2]["slurm_additional_parameters"] == {"dependency": "afterany:1000:1004:1005"}
+    assert report[2]["slurm_additional_parameters"] == {"dependency": "afterany:1000:1004"}
     assert first[0]["run_dir"] == jobs[0]["run_dir"]
 
 

@@ -283,6 +283,7 @@ def test_a_detached_sweep_returns_at_once_and_its_report_job_records_slurms_verd
     subprocess.run(["scancel", new[2]["job_id"].split("_")[0],
                     re.search(r"report job (\d+)", again.stdout).group(1)], check=True, timeout=30)
     assert [j["outcome"] for j in new] == ["skipped", "skipped", "submitted", "submitted"]
+    assert [j["job_id"] for j in new[:2]] == [j["job_id"] for j in jobs[:2]]  # the jobs that completed them
     assert new[2]["job_id"] not in (jobs[2]["job_id"], jobs[3]["job_id"]) and new[:2] != jobs[:2]
 
 
