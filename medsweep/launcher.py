@@ -227,7 +227,7 @@ class SweepLauncherMixin:
         if detach:
             self._detach(sweep_dir, jobs, pending)
             return returns
-        returns += submit.wait(pending)
+        returns += submit.wait(pending, ask_slurm=kind == "slurm")
         write_jobs(sweep_dir, jobs)
         if any(j.outcome == "failed" for j in jobs):  # the sweep ends here, through its one end (sweep.py)
             sys.exit(end(sweep_dir, launched=len(jobs)))

@@ -57,11 +57,13 @@ def master_ids(job_ids: Sequence[str]) -> list[str]:
     return sorted({str(j).split("_")[0] for j in job_ids if j}, key=lambda j: (len(j), j))
 
 
-def wait(pairs: Sequence[tuple[PlannedJob, Any]], *, poll_s: float = 1.0, every_s: float = EVERY_S
-         ) -> list[JobReturn]:
+def wait(pairs: Sequence[tuple[PlannedJob, Any]], *, poll_s: float = 1.0, every_s: float = EVERY_S,
+         ask_slurm: bool = False, clock: Any = time.monotonic) -> list[JobReturn]:
     """Wait for every submitit job; its outcome (and a failure's one-line error) goes on its PlannedJob, never
     raised here. Meanwhile one line of job counts by state: a bar on a terminal, a log line when the counts change
-    and at least every `every_s` seconds in a log file."""
+    and at least every `every_s` seconds in a log file. `ask_slurm`: every `every_s` seconds SLURM itself is asked
+    about the unfinished jobs, since submitit waits forever for an array task cancelled while pending (SLURM keeps
+    no accounting record of it)."""
     from medsweep.progress import Progress  # transformers comes with it: not for a plan or a detached sweep
 
     returns: list[JobReturn] = []
@@ -70,6 +72,7 @@ def wait(pairs: Sequence[tuple[PlannedJob, Any]], *, poll_s: float = 1.0, every_
     progress = Progress("sweep", len(pairs), "job", every_s=every_s)
     pending = list(pairs)
     shown: dict[str, Any] = {}
+    asked = clock()
     while True:
         still = []
         for job, handle in pending:
@@ -78,6 +81,9 @@ def wait(pairs: Sequence[tuple[PlannedJob, Any]], *, poll_s: float = 1.0, every_
             else:
                 still.append((job, handle))
         pending = still
+        if ask_slurm and pending and clock() - asked >= every_s:
+            asked = clock()
+            pending = _ended_in_slurm(pending)
         counts = Counter("pending" if str(h.state).upper() in _WAITING else "running" for _, h in pending)
         failed = sum(j.outcome == "failed" for j, _ in pairs)
         now: dict[str, Any] = {"pending": counts["pending"], "running": counts["running"], "failed": failed}
@@ -89,6 +95,26 @@ def wait(pairs: Sequence[tuple[PlannedJob, Any]], *, poll_s: float = 1.0, every_
         time.sleep(poll_s)
     progress.close()
     return returns
+
+
+def _ended_in_slurm(pending: list[tuple[PlannedJob, Any]]) -> list[tuple[PlannedJob, Any]]:
+    """The jobs SLURM has not ended with a failure; the others are failed with SLURM's state."""
+    from medsweep import slurm
+
+    try:
+        states = slurm.job_states([str(h.job_id) for _, h in pending])
+    except MedsweepError as exc:
+        log.warning("cannot ask SLURM about the sweep's jobs (%s); waiting on submitit", exc)
+        return pending
+    still = []
+    for job, handle in pending:
+        found = states.get(str(handle.job_id))
+        if found is not None and found.failed:
+            job.outcome, job.error = "failed", f"SLURM {found.state}: job {found.job_id}"
+            log.error("#%d failed (job %s): %s", job.idx, handle.job_id, job.error)
+        else:
+            still.append((job, handle))
+    return still
 
 
 def _collect(job: PlannedJob, handle: Any, returns: list[JobReturn]) -> None:

@@ -257,3 +257,44 @@ def test_a_waiting_sweep_logs_its_job_counts_when_they_change(caplog):
                       "sweep: job 1/3 (33%)  pending 1  running 1  failed 1",
                       "sweep: job 2/3 (67%)  pending 0  running 1  failed 1",
                       "sweep: job 3/3 (100%)  pending 0  running 0  failed 1"]  # the last: close(), once
+
+
+def test_a_waiting_sweep_asks_slurm_about_a_task_submitit_would_wait_for_forever(monkeypatch, caplog):
+    """An array task cancelled while pending leaves no accounting record: submitit never calls it done. SLURM's own
+    state, asked every `every_s`, ends it as failed; a job SLURM still runs is waited for."""
+    from medsweep import slurm, submit
+    from medsweep.sweep import PlannedJob
+
+    class Stuck:
+        state = "UNKNOWN"
+
+        def __init__(self, job_id, finish_after=None):
+            self.job_id, self.polls, self.finish_after = job_id, 0, finish_after
+
+        def done(self):
+            self.polls += 1
+            return self.finish_after is not None and self.polls > self.finish_after
+
+        def results(self):
+            return [self.job_id]
+
+    clock = Clock()
+    asked = []
+
+    def states(ids):
+        asked.append(sorted(ids))
+        clock.now += 1.0
+        return {"9_1": slurm.SlurmJob("9_1", "CANCELLED"), "9_0": slurm.SlurmJob("9_0", "RUNNING")}
+
+    monkeypatch.setattr(slurm, "job_states", states)
+
+    def sleep(_):
+        clock.now += 10.0
+    monkeypatch.setattr(submit.time, "sleep", sleep)
+    jobs = [PlannedJob(0, ["x=0"], "d0", "submit"), PlannedJob(1, ["x=1"], "d1", "submit")]
+    with caplog.at_level(logging.INFO, logger="medsweep"):
+        returns = submit.wait([(jobs[0], Stuck("9_0", finish_after=12)), (jobs[1], Stuck("9_1"))], every_s=60,
+                              ask_slurm=True, clock=clock)
+    assert returns == ["9_0"] and [(j.outcome, j.error) for j in jobs] == [
+        ("completed", ""), ("failed", "SLURM CANCELLED: job 9_1")]
+    assert asked == [["9_0", "9_1"]]  # once a minute, not at every poll; the next poll found job 0 done
