@@ -33,15 +33,16 @@ class Metric:
     per_example: bool = False  # the record keeps its per-example scores (bootstrap intervals in the report)
     kind: str = "score"  # score (per answer, lexical) | perplexity | latency | count | decision (PubMedQA)
     short: str = ""  # its column in narrow tables (latency by profile), when not the label
+    upper: float | None = None  # the largest value it can take (before scale), for a figure's full range; None: none
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("exact_match", "EM %", scale=100.0, per_example=True),
-    Metric("f1", "F1", per_example=True),
-    Metric("bleu", "BLEU", per_example=True),  # corpus BLEU; the per-example scores are sentence BLEU
-    Metric("rouge1", "ROUGE-1"),
-    Metric("rouge2", "ROUGE-2"),
-    Metric("rougeL", "ROUGE-L", per_example=True),
+    Metric("exact_match", "EM %", scale=100.0, per_example=True, upper=1.0),
+    Metric("f1", "F1", per_example=True, upper=1.0),
+    Metric("bleu", "BLEU", per_example=True, upper=100.0),  # corpus BLEU; the per-example scores are sentence BLEU
+    Metric("rouge1", "ROUGE-1", upper=1.0),
+    Metric("rouge2", "ROUGE-2", upper=1.0),
+    Metric("rougeL", "ROUGE-L", per_example=True, upper=1.0),
     Metric("perplexity", "Perplexity", higher_is_better=False, kind="perplexity"),
     Metric("seconds_per_answer", "Inference s/answer", higher_is_better=False, kind="latency", short="s/answer"),
     Metric("latency_p50_s", "p50 s", higher_is_better=False, kind="latency"),
@@ -50,8 +51,8 @@ METRICS: tuple[Metric, ...] = (
     # Counts are no quality; a table asked to rank by one ranks highest first, as it always has.
     Metric("mean_generated_tokens", "Generated tokens", kind="count"),
     Metric("n_eval", "n eval", fmt="d", kind="count"),
-    Metric("decision_accuracy", "Decision acc", kind="decision"),
-    Metric("decision_macro_f1", "Decision macro-F1", kind="decision"),
+    Metric("decision_accuracy", "Decision acc", kind="decision", upper=1.0),
+    Metric("decision_macro_f1", "Decision macro-F1", kind="decision", upper=1.0),
 )
 BY_NAME = {m.name: m for m in METRICS}
 SCORE_KEYS = tuple(m.name for m in METRICS if m.kind == "score")

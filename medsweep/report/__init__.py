@@ -4,14 +4,17 @@ crash the report), ``stats`` computes 95% confidence intervals (Student-t over s
 eval examples for a single run), ``paired`` the paired sign-flip test, its bootstrap interval and Holm's adjustment,
 ``items`` reads the per-item scores of runs from their prediction files, ``signif`` adds the paired tests and the
 best/tied marks to a table, ``tables`` builds and writes the views (Table 4: the best configuration per model; all
-configurations; a pivot; latency by profile; failures; the stages of a continued fine-tuning chain), ``figures``
-draws the PNG figures, ``compare`` compares two runs or configurations item by item, ``wandb_upload`` logs the
+configurations; a pivot; latency by profile; failures; the stages of a continued fine-tuning chain), ``style`` is
+the figures' one look, ``pareto`` draws quality against cost with its Pareto front, ``figures`` the other PNG figures,
+``answers`` picks the best and worst answers of the best configurations, ``html`` writes the self-contained
+report.html, ``compare`` compares two runs or configurations item by item, ``wandb_upload`` logs the
 tables to W&B, and ``cli`` is the ``medsweep-report`` command (``main``) and ``report_sweep`` (collect + figures +
 tables of one sweep, returns its report.md). The public functions are re-exported here (``medsweep.report.X``); the
 modules import each other directly, in that order, so the package has no import cycle.
 """
 
-from medsweep.report.cli import main, report_sweep
+from medsweep.report.answers import Answer, Extremes, extremes
+from medsweep.report.cli import main, report_sweep, write_report
 from medsweep.report.collect import (
     LATENCY,
     NOT_AXES,
@@ -30,13 +33,18 @@ from medsweep.report.collect import (
 )
 from medsweep.report.compare import Side, compare, run_compare, select, sides
 from medsweep.report.figures import (
+    caption,
+    heatmap_cells,
+    heatmap_pairs,
     plot_heatmap,
     plot_latency_by_profile,
     plot_metric_vs_epoch,
     write_figures,
 )
+from medsweep.report.html import write_html
 from medsweep.report.items import ITEM_METRICS, TESTABLE, NoItems, NoPredictions, items_of, matched, read_items
 from medsweep.report.paired import ALPHA, N_RESAMPLES, Paired, holm, paired_interval, paired_test, sign_flip_p
+from medsweep.report.pareto import pareto_front, plot_quality_vs_cost
 from medsweep.report.signif import NOTE as SIGNIF_NOTE
 from medsweep.report.signif import annotate
 from medsweep.report.stats import N_BOOT, bootstrap_interval, summarize, t_critical, t_interval
@@ -60,8 +68,10 @@ from medsweep.report.wandb_upload import log_wandb
 __all__ = [
     "ALPHA", "CI_NOTE", "ITEM_METRICS", "LATENCY", "NOT_AXES", "N_BOOT", "N_RESAMPLES", "SCALE", "SEED",
     "SIGNIF_NOTE", "TABLE4", "TESTABLE",
-    "NoItems", "NoPredictions", "Paired", "Side",
-    "annotate", "axis_columns", "bootstrap_interval", "by_config", "by_model", "by_profile", "collect", "compare",
+    "Answer", "Extremes", "NoItems", "NoPredictions", "Paired", "Side",
+    "annotate", "caption", "extremes", "heatmap_cells", "heatmap_pairs", "pareto_front", "plot_quality_vs_cost",
+    "write_html", "write_report",
+    "axis_columns", "bootstrap_interval", "by_config", "by_model", "by_profile", "collect", "compare",
     "complete", "config_axes", "display", "failures", "find_run_dirs", "holm", "items_of", "log_wandb", "main",
     "malformed", "matched", "paired_interval", "paired_test", "pivot", "plot_heatmap", "plot_latency_by_profile",
     "plot_metric_vs_epoch", "read_items", "read_run", "report_sweep", "run_compare", "runs_table", "select", "sides",

@@ -1,8 +1,8 @@
 """The ``medsweep-report`` command line and ``report_sweep``: collect the run records under the given paths, write
-figures and tables to ``<out>/report/``, print the report (rendered with rich on a terminal), optionally log it to
-W&B, print the base -> stage 1 -> stage 2 table of a continued fine-tuning chain (``--stages``), or compare two runs
-or configurations item by item (``--compare``, compare.py). User errors are one line on stderr with exit code 2 (or
-the error's own ``exit_code``).
+figures, tables, ``report.md`` and a self-contained ``report.html`` to ``<out>/report/`` (``write_report``), print
+the report (rendered with rich on a terminal), optionally log it to W&B, print the base -> stage 1 -> stage 2 table
+of a continued fine-tuning chain (``--stages``), or compare two runs or configurations item by item (``--compare``,
+compare.py). User errors are one line on stderr with exit code 2 (or the error's own ``exit_code``).
 """
 
 from __future__ import annotations
@@ -13,18 +13,27 @@ import sys
 from pathlib import Path
 
 from medsweep.errors import MedsweepError
+from medsweep.report.answers import extremes
 from medsweep.report.collect import collect
 from medsweep.report.compare import TOP, run_compare
 from medsweep.report.figures import write_figures
-from medsweep.report.tables import _atomic_write, _check_metric, stages, to_markdown, write_tables
+from medsweep.report.html import write_html
+from medsweep.report.tables import _atomic_write, _check_metric, stages, to_markdown, views, write_tables
 from medsweep.report.wandb_upload import log_wandb
 
 
 def report_sweep(sweep_dir, metric: str = "f1") -> Path:
-    """Collect a sweep, write figures and tables to ``sweep_dir/report``; return report.md."""
-    df = collect([str(sweep_dir)])
-    figures = write_figures(df, sweep_dir, metric)
-    return write_tables(df, sweep_dir, metric=metric, figures=figures)[-1]
+    """Collect a sweep, write figures, tables and report.html to ``sweep_dir/report``; return report.md."""
+    return write_report(collect([str(sweep_dir)]), sweep_dir, metric=metric)
+
+
+def write_report(df, out: Path | str, by: list[str] | None = None, metric: str = "f1") -> Path:
+    """Figures, tables, report.md and report.html of the runs ``df`` in ``out/report``; return report.md."""
+    figures = write_figures(df, out, metric, heat_axes=by)
+    computed = views(df, by, metric)
+    report = write_tables(df, out, by=by, metric=metric, figures=figures, computed=computed)[-1]
+    write_html(df, out, computed, figures, extremes(df))
+    return report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,8 +105,7 @@ def main(argv=None) -> int:
         _check_metric(df, args.metric)
         out = Path(args.out) if args.out else (
             Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path.cwd())
-        figures = write_figures(df, out, args.metric, heat_axes=args.by)
-        report = write_tables(df, out, by=args.by, metric=args.metric, figures=figures)[-1]
+        report = write_report(df, out, by=args.by, metric=args.metric)
         _print_markdown(report.read_text(encoding="utf-8"))
         if args.wandb:
             log_wandb(df, args.metric)

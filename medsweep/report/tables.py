@@ -253,14 +253,15 @@ def _summary_line(df: pd.DataFrame) -> str:
 
 
 def write_tables(df: pd.DataFrame, out_dir, by: list[str] | None = None,
-                 metric: str = "f1", figures=()) -> list[Path]:
-    """Write each view as .md/.csv/.tex, ``runs.csv`` and a combined ``report.md``.
+                 metric: str = "f1", figures=(), computed: dict | None = None) -> list[Path]:
+    """Write each view as .md/.csv/.tex, ``runs.csv`` and a combined ``report.md``; ``computed``: the ``views``
+    already computed (the HTML report shows the same ones; their paired tests are not run twice).
 
     Files go to ``out_dir/report/``; returns the written paths (report.md last).
     """
     report_dir = Path(out_dir) / "report"
     written, sections = [], []
-    for stem, (heading, view) in views(df, by, metric).items():
+    for stem, (heading, view) in (computed if computed is not None else views(df, by, metric)).items():
         markdown = to_markdown(view)
         written.append(_atomic_write(report_dir / f"{stem}.md", markdown + "\n"))
         written.append(_atomic_write(report_dir / f"{stem}.csv", view.to_csv()
