@@ -359,7 +359,7 @@ def test_missing_status_is_corrupt(tmp_path: Path):
 def test_write_tables_and_figures(df: pd.DataFrame, tmp_path: Path):
     figures = report.write_figures(df, tmp_path)
     names = {p.name for p in figures}
-    assert names == {"metric_vs_epoch.png", "latency_by_profile.png",
+    assert names == {"metric_vs_epoch.png", "latency_by_profile.png", "quality_vs_cost_f1.png",
                      "heatmap_f1_model_lora.r.png"}
     for png in figures:
         assert png.stat().st_size > 1000
@@ -402,7 +402,7 @@ def test_figures_skipped_without_epochs_or_two_axes(tmp_path: Path, caplog):
     df = report.collect([str(tmp_path)])
     with caplog.at_level("INFO", logger="medsweep.report"):
         figures = report.write_figures(df, tmp_path)
-    assert [p.name for p in figures] == ["latency_by_profile.png"]
+    assert [p.name for p in figures] == ["quality_vs_cost_f1.png", "latency_by_profile.png"]
     assert "skipping metric_vs_epoch.png" in caplog.text
     assert "skipping heatmap" in caplog.text
 
@@ -846,162 +846,7 @@ def test_summary_line_without_gpu_hours(tmp_path: Path):
     assert "\n1 runs (1 corrupt); 0.00 GPU hours in total.\n" in text
 
 
-# ------------------------------------------------------------------------- figures (plotted data)
-
-def test_figures_plot_the_fixture_numbers(df: pd.DataFrame, tmp_path: Path, drawn):
-    written = report.write_figures(df, tmp_path)
-    assert written == [tmp_path / "report" / n for n in
-                       ["metric_vs_epoch.png", "latency_by_profile.png", "heatmap_f1_model_lora.r.png"]]
-    for fig in drawn.values():
-        assert tuple(fig.get_size_inches()) == pytest.approx((6.4, 4.2))
-
-    epoch = drawn["metric_vs_epoch.png"].axes[0]
-    assert lines_of(drawn["metric_vs_epoch.png"]) == {
-        "qwen2_0.5b": ([1.0, 2.0], pytest.approx([0.42, 0.52])),
-        "smollm2_135m": ([1.0, 2.0], pytest.approx([0.30, 0.40]))}
-    assert {ln.get_marker() for ln in epoch.get_lines()} == {"o"}
-    assert (epoch.get_xlabel(), epoch.get_ylabel()) == ("epoch", "f1")
-    assert epoch.get_title() == "f1 per epoch (best config per model)"
-    assert list(epoch.get_xticks()) == [1, 2]
-
-    latency = drawn["latency_by_profile.png"].axes[0]
-    assert bars_of(drawn["latency_by_profile.png"]) == {
-        "qwen2_0.5b": [pytest.approx(0.81)], "smollm2_135m": [pytest.approx(0.41)], "tiny": [pytest.approx(0.10)]}
-    assert ticks(latency.get_xticklabels()) == ["local_cpu"]
-    assert latency.get_xticklabels()[0].get_rotation() == 0
-    assert (latency.get_xlabel(), latency.get_ylabel(), latency.get_title()) == (
-        "profile", "seconds per answer", "Inference latency")
-
-    fig = drawn["heatmap_f1_model_lora.r.png"]
-    heat = fig.axes[0]
-    means = config_means()
-    cells = [[means["qwen2_0.5b", 4], means["qwen2_0.5b", 16]],
-             [means["smollm2_135m", 4], means["smollm2_135m", 16]], [means["tiny", 4], math.nan]]
-    image = np.ma.filled(heat.images[0].get_array(), np.nan)
-    assert image.shape == (3, 2)
-    assert image.ravel().tolist() == pytest.approx([v for r in cells for v in r], nan_ok=True)
-    assert heat.images[0].get_cmap().name == "viridis"
-    assert ticks(heat.get_xticklabels()) == ["4", "16"]
-    assert ticks(heat.get_yticklabels()) == ["qwen2_0.5b", "smollm2_135m", "tiny"]
-    assert list(heat.get_xticks()) == [0, 1] and list(heat.get_yticks()) == [0, 1, 2]
-    # one label per cell with a value, dark text on the bright (top 40%) end of the scale
-    low, high = 0.32, 0.54
-    expected = {(j, i): (f"{v:.3g}", "black" if (v - low) / (high - low) > 0.6 else "white")
-                for i, r in enumerate(cells) for j, v in enumerate(r) if not math.isnan(v)}
-    assert {t.get_position(): (t.get_text(), t.get_color()) for t in heat.texts} == expected
-    assert {t.get_text(): t.get_color() for t in heat.texts}["0.46"] == "black"
-    assert {(t.get_ha(), t.get_va()) for t in heat.texts} == {("center", "center")}
-    assert (heat.get_xlabel(), heat.get_ylabel(), heat.get_title()) == ("lora.r", "model", "mean f1")
-    assert len(fig.axes) == 2  # the colorbar, of the heatmap's values
-    colorbar = heat.images[0].colorbar
-    assert colorbar is not None and colorbar.ax is fig.axes[1]
-    assert colorbar.ax.get_ylim() == pytest.approx((low, high))
-    assert heat.get_aspect() == "auto"
-
-
-def test_metric_vs_epoch_prefers_the_best_config(tmp_path: Path, drawn):
-    two = [{"epoch": 1, "metrics": {"f1": 0.2}}, {"epoch": 2, "metrics": {"f1": 0.3}}]
-    write_record(tmp_path / "a4", "smollm2_135m", 4, 0, 0.3, epochs=two)
-    write_record(tmp_path / "a16", "smollm2_135m", 16, 0, 0.5, epochs=epochs_for(0.5) + ["junk"])
-    write_record(tmp_path / "b4", "qwen2_0.5b", 4, 0, 0.6)  # best, but no epochs
-    write_record(tmp_path / "b16", "qwen2_0.5b", 16, 0, 0.2, epochs=[{"epoch": 1, "metrics": {"f1": 0.1}},
-                                                                    {"epoch": 2, "metrics": {"bleu": 1}}])
-    write_record(tmp_path / "c", "tiny", 4, 0, 0.1, status="failed", epochs=two)
-    report.write_figures(report.collect([str(tmp_path)]), tmp_path)
-    assert lines_of(drawn["metric_vs_epoch.png"]) == {
-        # its best config has no epochs: the others are used (epoch 2 has no f1)
-        "qwen2_0.5b": ([1.0, 2.0], pytest.approx([0.1, math.nan], nan_ok=True)),
-        "smollm2_135m": ([1.0, 2.0], pytest.approx([0.4, 0.5]))}
-    assert list(drawn["metric_vs_epoch.png"].axes[0].get_xticks()) == [1, 2]
-
-
-def test_metric_vs_epoch_without_f1_or_model(tmp_path: Path, drawn):
-    for i, (r, values) in enumerate([(4, [0.2, 0.4]), (16, [0.4, 0.8])]):
-        raw_run(tmp_path / str(i), {"lora.r": r}, {"rougeL": values[-1]},
-                epochs=[{"epoch": e + 1, "metrics": {"rougeL": v}} for e, v in enumerate(values)])
-    df = report.collect([str(tmp_path)])
-    report.write_figures(df, tmp_path, "rougeL")
-    assert lines_of(drawn["metric_vs_epoch.png"]) == {"run": ([1.0, 2.0], pytest.approx([0.3, 0.6]))}
-    assert drawn["metric_vs_epoch.png"].axes[0].get_ylabel() == "rougeL"
-    assert drawn["metric_vs_epoch.png"].axes[0].get_title() == "rougeL per epoch (best config per model)"
-
-
-def test_latency_bars_without_model_or_profile(tmp_path: Path, drawn):
-    raw_run(tmp_path / "a" / "0", {"profile": "gpu"}, {"seconds_per_answer": 0.2})
-    raw_run(tmp_path / "a" / "1", {"profile": "cpu"}, {"seconds_per_answer": 0.6})
-    report.write_figures(report.collect([str(tmp_path / "a")]), tmp_path)
-    fig = drawn["latency_by_profile.png"]
-    assert bars_of(fig) == {"s/answer": [0.6, 0.2]}
-    assert ticks(fig.axes[0].get_xticklabels()) == ["cpu", "gpu"]
-    drawn.clear()
-    raw_run(tmp_path / "b" / "0", {"model": "m"}, {"seconds_per_answer": 0.2})
-    raw_run(tmp_path / "b" / "1", {"model": "n"}, {"seconds_per_answer": 0.4})
-    report.write_figures(report.collect([str(tmp_path / "b")]), tmp_path)
-    fig = drawn["latency_by_profile.png"]
-    assert bars_of(fig) == {"m": [0.2], "n": [0.4]}
-    assert ticks(fig.axes[0].get_xticklabels()) == ["all"]
-
-
-def test_latency_skipped_without_seconds_per_answer(tmp_path: Path, drawn, caplog):
-    raw_run(tmp_path / "0", {"model": "m", "profile": "gpu"}, {"f1": 0.2, "latency_p50_s": 0.3})
-    with caplog.at_level("INFO", logger="medsweep.report"):
-        assert report.write_figures(report.collect([str(tmp_path)]), tmp_path) == []
-    assert caplog.messages == ["skipping metric_vs_epoch.png: no run has per-epoch f1 (eval.every_epoch)",
-                               "skipping latency_by_profile.png: no latency measured",
-                               "skipping heatmap: fewer than two hyperparameter axes vary"]
-
-
-def test_heatmap_axes_from_the_caller(df: pd.DataFrame, tmp_path: Path, drawn):
-    report.write_figures(df, tmp_path, "exact_match", heat_axes=["lora.r", "model", "profile"])
-    heat = drawn["heatmap_exact_match_lora.r_model.png"].axes[0]
-    assert (heat.get_ylabel(), heat.get_xlabel(), heat.get_title()) == ("lora.r", "model", "mean exact_match")
-    em = np.ma.filled(heat.images[0].get_array(), np.nan).tolist()
-    assert em[0] == pytest.approx([0.54 / 4, 0.32 / 4, statistics.fmean(float(v >= 0.5) for v in TINY_F1)])
-    assert em[1][:2] == pytest.approx([0.46 / 4, 0.43 / 4]) and math.isnan(em[1][2])
-    with pytest.raises(MedsweepError, match="unknown axis nope"):
-        report.write_figures(df, tmp_path, heat_axes=["nope", "model"])
-    drawn.clear()
-    report.write_figures(df, tmp_path, "perplexity", heat_axes=["lora.r"])  # one axis: the varying ones
-    assert "heatmap_perplexity_model_lora.r.png" in drawn
-
-
-def test_heatmap_colours_whatever_the_matplotlib_defaults(tmp_path: Path, drawn):
-    import matplotlib
-
-    for i, (model, r, f1) in enumerate([("a", 4, 0.0), ("a", 16, 0.6), ("b", 4, 1.0), ("b", 16, 0.3)]):
-        raw_run(tmp_path / str(i), {"model": model, "lora.r": r}, {"f1": f1})
-    with matplotlib.rc_context({"image.cmap": "gray"}):
-        report.write_figures(report.collect([str(tmp_path)]), tmp_path)
-    heat = drawn["heatmap_f1_model_lora.r.png"].axes[0]
-    assert heat.images[0].get_cmap().name == "viridis"  # the text colours are chosen for viridis
-    # white text up to 60% of the scale, black above it
-    assert {t.get_text(): t.get_color() for t in heat.texts} == {
-        "0": "white", "0.6": "white", "1": "black", "0.3": "white"}
-
-
-def test_heatmap_needs_the_metric_measured(df: pd.DataFrame, tmp_path: Path, drawn):
-    assert "heatmap_bleu_model_lora.r.png" in {p.name for p in report.write_figures(df, tmp_path, "bleu")}
-    names = {p.name for p in report.write_figures(df, tmp_path, "decision_accuracy")}
-    assert names == {"latency_by_profile.png"}
-    no_values = df.assign(rougeL=np.where(df["status"] == "complete", np.nan, 1.0))
-    assert {p.name for p in report.write_figures(no_values, tmp_path, "rougeL")} == {"latency_by_profile.png"}
-
-
-def test_saved_png_is_a_real_figure(tmp_path: Path):
-    from matplotlib.figure import Figure
-    from PIL import Image
-
-    fig = Figure(figsize=(2, 1))
-    fig.subplots().plot([0, 1], [0, 1])
-    path = figures._save(fig, tmp_path / "deep" / "er" / "x.png")
-    assert path == tmp_path / "deep" / "er" / "x.png"
-    assert list(path.parent.iterdir()) == [path]  # no temp file left
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.info["dpi"] == pytest.approx((120, 120), abs=0.1)
-        pixels = np.asarray(image.convert("L"))
-    assert pixels.min() < 128 < pixels.max()  # a drawn line, not a blank canvas
-    assert pixels.shape[1] < 2 * 120  # cropped to the drawing (bbox_inches="tight")
-
+# ------------------------------------------------------------------------- figures (test_report_figures.py)
 
 def test_report_sweep_uses_the_metric(sweep: Path, drawn):
     path = report.report_sweep(sweep, metric="rougeL")
@@ -1173,7 +1018,8 @@ def test_cli_by_sets_pivot_and_heatmap_axes(sweep: Path, tmp_path: Path, capsys,
     assert list(table["f1"]) == pytest.approx(
         [means[m, r] for r, m in zip(table["lora.r"], table["model"], strict=True)])
     assert "## f1 by lora.r, model\n" in (out / "report.md").read_text()
-    assert set(drawn) == {"metric_vs_epoch.png", "latency_by_profile.png", "heatmap_f1_lora.r_model.png"}
+    assert set(drawn) == {"metric_vs_epoch.png", "quality_vs_cost_f1.png", "latency_by_profile.png",
+                          "heatmap_f1_lora.r_model.png"}
     heat = drawn["heatmap_f1_lora.r_model.png"].axes[0]
     assert (heat.get_ylabel(), heat.get_xlabel()) == ("lora.r", "model")
     assert ticks(heat.get_yticklabels()) == ["4", "16"]
@@ -1380,20 +1226,6 @@ def test_saved_figure_is_png_whatever_the_matplotlib_savefig_format(tmp_path: Pa
     with matplotlib.rc_context({"savefig.format": "svg"}):
         path = figures._save(fig, tmp_path / "x.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_metric_vs_epoch_of_one_configuration_averages_its_seeds(tmp_path: Path, drawn):
-    """No configuration axis at all (records without a model, one configuration over two seeds): every run is the
-    best configuration's, and the line is their mean."""
-    for seed, f1 in enumerate([0.4, 0.6]):
-        raw_run(tmp_path / str(seed), {"train.seed": seed}, {"f1": f1}, epochs=epochs_for(f1))
-    report.write_figures(report.collect([str(tmp_path)]), tmp_path)
-    assert lines_of(drawn["metric_vs_epoch.png"]) == {"run": ([1.0, 2.0], pytest.approx([0.4, 0.5]))}
-
-
-def test_metric_vs_epoch_plots_f1_by_default(df: pd.DataFrame, tmp_path: Path, drawn):
-    figures.plot_metric_vs_epoch(df, tmp_path / "epochs.png")
-    assert drawn["epochs.png"].axes[0].get_ylabel() == "f1"
 
 
 def test_display_formats_every_number_compactly():

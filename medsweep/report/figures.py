@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import medsweep.report.style as style
 from medsweep import metrics as registry
 from medsweep.record import atomic_write_bytes
-from medsweep.report import style
 from medsweep.report.collect import LATENCY, SEED, _as_dict, _number, complete, config_axes, varying_axes
 from medsweep.report.pareto import plot_quality_vs_cost
 from medsweep.report.signif import annotate

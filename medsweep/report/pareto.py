@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+import medsweep.report.style as style
 from medsweep import metrics as registry
-from medsweep.report import style
 from medsweep.report.collect import complete, config_axes
 from medsweep.report.stats import summarize
 
@@ -66,7 +66,7 @@ def plot_quality_vs_cost(df: pd.DataFrame, metric: str = "f1"):
     higher = registry.higher_is_better(metric)
     fig, panels = style.new_figure(style.COLUMN * len(costs), 2.6, ncols=len(costs))
     label = style.metric_label(metric)
-    for ax, cost in zip(np.atleast_1d(panels), costs, strict=True):
+    for ax, cost in zip(np.ravel(panels), costs, strict=True):
         x, y = table[cost].to_numpy(dtype=float), table[metric].to_numpy(dtype=float)
         front = pareto_front(x, y, higher)
         ax.errorbar(x, y, xerr=_interval(table, cost), yerr=_interval(table, metric), linestyle="none",
