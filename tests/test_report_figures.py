@@ -82,6 +82,7 @@ def test_value_limits_never_zoom_onto_noise():
     assert high - low == pytest.approx(11.0)
     low, high = style.value_limits([10.5, 10.8], "perplexity")  # no full range: a fifth of its size
     assert high - low >= 0.2 * 10.8 and low <= 10.5 and high >= 10.8
+    assert style.value_limits([-0.4, 0.3, 1.6], "f1") == (0.0, 1.0)  # an interval past F1's range is cut there
     low, high = style.value_limits([0.2, 0.9], "f1")  # a wide spread is kept, with a margin
     assert low < 0.2 and high > 0.9 and high - low == pytest.approx(0.77)
 
@@ -367,19 +368,21 @@ def html_sweep(root: Path) -> Path:
 
 def test_report_html_is_self_contained_and_escaped(tmp_path: Path):
     sweep = html_sweep(tmp_path / "sweep")
+    run(sweep / "failed", {"model": "m", "lora.r": 8}, {}, status="failed", error=f"ValueError: {HOSTILE}")
     assert report.main([str(sweep)]) == 0
     out = sweep / "report"
     text = (out / "report.html").read_text(encoding="utf-8")
     for heading in ["Best configuration per model (Table 4)", "All configurations", "f1 by model, lora.r",
                     "Latency by profile and model", "Failed, unfinished and corrupt runs"]:
         assert f">{heading}</h2>" in text
-    assert text.count("<table") == 4 + 2  # the 4 views with rows, the best and worst answers by F1 (no other scores)
+    assert text.count("<table") == 5 + 2  # the 5 views, the best and worst answers by F1 (no other scores)
     pngs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     written = sorted(p.name for p in out.glob("*.png"))
     assert written == ["latency_by_profile.png", "metric_vs_epoch.png", "quality_vs_cost_f1.png"]
     assert len(pngs) == len(written)
     assert sorted(base64.b64decode(p) for p in pngs) == sorted((out / n).read_bytes() for n in written)
     assert "<script" not in text and "&lt;script&gt;alert(" in text and "&lt;/script&gt; &amp; &lt;b&gt;" in text
+    assert "ValueError: &lt;script&gt;" in text  # the failures table
     assert "<b>" not in text
     assert not re.search(r'(src|href)="(?!data:)', text) and "<link" not in text and "http" not in text
     # the best configuration's (r=16) answers of its first seed, its highest and lowest F1 first

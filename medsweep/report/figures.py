@@ -120,7 +120,9 @@ def plot_metric_vs_epoch(df: pd.DataFrame, metric: str = "f1"):
         epochs, mean, low, high = points.T
         line, = ax.plot(epochs, mean, marker="o", label=style.config_label({a: values[a] for a in label_axes}))
         if np.isfinite(low).any():
-            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            # fainter when many overlap: the lines stay readable through the bands
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2 if len(shown) <= 3 else 0.08,
+                            linewidth=0)
         if boot is not None:
             ax.errorbar([epochs[-1]], [mean[-1]], yerr=[[mean[-1] - boot[0]], [boot[1] - mean[-1]]],
                         color=line.get_color(), linestyle="none")
@@ -195,7 +197,7 @@ def plot_latency_by_profile(df: pd.DataFrame):
         _model=done["model"].astype(str) if "model" in done else LATENCY[metric])
     profiles, models = sorted(done["_profile"].unique()), sorted(done["_model"].unique())
     fig, ax = style.new_figure(style.COLUMN if len(profiles) * len(models) <= 6 else style.PAGE, 2.4)
-    width = 0.8 / len(models)
+    width = 0.8 / max(len(models), 2)  # one model: a bar of half a slot, not a slab
     top = 0.0
     for m, model in enumerate(models):
         x: list[float] = []

@@ -73,8 +73,9 @@ def plot_quality_vs_cost(df: pd.DataFrame, metric: str = "f1"):
                     marker="o", color="#999999", ecolor="#cccccc", label="configurations")
         ax.plot(x[front], y[front], drawstyle="steps-post", marker="o", color=style.PALETTE[0], label=FRONT,
                 zorder=3)
-        for i in front:
-            ax.annotate(names[i], (x[i], y[i]), xytext=(4, 4), textcoords="offset points", fontsize=6)
+        for n, i in enumerate(front):  # alternately above and below: neighbours on a dense front do not overlap
+            ax.annotate(names[i], (x[i], y[i]), xytext=(4, 3 if n % 2 == 0 else -8), textcoords="offset points",
+                        fontsize=6)
         spread = [*y, *(y - _bar(table, metric, 0)), *(y + _bar(table, metric, 1))]
         ax.set_ylim(*style.value_limits(spread, metric))
         right = float(np.nanmax(x + _bar(table, cost, 1)))

@@ -75,12 +75,14 @@ def value_limits(values: Iterable[float], metric: str) -> tuple[float, float]:
     """Axis limits around ``values`` (already scaled) of ``metric``: at least a tenth of its full range (F1: 0.1,
     BLEU: 10), or a fifth of the largest value for a metric without one, so that seed noise does not fill the
     figure; inside [0, full range] for registry metrics (all of them are non-negative)."""
+    known = registry.BY_NAME.get(metric)
+    upper = known.upper * scale(metric) if known is not None and known.upper is not None else None
     finite = [v for v in values if math.isfinite(v)]
+    if known is not None:  # an interval reaching past what the metric can take is cut where the metric ends
+        finite = [min(max(v, 0.0), upper if upper is not None else v) for v in finite]
     if not finite:
         return 0.0, 1.0
     lo, hi = min(finite), max(finite)
-    known = registry.BY_NAME.get(metric)
-    upper = known.upper * scale(metric) if known is not None and known.upper is not None else None
     floor = 0.1 * upper if upper is not None else 0.2 * max(abs(lo), abs(hi)) or 1.0
     span = max(hi - lo, floor) * 1.1
     low, high = (lo + hi - span) / 2, (lo + hi + span) / 2
