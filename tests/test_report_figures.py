@@ -83,6 +83,7 @@ def test_value_limits_never_zoom_onto_noise():
     low, high = style.value_limits([10.5, 10.8], "perplexity")  # no full range: a fifth of its size
     assert high - low >= 0.2 * 10.8 and low <= 10.5 and high >= 10.8
     assert style.value_limits([-0.4, 0.3, 1.6], "f1") == (0.0, 1.0)  # an interval past F1's range is cut there
+    assert style.value_limits([-0.4, 0.3], "f1") == (0.0, pytest.approx(0.33))
     low, high = style.value_limits([0.2, 0.9], "f1")  # a wide spread is kept, with a margin
     assert low < 0.2 and high > 0.9 and high - low == pytest.approx(0.77)
 

@@ -219,6 +219,7 @@ def plot_latency_by_profile(df: pd.DataFrame):
         ax.bar(x, heights, width * 0.9, yerr=errors, label=model)
         ax.plot(*dots, linestyle="none", marker="o", markersize=2.5, color="black", alpha=0.6, label="_runs")
     ax.set_xticks(range(len(profiles)), profiles)
+    ax.set_xlim(-0.6, len(profiles) - 0.4)  # a slot per profile, whatever the bars' widths
     ax.set_ylim(0, top * 1.08 or 1.0)
     title = "Inference latency per profile" + (f": {models[0]}" if len(models) == 1 and "model" in done else
                                                 " and model")
