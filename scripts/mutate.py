@@ -46,6 +46,14 @@ TESTS: dict[str, list[str]] = {
     "export": ["tests/test_export.py", "tests/test_synth.py"],  # synth's generators load a model dir through export
     "gguf_writer": ["tests/test_export.py"],  # split out of export: the GGUF files export writes
     "ollama": ["tests/test_export.py"],  # split out of export: the Modelfile
+    # the sweep's planning and detached submission (issue 16's modules)
+    "compose": ["tests/test_compose.py", "tests/test_typedjobs.py"],
+    "typedjobs": ["tests/test_typedjobs.py", "tests/test_compose.py", "tests/test_launcher.py"],
+    "submit": ["tests/test_launcher.py", "tests/test_progress.py"],
+    "slurm": ["tests/test_slurm_queries.py", "tests/test_status.py"],
+    "verdict": ["tests/test_verdict.py", "tests/test_status.py"],
+    "status": ["tests/test_status.py"],
+    "progress_file": ["tests/test_progress.py", "tests/test_status.py"],
 }
 # Modules whose mutation runs leave out the tests marked `slow` (pytest -m "not slow"): the end-to-end runs of
 # medsweep-export and medsweep-synth (a training run and the command in subprocesses, SmolLM2 generating), which
