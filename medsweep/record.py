@@ -271,7 +271,7 @@ def environment() -> dict[str, Any]:
 
     versions: dict[str, str | None] = {}
     for pkg in ("medsweep", "torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf",
-                "submitit", "bitsandbytes", "sacrebleu", "rouge-score", "wordllama", "wandb", "pandas"):
+                "submitit", "bitsandbytes", "sacrebleu", "rouge-score", "wandb", "pandas"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -13,7 +13,7 @@ report.md). The public functions are re-exported here (``medsweep.report.X``); t
 directly, in that order, so the package has no import cycle.
 """
 
-from medsweep.report.agreement import agreement
+from medsweep.report.agreement import metric_agreement
 from medsweep.report.cli import main, report_sweep
 from medsweep.report.collect import (
     LATENCY,
@@ -66,9 +66,9 @@ __all__ = [
     "ALPHA", "CI_NOTE", "ITEM_METRICS", "LATENCY", "NOT_AXES", "N_BOOT", "N_RESAMPLES", "SCALE", "SEED",
     "SIGNIF_NOTE", "TABLE4", "TESTABLE",
     "Definitions", "NoItems", "NoPredictions", "Paired", "Side",
-    "agreement", "annotate", "axis_columns", "bootstrap_interval", "by_config", "by_model", "by_profile", "collect",
+    "annotate", "axis_columns", "bootstrap_interval", "by_config", "by_model", "by_profile", "collect",
     "compare", "complete", "config_axes", "definitions_of", "display", "failures", "find_run_dirs", "holm", "items_of",
-    "log_wandb", "main",
+    "log_wandb", "main", "metric_agreement",
     "malformed", "matched", "paired_interval", "paired_test", "pivot", "plot_heatmap", "plot_latency_by_profile",
     "plot_metric_vs_epoch", "read_items", "read_run", "report_sweep", "run_compare", "runs_table", "select", "sides",
     "sign_flip_p", "stage_chain", "stages", "summarize", "t_critical", "t_interval", "to_latex", "to_markdown",

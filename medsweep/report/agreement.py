@@ -30,7 +30,7 @@ def quality_columns(df: pd.DataFrame) -> list[str]:
             + sorted(c for c in measured if c.startswith(JUDGE_PREFIX)))
 
 
-def agreement(df: pd.DataFrame, min_configs: int = MIN_CONFIGS) -> pd.DataFrame:
+def metric_agreement(df: pd.DataFrame, min_configs: int = MIN_CONFIGS) -> pd.DataFrame:
     """One row per pair of quality metrics with at least ``min_configs`` configurations having both: the two
     metrics, the number of configurations, Spearman's ρ and its p-value (scipy.stats.spearmanr)."""
     from scipy.stats import spearmanr  # on use: scipy.stats takes a noticeable share of a second to import

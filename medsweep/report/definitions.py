@@ -42,9 +42,9 @@ class Definitions:
         return [f for f, texts in self.by_field.items() if len(texts) > 1]
 
     def warnings(self) -> list[str]:
-        """One line per differing field: each text and the runs that use it."""
-        return [f"`{f}` differs: " + "; ".join(f"`{text}` in {_runs(names)}"
-                                               for text, names in self.by_field[f].items())
+        """One line per differing field: each text and the runs that use it, the most used first."""
+        return [f"`{f}` differs: " + "; ".join(f"`{text}` in {_runs(names)}" for text, names in
+                                               sorted(self.by_field[f].items(), key=lambda item: -len(item[1])))
                 for f in self.differing]
 
     def section(self) -> str:

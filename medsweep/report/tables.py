@@ -15,10 +15,11 @@ import pandas as pd
 from medsweep import metrics as registry
 from medsweep.errors import MedsweepError
 from medsweep.record import atomic_write_text
-from medsweep.report import definitions
+from medsweep.report.definitions import TABLE_NOTE, refuse_marks
+from medsweep.report.definitions import of as definitions_of
 from medsweep.report.agreement import HEADING as AGREEMENT
 from medsweep.report.agreement import NOTE as AGREEMENT_NOTE
-from medsweep.report.agreement import agreement
+from medsweep.report.agreement import metric_agreement
 from medsweep.report.collect import (
     LATENCY,
     SCALE,
@@ -76,8 +77,8 @@ def by_config(df: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     if table.empty:
         return table
     table = _mark_best(table, metrics[metric], lower=not registry.higher_is_better(metric))
-    if definitions.of(done).differing:
-        return definitions.refuse_marks(table, "the table of all configurations")
+    if definitions_of(done).differing:
+        return refuse_marks(table, "the table of all configurations")
     return annotate(table, done, by, metric, metrics[metric])
 
 
@@ -109,7 +110,7 @@ def pivot(df: pd.DataFrame, by: list[str] | None = None, metric: str = "f1") -> 
         return table
     if "model" in by:
         table = _mark_best(table, metric, lower=not registry.higher_is_better(metric))
-        table = definitions.refuse_marks(table, f"the {metric} pivot") if definitions.of(complete(df)).differing \
+        table = refuse_marks(table, f"the {metric} pivot") if definitions_of(complete(df)).differing \
             else annotate(table, df, by, metric, metric)
     return table.set_index(by) if by else table
 
@@ -267,7 +268,7 @@ def write_tables(df: pd.DataFrame, out_dir, by: list[str] | None = None,
     """
     report_dir = Path(out_dir) / "report"
     written, sections = [], []
-    defined = definitions.of(complete(df))
+    defined = definitions_of(complete(df))
     for stem, (heading, view) in views(df, by, metric).items():
         markdown = to_markdown(view)
         written.append(_atomic_write(report_dir / f"{stem}.md", markdown + "\n"))
@@ -276,9 +277,9 @@ def write_tables(df: pd.DataFrame, out_dir, by: list[str] | None = None,
                                      else view.to_csv(index=False)))
         written.append(_atomic_write(report_dir / f"{stem}.tex", to_latex(view)))
         marked = "mark" in view or "best" in view  # the tables whose marks the definitions decide
-        note = f"{definitions.TABLE_NOTE}\n\n" if defined.differing and marked and not view.empty else ""
+        note = f"{TABLE_NOTE}\n\n" if defined.differing and marked and not view.empty else ""
         sections.append(f"## {heading}\n\n{note}{markdown}\n")
-    agree = agreement(df)
+    agree = metric_agreement(df)
     if not agree.empty:
         written.append(_atomic_write(report_dir / "agreement.csv", agree.to_csv(index=False)))
         sections.append(f"## {AGREEMENT}\n\n{AGREEMENT_NOTE}\n\n{to_markdown(agree)}\n")
