@@ -163,12 +163,13 @@ def _config_runs(root: Path, values: dict[int, dict[str, float]], seeds: int = 2
 
 def test_agreement_is_spearmans_rho_across_configurations(tmp_path: Path):
     # configurations r=1..4: F1 ranks 1 2 3 4, BLEU 1 3 2 4 (rho = 1 - 6*2/(4*15) = 0.8), the judge reversed
-    # (rho = -1); semantic in two configurations only: not enough to rank
+    # (rho = -1); values far from linear in their ranks, so that a linear (Pearson) correlation would differ;
+    # semantic in two configurations only: not enough to rank
     _config_runs(tmp_path, {
-        1: {"f1": 0.1, "bleu": 1.0, "judge_score": 4.0, "semantic": 0.5, "seconds_per_answer": 1.0},
-        2: {"f1": 0.2, "bleu": 3.0, "judge_score": 3.0, "seconds_per_answer": 2.0},
-        3: {"f1": 0.3, "bleu": 2.0, "judge_score": 2.0, "seconds_per_answer": 3.0},
-        4: {"f1": 0.4, "bleu": 4.0, "judge_score": 1.0, "semantic": 0.7, "seconds_per_answer": 4.0}})
+        1: {"f1": 0.1, "bleu": 1.0, "judge_score": 9.0, "semantic": 0.5, "seconds_per_answer": 1.0},
+        2: {"f1": 0.2, "bleu": 30.0, "judge_score": 3.0, "seconds_per_answer": 2.0},
+        3: {"f1": 0.3, "bleu": 2.0, "judge_score": 2.5, "seconds_per_answer": 3.0},
+        4: {"f1": 0.9, "bleu": 40.0, "judge_score": 0.5, "semantic": 0.7, "seconds_per_answer": 4.0}})
     from medsweep import report
 
     df = report.collect([str(tmp_path)])
