@@ -248,3 +248,17 @@ def test_semantic_is_tested_item_by_item_like_the_lexical_scores(tmp_path: Path)
                                                       "axes": axes("m", r), "metrics": {"semantic": value}}))
     table = report.by_config(report.collect([str(tmp_path)]), metric="semantic")
     assert by(table, "m", 8)["mark"] == "*" and by(table, "m", 4)["p vs best"] == pytest.approx(2 / 2 ** N)
+
+
+def test_compare_says_when_the_two_sides_use_different_definitions(sweep: Path):
+    from medsweep import report
+
+    other = metrics.definitions().rouge.replace("use_stemmer=True", "use_stemmer=False")
+    _define(sweep / "m-r4")
+    _define(sweep / "m-r8", rouge=other)
+    text, _ = report.run_compare([str(sweep)], "lora.r=4", "lora.r=8")
+    lines = [line for line in text.splitlines() if " differs: " in line]
+    assert lines == [f"- `rouge` differs: `{metrics.definitions().rouge}` in 1 run (m-r4); `{other}` in 1 run (m-r8)"]
+    _define(sweep / "m-r8")
+    text, _ = report.run_compare([str(sweep)], "lora.r=4", "lora.r=8")
+    assert "different metric definitions" not in text and "| F1 " in text

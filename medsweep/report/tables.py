@@ -15,8 +15,6 @@ import pandas as pd
 from medsweep import metrics as registry
 from medsweep.errors import MedsweepError
 from medsweep.record import atomic_write_text
-from medsweep.report.definitions import TABLE_NOTE, refuse_marks
-from medsweep.report.definitions import of as definitions_of
 from medsweep.report.agreement import HEADING as AGREEMENT
 from medsweep.report.agreement import NOTE as AGREEMENT_NOTE
 from medsweep.report.agreement import metric_agreement
@@ -31,6 +29,8 @@ from medsweep.report.collect import (
     config_axes,
     stage_chain,
 )
+from medsweep.report.definitions import TABLE_NOTE, refuse_marks
+from medsweep.report.definitions import of as definitions_of
 from medsweep.report.signif import NOTE as SIGNIF_NOTE
 from medsweep.report.signif import P_BEST, annotate
 from medsweep.report.stats import N_BOOT, summarize
