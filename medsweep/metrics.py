@@ -159,9 +159,10 @@ class MetricDefinitions:
             return None
 
     def lines(self) -> dict[str, str]:
-        """Field -> its one-line text (packages as `name version, ...`); `semantic` only when it was computed."""
+        """Field -> its one-line text, each package's version its own field (`packages.sacrebleu`); `semantic` and
+        the embedder's version only when it was computed, so that a run without them disagrees with no other."""
         out = {k: v for k, v in asdict(self).items() if k != "packages" and v is not None}
-        out["packages"] = ", ".join(f"{k} {v}" for k, v in sorted(self.packages.items()))
+        out.update({f"packages.{k}": v for k, v in sorted(self.packages.items()) if v is not None})
         return out
 
 

@@ -87,7 +87,9 @@ def test_same_definitions_keep_the_marks_and_print_them_once(sweep: Path, tmp_pa
     report.write_tables(report.collect([str(sweep)]), tmp_path / "out")
     text = (tmp_path / "out" / "report" / "report.md").read_text()
     section = text.split("## Metric definitions", 1)[1]
-    assert text.count("## Metric definitions") == 1 and metrics.definitions().bleu in section
+    assert text.count("## Metric definitions") == 1
+    # one table row per field: the signature's | escaped, so that it stays one cell
+    assert f"| BLEU (corpus) | {metrics.definitions().bleu.replace('|', chr(92) + '|')} |" in " ".join(section.split())
     assert " differs: " not in text and "different metric definitions" not in text
     assert "record no metric definitions" not in text
 
@@ -133,18 +135,24 @@ def test_old_records_without_definitions_are_unknown_not_a_crash(sweep: Path, tm
     report.write_tables(df, tmp_path / "out")
     text = (tmp_path / "out" / "report" / "report.md").read_text()
     assert "2 runs (m-r16, m-r4) record no metric definitions" in text
-    assert " differs: " not in text and metrics.definitions().bleu in text
+    assert " differs: " not in text and metrics.definitions().bleu.replace("|", "\\|") in text
 
 
 def test_a_metric_one_run_did_not_compute_is_no_disagreement(sweep: Path):
-    _define(sweep / "m-r4")
-    _define(sweep / "m-r8", semantic="some embedder")
-    _define(sweep / "m-r16", semantic="another embedder")
+    packages = metrics.definitions().packages
+    _define(sweep / "m-r4")  # eval.semantic off
+    _define(sweep / "m-r8", semantic="some embedder", packages={**packages, "wordllama": "0.4.0"})
+    _define(sweep / "m-r16", semantic="some embedder", packages={**packages, "wordllama": "0.4.0"})
     from medsweep import report
 
+    df = report.collect([str(sweep)])
+    assert report.definitions_of(df).differing == []
+    assert by(report.by_config(df), "m", 8)["mark"] == "*"
+    _define(sweep / "m-r16", semantic="another embedder", packages={**packages, "wordllama": "0.5.0"})
     found = report.definitions_of(report.collect([str(sweep)]))
-    assert found.differing == ["semantic"]
+    assert found.differing == ["semantic", "packages.wordllama"]
     assert found.by_field["semantic"] == {"another embedder": ["m-r16"], "some embedder": ["m-r8"]}
+    assert found.by_field["packages.sacrebleu"] == {packages["sacrebleu"]: ["m-r16", "m-r4", "m-r8"]}
 
 
 # ------------------------------------------------------------------------- agreement

@@ -6,9 +6,10 @@ differing field, and the tables refuse their significance marks (the best by mea
 p-value is shown) rather than test one definition against another. Splitting the tables by definition was not
 chosen: the runs stay visible side by side, with the warning next to them.
 
-A field that a run did not compute (`semantic` without eval.semantic) is no disagreement: the run has no such
-number. Records written before definitions were recorded have an unknown definition: the report lists them in a
-note and does not hold them against the others (a sweep of old records reports as it always has).
+A field that a run did not compute (`semantic` and the embedder's version without eval.semantic) is no
+disagreement: the run has no such number. Records written before definitions were recorded have an unknown
+definition: the report lists them in a note and does not hold them against the others (a sweep of old records
+reports as it always has).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from medsweep.metrics import MetricDefinitions
 log = logging.getLogger("medsweep.report")  # one logger for the package, as before it was split
 
 LABELS = {"em_f1": "EM / F1", "bleu": "BLEU (corpus)", "sentence_bleu": "BLEU (per example)", "rouge": "ROUGE",
-          "semantic": "Semantic", "packages": "packages"}
+          "semantic": "Semantic"}  # and `packages.<name>`: that package's version
 NAMES_SHOWN = 3  # run names listed per definition in a warning line; the rest are counted
 TABLE_NOTE = ("_These runs use different metric definitions (see Metric definitions): no significance marks; "
               "`*?` marks the best by mean, untested._")
@@ -52,8 +53,9 @@ class Definitions:
         parts = []
         agreed = [(f, next(iter(texts))) for f, texts in self.by_field.items() if len(texts) == 1]
         if agreed:
-            table = pd.DataFrame({"metric": [LABELS.get(f, f) for f, _ in agreed],
-                                  "definition": [t for _, t in agreed]})
+            table = pd.DataFrame({"metric": [LABELS.get(f, f.replace("packages.", "") + " version")
+                                             for f, _ in agreed],
+                                  "definition": [t.replace("|", "\\|") for _, t in agreed]})  # sacreBLEU's |
             parts.append(table.to_markdown(index=False))
         if self.differing:
             parts.append("**The runs use different metric definitions**: their numbers are not compared by paired "
