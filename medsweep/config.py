@@ -17,6 +17,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from medsweep import semantic
 from medsweep.errors import ConfigError
 
 
@@ -195,6 +196,9 @@ class EvalConfig:
     baseline: bool = False  # also evaluate the base model before fine-tuning, record both and the deltas
     perplexity: bool = True  # perplexity of the reference answers under the model
     every_epoch: bool = False  # also evaluate after each epoch (metric-vs-epoch figures)
+    # also score `semantic`: embedding cosine of answer and reference (medsweep/semantic.py; the optional package
+    # wordllama: pip install 'medsweep[semantic]'); off by default since the package is optional
+    semantic: bool = False
 
     def check(self, train: TrainConfig) -> None:
         require(self.max_new_tokens > 0, "eval.max_new_tokens", self.max_new_tokens, "must be > 0")
@@ -204,6 +208,9 @@ class EvalConfig:
         require(0 < self.top_p <= 1, "eval.top_p", self.top_p, "must be in (0, 1]")
         require(self.num_examples is None or self.num_examples > 0, "eval.num_examples", self.num_examples,
                  "must be > 0 or null")
+        if self.semantic:
+            require(semantic.available(), "eval.semantic", self.semantic,
+                    f"needs the optional package {semantic.PACKAGE} (pip install 'medsweep[semantic]')")
         require(
             self.num_examples is None or self.num_examples <= train.eval_split,
             "eval.num_examples",

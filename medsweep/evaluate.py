@@ -153,7 +153,7 @@ def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: RunConfig, hw
     fast = cfg.train.fast_kernels  # the ablation switch covers evaluation's fast paths too
     answers, seconds, n_tokens = generate(model, tokenizer, records, style, cfg.eval, hw, fast)  # fold_lora
     references = [r["answer"] for r in records]
-    corpus, per_example = metrics.score_corpus(answers, references)
+    corpus, per_example = metrics.score_corpus(answers, references, semantic=cfg.eval.semantic)
     total_s = sum(seconds)
     result = {
         **corpus,

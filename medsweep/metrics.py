@@ -3,7 +3,12 @@
 EM/F1 follow the official SQuAD v1.1 evaluation script (lower-case, strip punctuation and the
 articles a/an/the, collapse whitespace). BLEU is sacrebleu's corpus BLEU (0-100) and, per example,
 its sentence BLEU. ROUGE-1/2/L are rouge-score F-measures with the Porter stemmer, averaged.
-PubMedQA decisions are read from the generated text (first yes/no/maybe word).
+PubMedQA decisions are read from the generated text (first yes/no/maybe word). With eval.semantic, `semantic` is the
+mean cosine similarity of answer and reference embeddings (medsweep/semantic.py).
+
+`definitions(semantic)` pins what each number means (sacreBLEU's signatures, rouge-score's settings, the EM/F1
+normalisation and its version, the embedding model, the package versions); every run record stores it, and the
+report refuses to test runs against each other whose definitions differ.
 
 The registry (`METRICS`) names every number a run record's `metrics` holds and how the tables label, scale and
 rank it; the report, the tracker and the end-of-run summary read it instead of listing metric names themselves.
@@ -15,8 +20,9 @@ import re
 import string
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
+from importlib import metadata
 from statistics import mean
 from typing import Any
 
@@ -31,7 +37,8 @@ class Metric:
     fmt: str = ".4g"  # as the tables print it (report._num and run.summary_table print every number .4g)
     scale: float = 1.0  # tables show value * scale
     per_example: bool = False  # the record keeps its per-example scores (bootstrap intervals in the report)
-    kind: str = "score"  # score (per answer, lexical) | perplexity | latency | count | decision (PubMedQA)
+    # score (per answer, lexical) | semantic (per answer, embeddings) | perplexity | latency | count | decision
+    kind: str = "score"
     short: str = ""  # its column in narrow tables (latency by profile), when not the label
     upper: float | None = None  # the largest value it can take (before scale), for a figure's full range; None: none
 
@@ -43,6 +50,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("rouge1", "ROUGE-1", upper=1.0),
     Metric("rouge2", "ROUGE-2", upper=1.0),
     Metric("rougeL", "ROUGE-L", per_example=True, upper=1.0),
+    Metric("semantic", "Semantic", per_example=True, kind="semantic", upper=1.0),  # eval.semantic only
     Metric("perplexity", "Perplexity", higher_is_better=False, kind="perplexity"),
     Metric("seconds_per_answer", "Inference s/answer", higher_is_better=False, kind="latency", short="s/answer"),
     Metric("latency_p50_s", "p50 s", higher_is_better=False, kind="latency"),
@@ -61,10 +69,12 @@ LATENCY = tuple(m.name for m in METRICS if m.kind == "latency")
 LOWER_IS_BETTER = frozenset(m.name for m in METRICS if not m.higher_is_better)
 SCALE = {m.name: m.scale for m in METRICS if m.scale != 1.0}
 # Two tables pick their own metrics in their own order: the paper's Table 4, and the end-of-run summary.
-TABLE4 = ("exact_match", "bleu", "rouge1", "rouge2", "rougeL", "f1", "seconds_per_answer", "perplexity",
+TABLE4 = ("exact_match", "bleu", "rouge1", "rouge2", "rougeL", "f1", "semantic", "seconds_per_answer", "perplexity",
           "decision_accuracy", "decision_macro_f1")
-SUMMARY = ("exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "perplexity", "seconds_per_answer",
+SUMMARY = ("exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "semantic", "perplexity", "seconds_per_answer",
            "latency_p95_s", "generated_tokens_per_s")
+# Answer-quality metrics (the report's agreement table correlates every pair of them across configurations).
+QUALITY = tuple(m.name for m in METRICS if m.kind in ("score", "semantic", "decision"))
 assert set(TABLE4) | set(SUMMARY) <= set(BY_NAME)
 
 
@@ -88,13 +98,103 @@ _PUNCT = set(string.punctuation)
 _DECISION = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
 
 
+# The settings BLEU and ROUGE are computed with: sacrebleu's defaults for corpus BLEU (13a tokenizer, exp smoothing,
+# case kept) and effective order for sentence BLEU, as sacrebleu.sentence_bleu has it; rouge-score's default
+# tokenizer with the Porter stemmer.
+CORPUS_BLEU: dict[str, Any] = {}
+SENTENCE_BLEU: dict[str, Any] = {"effective_order": True}
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+ROUGE_STEMMER = True
+# Bump when normalize_answer, exact_match or token_f1 change what they compute: records say which one they used.
+EM_F1_VERSION = "medsweep-squad-v1"
+EM_F1 = ("SQuAD v1.1 normalisation (lower-case, punctuation removed, articles a/an/the removed, whitespace "
+         f"collapsed); token F1 over the normalised words; {EM_F1_VERSION}")
+
+
 # sacrebleu and rouge-score (nltk, absl) take ~0.5 s to import: imported on first use, so that the report, the
 # tracker and a job's start-up can read the registry without them.
 @cache
 def _rouge_scorer() -> Any:
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=ROUGE_STEMMER)
+
+
+@cache
+def _bleu(sentence: bool) -> Any:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(**(SENTENCE_BLEU if sentence else CORPUS_BLEU))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class MetricDefinitions:
+    """What each answer-quality number of a record means, as text that two records can be compared by."""
+
+    em_f1: str  # the normalisation and medsweep's version of it
+    bleu: str  # sacreBLEU's signature of corpus BLEU (`bleu`)
+    sentence_bleu: str  # sacreBLEU's signature of the per-example BLEU in predictions.jsonl
+    rouge: str  # rouge-score's types, stemmer and tokenizer
+    semantic: str | None = None  # the embedding model of `semantic`; None: not computed
+    packages: dict[str, str | None] = field(default_factory=dict)  # sacrebleu, rouge-score (and the embedder)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MetricDefinitions | None:
+        """The definitions a record holds; None when it has none (written before they were recorded) or holds
+        something else."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(**data)
+        except TypeError:
+            return None
+
+    def lines(self) -> dict[str, str]:
+        """Field -> its one-line text, each package's version its own field (`packages.sacrebleu`); `semantic` and
+        the embedder's version only when it was computed, so that a run without them disagrees with no other."""
+        out = {k: v for k, v in asdict(self).items() if k != "packages" and v is not None}
+        out.update({f"packages.{k}": v for k, v in sorted(self.packages.items()) if v is not None})
+        return out
+
+
+def _signature(sentence: bool) -> str:
+    """sacreBLEU's signature of the BLEU medsweep computes; it names the number of references, which sacrebleu
+    knows only after scoring, so a fresh metric of the same settings scores one pair (medsweep has one reference)."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(**(SENTENCE_BLEU if sentence else CORPUS_BLEU))
+    bleu.sentence_score("a", ["a"]) if sentence else bleu.corpus_score(["a"], [["a"]])
+    return str(bleu.get_signature())
+
+
+@cache
+def definitions(semantic: bool = False) -> MetricDefinitions:
+    """The definitions of the metrics this installation computes (with `semantic`: the embedding similarity too)."""
+    from medsweep import semantic as embedder
+
+    tokenizer = type(_rouge_scorer()._tokenizer).__name__  # rouge-score's default unless one is passed
+    packages = {"sacrebleu": _version("sacrebleu"), "rouge-score": _version("rouge-score")}
+    if semantic:
+        packages[embedder.PACKAGE] = _version(embedder.PACKAGE)
+    return MetricDefinitions(
+        em_f1=EM_F1,
+        bleu=_signature(sentence=False),
+        sentence_bleu=_signature(sentence=True),
+        rouge=(f"rouge-score {','.join(ROUGE_TYPES)} F-measure, use_stemmer={ROUGE_STEMMER} (Porter), "
+               f"tokenizer={tokenizer}"),
+        semantic=embedder.description() if semantic else None,
+        packages=packages,
+    )
 
 
 def normalize_answer(text: str) -> str:
@@ -120,15 +220,11 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def sentence_bleu(prediction: str, reference: str) -> float:
-    import sacrebleu
-
-    return sacrebleu.sentence_bleu(prediction, [reference]).score
+    return float(_bleu(sentence=True).sentence_score(prediction, [reference]).score)
 
 
 def corpus_bleu(predictions: list[str], references: list[str]) -> float:
-    import sacrebleu
-
-    return sacrebleu.corpus_bleu(predictions, [references]).score
+    return float(_bleu(sentence=False).corpus_score(predictions, [references]).score)
 
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
@@ -165,13 +261,20 @@ def score_example(prediction: str, reference: str) -> dict[str, float]:
     }
 
 
-def score_corpus(predictions: list[str], references: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Corpus metrics (means of per-example EM/F1/ROUGE, corpus BLEU) and the per-example scores."""
+def score_corpus(predictions: list[str], references: list[str], semantic: bool = False
+                 ) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Corpus metrics (means of per-example EM/F1/ROUGE, corpus BLEU; with `semantic` the mean embedding
+    similarity) and the per-example scores."""
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"need equal, non-zero numbers of predictions and references, got "
                          f"{len(predictions)} and {len(references)}")
     per_example = [score_example(p, r) for p, r in zip(predictions, references, strict=True)]
+    if semantic:
+        from medsweep import semantic as embedder
+
+        for scores, similarity in zip(per_example, embedder.similarities(predictions, references), strict=True):
+            scores["semantic"] = similarity
     # BLEU is a corpus statistic, not the mean of the sentence BLEUs
-    corpus = {key: mean(s[key] for s in per_example) for key in SCORE_KEYS if key != "bleu"}
+    corpus = {key: mean(s[key] for s in per_example) for key in per_example[0] if key != "bleu"}
     corpus["bleu"] = corpus_bleu(predictions, references)
     return corpus, per_example

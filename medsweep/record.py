@@ -45,7 +45,7 @@ NON_IDENTITY_KEYS = {
 }
 # Keys added to the schema after runs were recorded, left out of the hash while at their default, and keys since
 # removed, hashed at the one value they ever had: runs recorded before keep their ids (a re-run finds them).
-ADDED_KEYS = {"profile.parallel": "auto", "profile.processes": 0, "train.fast_kernels": True}
+ADDED_KEYS = {"profile.parallel": "auto", "profile.processes": 0, "train.fast_kernels": True, "eval.semantic": False}
 REMOVED_KEYS = {"model.dtype": "auto"}
 
 # A key is secret-looking when one of its _-. separated parts is one of these words (hf_token, api_key,

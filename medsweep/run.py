@@ -90,6 +90,7 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
         hardware={"device": hw.device, "precision": hw.precision, "threads": hw.threads, "mode": hw.mode,
                   "world_size": hw.world_size},
         env=record.environment(), started_at=record.now(),
+        metric_definitions=metrics.definitions(run.eval.semantic).to_dict(),
     )
     if not world.is_main:
         return _train_worker(run, run_dir, hw, rec)
@@ -225,7 +226,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, hw: hardware.Hardware, re
     else:
         log.info("evaluating the fine-tuned model on %d held-out questions", len(eval_records))
         rec.metrics, rows = evaluate(model, tokenizer, eval_records, cfg, hw)
-    rec.per_example = {k: [r["scores"][k] for r in rows] for k in metrics.PER_EXAMPLE}
+    rec.per_example = {k: [r["scores"][k] for r in rows] for k in metrics.PER_EXAMPLE if k in rows[0]["scores"]}
     rec.train.update(hardware.peak_memory(hw))
     if epoch_eval:
         rec.epochs = epoch_eval.results
@@ -251,7 +252,8 @@ def summary_table(rec: dict[str, Any]) -> str:
     cols = {"fine-tuned": rec["metrics"]}
     if rec.get("baseline"):
         cols = {"base": rec["baseline"], **cols, "delta": rec["delta"]}
-    frame = pd.DataFrame({name: {k: vals.get(k) for k in metrics.SUMMARY} for name, vals in cols.items()})
+    keys = [k for k in metrics.SUMMARY if any(k in vals for vals in cols.values())]  # semantic: eval.semantic only
+    frame = pd.DataFrame({name: {k: vals.get(k) for k in keys} for name, vals in cols.items()})
     return frame.to_markdown(floatfmt=".4g")
 
 

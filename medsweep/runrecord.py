@@ -58,6 +58,9 @@ class RunRecord:
     finished_at: str | None = None
     wall_time_s: float | None = None  # complete runs only
     gpu_hours: float | None = None  # complete runs only
+    # metrics.MetricDefinitions.to_dict(): what every score in metrics, baseline, delta, epochs, per_example and the
+    # prediction files means (one evaluation code path computes them all); None in records written before
+    metric_definitions: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a loaded record that this class does not know
     # The keys to_dict writes whatever their value, in this order: a loaded record's are the file's.
     _keys: tuple[str, ...] = field(default=_STARTED, init=False, repr=False, compare=False)

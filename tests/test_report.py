@@ -751,7 +751,7 @@ def test_failures_and_runs_table(df: pd.DataFrame):
     assert sorted(fails["run_dir"].map(lambda d: Path(d).name)) == ["corrupt", "failed", "unfinished"]
     runs = report.runs_table(df)
     assert len(runs) == 12 and "_per_example" not in runs and "_epochs" not in runs
-    assert list(runs.columns) == [c for c in df.columns if c not in ("_per_example", "_epochs")]
+    assert list(runs.columns) == [c for c in df.columns if c not in ("_per_example", "_epochs", "_definitions")]
 
 
 def test_check_axes_with_no_axes(tmp_path: Path):
@@ -812,12 +812,13 @@ def test_summary_line_and_report_layout(df: pd.DataFrame, tmp_path: Path):
     out = tmp_path / "new" / "dir" / "report"
     assert written == [out / f"{stem}.{ext}" for stem in
                        ["by_model", "by_config", "pivot_f1", "by_profile", "failures"]
-                       for ext in ["md", "csv", "tex"]] + [out / "runs.csv", out / "report.md"]
+                       for ext in ["md", "csv", "tex"]] + [out / "agreement.csv", out / "runs.csv", out / "report.md"]
     text = (out / "report.md").read_text()
     sections = [line for line in text.splitlines() if line.startswith("#")]
     assert sections == ["# medsweep report", "## Best configuration per model (Table 4)",
                         "## All configurations", "## f1 by model, lora.r", "## Latency by profile and model",
-                        "## Failed, unfinished and corrupt runs", "## Figures"]
+                        "## Failed, unfinished and corrupt runs", "## Agreement between metrics",
+                        "## Metric definitions", "## Figures"]
     assert text.startswith(
         "# medsweep report\n\n12 runs (9 complete, 1 corrupt, 1 failed, 1 unfinished); 5.00 GPU hours in total."
         "\n\n95% confidence intervals: `mean ± half-width` is a Student-t interval over seeds (t over seeds, "

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from medsweep import run
+from medsweep import metrics, run, semantic
 from tests.conftest import MEDQUAD_JSONL, need_shared_data, run_medsweep
 
 METRICS = {"exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "perplexity", "seconds_per_answer",
@@ -39,6 +39,10 @@ def test_record_holds_every_metric(smoke_run):
     assert rec["env"]["packages"]["torch"] == "2.13.0+cpu" or rec["env"]["packages"]["torch"].startswith("2.13.0")
     assert rec["axes"]["model"] == "tiny_random" and rec["data"]["eval"] == 8
     assert "fine-tuned" in proc.stdout  # the summary table
+    # what the numbers mean, as this installation computes them (the run is a subprocess of the same environment)
+    assert rec["metric_definitions"] == metrics.definitions().to_dict()
+    assert rec["metric_definitions"]["semantic"] is None and "semantic" not in rec["metrics"]
+    assert "semantic" not in rec["per_example"] and "semantic" not in proc.stdout  # eval.semantic is off
 
 
 def test_training_loss_went_down(smoke_run):
@@ -84,6 +88,31 @@ def test_every_epoch_evaluation_reuses_the_last_epoch(tmp_path):
     log = (run_dir / "medsweep.log").read_text()
     assert "evaluating the fine-tuned model" not in log and "the last epoch's" in log
     assert len((run_dir / "predictions.jsonl").read_text().splitlines()) == 8
+    assert rec["metric_definitions"]["bleu"] == metrics.definitions().bleu  # the epochs' and final numbers' source
+
+
+@pytest.mark.skipif(not semantic.available(), reason="wordllama not installed (medsweep[semantic])")
+def test_semantic_scores_every_answer_and_names_its_model(tmp_path):
+    """eval.semantic=true: a cosine per answer in the prediction files, their mean as `semantic` for the fine-tuned
+    and the base model, the per-example list for the paired tests, and the embedding model in the definitions."""
+    need_shared_data()
+    proc = run_medsweep("experiment=smoke", "data=local", f"data.path={MEDQUAD_JSONL}", f"output_root={tmp_path}",
+                        "eval.semantic=true", "eval.baseline=true", "eval.perplexity=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["metric_definitions"] == metrics.definitions(semantic=True).to_dict()
+    assert semantic.MODEL in rec["metric_definitions"]["semantic"]
+    for name, section in (("predictions.jsonl", "metrics"), ("predictions_baseline.jsonl", "baseline")):
+        rows = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
+        scores = [r["scores"]["semantic"] for r in rows]
+        assert len(scores) == 8 and all(-1.0 <= s <= 1.0 for s in scores)
+        assert rec[section]["semantic"] == pytest.approx(sum(scores) / 8)
+        if section == "metrics":
+            assert rec["per_example"]["semantic"] == scores
+            assert scores == pytest.approx(semantic.similarities([r["generated"] for r in rows],
+                                                                 [r["reference"] for r in rows]), abs=1e-6)
+    assert "semantic" in proc.stdout  # the end-of-run summary table
 
 
 def test_single_run_plan_says_what_would_happen_and_writes_no_run(smoke_run, tmp_path):

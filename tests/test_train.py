@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsweep import models, prompts, train
+from medsweep import metrics, models, prompts, train
 from medsweep.errors import TrainingDiverged
 from medsweep.hardware import Hardware
 from medsweep.prompts import PromptStyle
@@ -92,6 +92,7 @@ def test_a_nan_loss_fails_the_run(compose, tmp_path, embedded_dir):
         run.train_eval(cfg, tmp_path / "run")
     rec = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert rec["status"] == "failed" and "TrainingDiverged: training diverged" in rec["error"]
+    assert rec["metric_definitions"] == metrics.definitions().to_dict()  # a failed run's record has them too
 
 
 class _Optimizer:

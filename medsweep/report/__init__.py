@@ -3,16 +3,19 @@ reads run directories into a DataFrame (one row per run; unfinished and corrupt 
 crash the report), ``stats`` computes 95% confidence intervals (Student-t over seeds, or a percentile bootstrap over
 eval examples for a single run), ``paired`` the paired sign-flip test, its bootstrap interval and Holm's adjustment,
 ``items`` reads the per-item scores of runs from their prediction files, ``signif`` adds the paired tests and the
-best/tied marks to a table, ``tables`` builds and writes the views (Table 4: the best configuration per model; all
-configurations; a pivot; latency by profile; failures; the stages of a continued fine-tuning chain), ``style`` is
-the figures' one look, ``pareto`` draws quality against cost with its Pareto front, ``figures`` the other PNG figures,
-``answers`` picks the best and worst answers of the best configurations, ``html`` writes the self-contained
-report.html, ``compare`` compares two runs or configurations item by item, ``wandb_upload`` logs the
-tables to W&B, and ``cli`` is the ``medsweep-report`` command (``main``) and ``report_sweep`` (collect + figures +
-tables of one sweep, returns its report.md). The public functions are re-exported here (``medsweep.report.X``); the
-modules import each other directly, in that order, so the package has no import cycle.
+best/tied marks to a table, ``definitions`` compares the runs' metric definitions (a table whose runs differ gets no
+significance marks), ``agreement`` the rank correlation of the quality metrics across configurations, ``tables``
+builds and writes the views (Table 4: the best configuration per model; all configurations; a pivot; latency by
+profile; failures; the stages of a continued fine-tuning chain), ``style`` is the figures' one look, ``pareto`` draws
+quality against cost with its Pareto front, ``figures`` the other PNG figures, ``answers`` picks the best and worst
+answers of the best configurations, ``html`` writes the self-contained report.html, ``compare`` compares two runs or
+configurations item by item, ``wandb_upload`` logs the tables to W&B, and ``cli`` is the ``medsweep-report`` command
+(``main``) and ``report_sweep`` (collect + figures + tables of one sweep, returns its report.md). The public functions
+are re-exported here (``medsweep.report.X``); the modules import each other directly, in that order, so the package
+has no import cycle.
 """
 
+from medsweep.report.agreement import metric_agreement
 from medsweep.report.answers import Answer, Extremes, extremes
 from medsweep.report.cli import main, report_sweep, write_report
 from medsweep.report.collect import (
@@ -32,6 +35,8 @@ from medsweep.report.collect import (
     varying_axes,
 )
 from medsweep.report.compare import Side, compare, run_compare, select, sides
+from medsweep.report.definitions import Definitions
+from medsweep.report.definitions import of as definitions_of
 from medsweep.report.figures import (
     caption,
     heatmap_cells,
@@ -68,9 +73,9 @@ from medsweep.report.wandb_upload import log_wandb
 __all__ = [
     "ALPHA", "CI_NOTE", "ITEM_METRICS", "LATENCY", "NOT_AXES", "N_BOOT", "N_RESAMPLES", "SCALE", "SEED",
     "SIGNIF_NOTE", "TABLE4", "TESTABLE",
-    "Answer", "Extremes", "NoItems", "NoPredictions", "Paired", "Side",
-    "annotate", "caption", "extremes", "heatmap_cells", "heatmap_pairs", "pareto_front", "plot_quality_vs_cost",
-    "write_html", "write_report",
+    "Answer", "Definitions", "Extremes", "NoItems", "NoPredictions", "Paired", "Side",
+    "annotate", "caption", "definitions_of", "extremes", "heatmap_cells", "heatmap_pairs", "metric_agreement",
+    "pareto_front", "plot_quality_vs_cost", "write_html", "write_report",
     "axis_columns", "bootstrap_interval", "by_config", "by_model", "by_profile", "collect", "compare",
     "complete", "config_axes", "display", "failures", "find_run_dirs", "holm", "items_of", "log_wandb", "main",
     "malformed", "matched", "paired_interval", "paired_test", "pivot", "plot_heatmap", "plot_latency_by_profile",

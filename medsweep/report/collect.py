@@ -113,7 +113,8 @@ def read_run(run_dir: Path) -> dict:
     if problem:
         return {**row, "status": "corrupt", "error": f"metrics.json {problem}"}
     return {**rec.row(run_dir), "_axes": list(_as_dict(rec.axes)), "_per_example": _as_dict(rec.per_example),
-            "_epochs": rec.epochs if isinstance(rec.epochs, list) else []}
+            "_epochs": rec.epochs if isinstance(rec.epochs, list) else [],
+            "_definitions": _as_dict(rec.metric_definitions)}
 
 
 def _integral_to_int(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -129,8 +130,9 @@ def _integral_to_int(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 def collect(paths: list[str]) -> pd.DataFrame:
     """One row per run dir under ``paths``; raises MedsweepError if there is none.
 
-    Private columns ``_per_example`` and ``_epochs`` carry the nested data used for
-    bootstrap CIs and the per-epoch figure; ``df.attrs["axes"]`` lists the axis columns.
+    Private columns ``_per_example``, ``_epochs`` and ``_definitions`` carry the nested data used for
+    bootstrap CIs, the per-epoch figure and the metric definitions ({} where the record has none);
+    ``df.attrs["axes"]`` lists the axis columns.
     """
     paths = [str(p) for p in paths]
     missing = [p for p in paths if not _expand([p])]
@@ -143,11 +145,10 @@ def collect(paths: list[str]) -> pd.DataFrame:
         log.warning("no such path: %s", p)
     axes = list(dict.fromkeys(a for r in rows for a in r.pop("_axes", [])))
     df = pd.DataFrame(rows)
-    for c in ("_per_example", "_epochs"):
+    for c in ("_per_example", "_epochs", "_definitions"):
         if c not in df:
             df[c] = None
-        df[c] = [v if isinstance(v, (dict, list)) else ({} if c == "_per_example" else [])
-                 for v in df[c]]
+        df[c] = [v if isinstance(v, (dict, list)) else ([] if c == "_epochs" else {}) for v in df[c]]
     df = _integral_to_int(df, axes)
     df.attrs["axes"] = axes
     return df

@@ -20,9 +20,11 @@ import pandas as pd
 from medsweep import metrics as registry
 from medsweep.errors import MedsweepError
 from medsweep.report.collect import SEED, axis_columns, collect, complete, varying_axes
+from medsweep.report.definitions import of as definitions_of
 from medsweep.report.items import ITEM_METRICS, TESTABLE, items_of, matched, read_items
 from medsweep.report.paired import CONFIDENCE, N_RESAMPLES, RNG_SEED, Paired, holm, paired_test
 from medsweep.report.tables import _atomic_write, _num
+from medsweep.runrecord import RunRecord
 
 BASE = "base"
 TOP = 5
@@ -191,8 +193,21 @@ def compare(a: Side, b: Side, metric: str = "f1", top: int = TOP) -> str:
         + (" Sentence BLEU is the mean over items, not the records' corpus BLEU." if "bleu" in results else "")
         + ("" if shown == metric else f" {metric} has no per-item scores: the items are ranked by {_label(shown)}."),
     ]
-    return "\n".join([f"# {a.label} vs {b.label}", "", *notes, "", _table(items_a, items_b, results), "",
-                      *_items(a, b, items_a, items_b, shown, top)])
+    return "\n".join([f"# {a.label} vs {b.label}", "", *notes, "", *_definitions(a, b),
+                      _table(items_a, items_b, results), "", *_items(a, b, items_a, items_b, shown, top)])
+
+
+def _definitions(a: Side, b: Side) -> list[str]:
+    """A warning, one line per differing field, when the two sides' runs use different metric definitions: asked
+    for explicitly, the comparison is still made, but not silently."""
+    runs = list(dict.fromkeys([*a.runs, *b.runs]))
+    records = [RunRecord.load(r) for r in runs]
+    found = definitions_of(pd.DataFrame({"run_name": [Path(r).name for r in runs],
+                                         "_definitions": [rec.metric_definitions if rec else None for rec in records]}))
+    if not found.differing:
+        return []
+    return ["**The runs use different metric definitions**: the differences below compare numbers of different "
+            "definitions.", "", *(f"- {line}" for line in found.warnings()), ""]
 
 
 def _slug(label: str) -> str:

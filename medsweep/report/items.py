@@ -26,8 +26,9 @@ BASELINE = "predictions_baseline.jsonl"
 TEXT = ("question", "reference", "generated")
 # Per-item scores whose mean over the items is the metric the record reports; sentence BLEU (the per-item "bleu")
 # is not corpus BLEU, and decision macro-F1 is no mean, so neither ranks a table by a paired test.
-TESTABLE = ("exact_match", "f1", "rouge1", "rouge2", "rougeL", "decision_accuracy")
-ITEM_METRICS = (*registry.SCORE_KEYS, "decision_accuracy")
+TESTABLE = ("exact_match", "f1", "rouge1", "rouge2", "rougeL", "semantic", "decision_accuracy")
+SCORES = (*registry.SCORE_KEYS, "semantic")  # the per-item scores a prediction row may hold (semantic: eval.semantic)
+ITEM_METRICS = (*SCORES, "decision_accuracy")
 
 
 class NoItems(MedsweepError):
@@ -47,7 +48,7 @@ def _score_row(row, where: str) -> dict:
     if not isinstance(row, dict) or not isinstance(row.get("scores"), dict) or "question" not in row:
         raise NoItems(f"{where} is not a prediction row (question, generated, scores)")
     out = {k: row.get(k) for k in TEXT}
-    for name in registry.SCORE_KEYS:
+    for name in SCORES:
         value = row["scores"].get(name)
         out[name] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     if row.get("label"):

@@ -15,6 +15,9 @@ import pandas as pd
 from medsweep import metrics as registry
 from medsweep.errors import MedsweepError
 from medsweep.record import atomic_write_text
+from medsweep.report.agreement import HEADING as AGREEMENT
+from medsweep.report.agreement import NOTE as AGREEMENT_NOTE
+from medsweep.report.agreement import metric_agreement
 from medsweep.report.collect import (
     LATENCY,
     SCALE,
@@ -26,6 +29,8 @@ from medsweep.report.collect import (
     config_axes,
     stage_chain,
 )
+from medsweep.report.definitions import TABLE_NOTE, refuse_marks
+from medsweep.report.definitions import of as definitions_of
 from medsweep.report.signif import NOTE as SIGNIF_NOTE
 from medsweep.report.signif import P_BEST, annotate
 from medsweep.report.stats import N_BOOT, summarize
@@ -72,6 +77,8 @@ def by_config(df: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     if table.empty:
         return table
     table = _mark_best(table, metrics[metric], lower=not registry.higher_is_better(metric))
+    if definitions_of(done).differing:
+        return refuse_marks(table, "the table of all configurations")
     return annotate(table, done, by, metric, metrics[metric])
 
 
@@ -103,7 +110,8 @@ def pivot(df: pd.DataFrame, by: list[str] | None = None, metric: str = "f1") -> 
         return table
     if "model" in by:
         table = _mark_best(table, metric, lower=not registry.higher_is_better(metric))
-        table = annotate(table, df, by, metric, metric)
+        table = refuse_marks(table, f"the {metric} pivot") if definitions_of(complete(df)).differing \
+            else annotate(table, df, by, metric, metric)
     return table.set_index(by) if by else table
 
 
@@ -261,6 +269,7 @@ def write_tables(df: pd.DataFrame, out_dir, by: list[str] | None = None,
     """
     report_dir = Path(out_dir) / "report"
     written, sections = [], []
+    defined = definitions_of(complete(df))
     for stem, (heading, view) in (computed if computed is not None else views(df, by, metric)).items():
         markdown = to_markdown(view)
         written.append(_atomic_write(report_dir / f"{stem}.md", markdown + "\n"))
@@ -268,7 +277,15 @@ def write_tables(df: pd.DataFrame, out_dir, by: list[str] | None = None,
                                      if view.index.names[0] is not None
                                      else view.to_csv(index=False)))
         written.append(_atomic_write(report_dir / f"{stem}.tex", to_latex(view)))
-        sections.append(f"## {heading}\n\n{markdown}\n")
+        marked = "mark" in view or "best" in view  # the tables whose marks the definitions decide
+        note = f"{TABLE_NOTE}\n\n" if defined.differing and marked and not view.empty else ""
+        sections.append(f"## {heading}\n\n{note}{markdown}\n")
+    agree = metric_agreement(df)
+    if not agree.empty:
+        written.append(_atomic_write(report_dir / "agreement.csv", agree.to_csv(index=False)))
+        sections.append(f"## {AGREEMENT}\n\n{AGREEMENT_NOTE}\n\n{to_markdown(agree)}\n")
+    if not complete(df).empty:
+        sections.append(f"## Metric definitions\n\n{defined.section()}\n")
     written.append(_atomic_write(report_dir / "runs.csv", runs_table(df).to_csv(index=False)))
     images = [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
     text = "\n".join([
