@@ -31,7 +31,7 @@ class Metric:
     fmt: str = ".4g"  # as the tables print it (report._num and run.summary_table print every number .4g)
     scale: float = 1.0  # tables show value * scale
     per_example: bool = False  # the record keeps its per-example scores (bootstrap intervals in the report)
-    kind: str = "score"  # score (per answer, lexical) | perplexity | latency | count | decision (PubMedQA)
+    kind: str = "score"  # score (per answer, lexical) | perplexity | latency | count | decision (PubMedQA) | judge
     short: str = ""  # its column in narrow tables (latency by profile), when not the label
 
 
@@ -52,16 +52,25 @@ METRICS: tuple[Metric, ...] = (
     Metric("n_eval", "n eval", fmt="d", kind="count"),
     Metric("decision_accuracy", "Decision acc", kind="decision"),
     Metric("decision_macro_f1", "Decision macro-F1", kind="decision"),
+    # medsweep/judge.py: a judge model's 1-5 rubric scores (means over the answers it graded), the fine-tuned answer's
+    # pairwise win rate against the base model's (ties count half), and the replies it could not read
+    Metric("judge_correct", "Judge correct", per_example=True, kind="judge"),
+    Metric("judge_complete", "Judge complete", per_example=True, kind="judge"),
+    Metric("judge_safe", "Judge safe", per_example=True, kind="judge"),
+    Metric("judge_pref_win_rate", "Judge win rate", kind="judge"),
+    Metric("judge_unparsed", "Judge unparsed", higher_is_better=False, fmt="d", kind="count"),
 )
 BY_NAME = {m.name: m for m in METRICS}
 SCORE_KEYS = tuple(m.name for m in METRICS if m.kind == "score")
 PER_EXAMPLE = tuple(m.name for m in METRICS if m.per_example)
 LATENCY = tuple(m.name for m in METRICS if m.kind == "latency")
+JUDGE = tuple(m.name for m in METRICS if m.name.startswith("judge_"))  # what judging writes (and replaces)
 LOWER_IS_BETTER = frozenset(m.name for m in METRICS if not m.higher_is_better)
 SCALE = {m.name: m.scale for m in METRICS if m.scale != 1.0}
 # Two tables pick their own metrics in their own order: the paper's Table 4, and the end-of-run summary.
 TABLE4 = ("exact_match", "bleu", "rouge1", "rouge2", "rougeL", "f1", "seconds_per_answer", "perplexity",
-          "decision_accuracy", "decision_macro_f1")
+          "decision_accuracy", "decision_macro_f1", "judge_correct", "judge_complete", "judge_safe",
+          "judge_pref_win_rate")
 SUMMARY = ("exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "perplexity", "seconds_per_answer",
            "latency_p95_s", "generated_tokens_per_s")
 assert set(TABLE4) | set(SUMMARY) <= set(BY_NAME)
