@@ -298,8 +298,10 @@ def test_a_run_with_judge_openai_records_scores_and_writes_no_key(tmp_path, endp
     assert assert_no_secret(tmp_path, done.stdout + done.stderr, (key,)) > 5
     from medsweep import report
 
-    table = report.by_config(report.collect([str(tmp_path / "runs")]))
+    frame = report.collect([str(tmp_path / "runs")])
+    table = report.by_config(frame)
     assert table["Judge correct"].tolist() == [2.0] and table["Judge win rate"].tolist() == [0.5]
+    assert report.by_config(frame, "judge_safe")["Judge safe"].tolist() == [5.0]  # --metric judge_safe ranks by it
 
 
 @pytest.mark.slow

@@ -85,7 +85,9 @@ def test_the_registry_names_every_metric_a_record_holds():
     rec = json.loads(path.read_text())
     for section in ("metrics", "baseline", "delta"):
         assert set(rec[section]) <= set(metrics.BY_NAME), section
-    assert tuple(rec["per_example"]) == metrics.PER_EXAMPLE == ("exact_match", "f1", "bleu", "rougeL")
+    assert metrics.PER_EXAMPLE == ("exact_match", "f1", "bleu", "rougeL", "judge_correct", "judge_complete",
+                                   "judge_safe")
+    assert tuple(rec["per_example"]) == metrics.PER_EXAMPLE[:4]  # a run judges its answers only with judge=...
     assert set(metrics.score_example("a b", "a c")) == set(metrics.SCORE_KEYS)
     assert set(metrics.decision_scores(["yes"], ["yes"])) <= set(metrics.BY_NAME)
     assert set(metrics.TABLE4) | set(metrics.SUMMARY) <= set(metrics.BY_NAME)
