@@ -47,6 +47,7 @@ log = logging.getLogger("medsweep.judge")
 
 PREDICTIONS = "predictions.jsonl"
 BASELINE = "predictions_baseline.jsonl"
+GIVE_UP_AFTER = 5  # failed requests in a row after which the rest of a run's requests are counted as errors, not sent
 OUTCOMES = {"win": "wins", "loss": "losses", "tie": "ties", "unparsed": "unparsed", "error": "errors"}  # -> counts
 
 
@@ -56,6 +57,7 @@ class Judge:
 
     def __init__(self, generator: Generator, identity: dict[str, Any], max_new_tokens: int):
         self.generator, self.identity, self.max_new_tokens = generator, identity, max_new_tokens
+        self.failed = 0  # requests failed in a row: a dead endpoint (or a wrong key) is not asked hundreds of times
 
     def _ask(self, conversations: list[Messages]) -> list[str | MedsweepError]:
         gen = self.generator
@@ -63,11 +65,16 @@ class Judge:
             return list(gen.chat(conversations, self.max_new_tokens))
         replies: list[str | MedsweepError] = []
         for messages in conversations:
+            if self.failed >= GIVE_UP_AFTER:
+                replies.append(MedsweepError(f"not asked: the judge failed {self.failed} times in a row"))
+                continue
             try:
                 replies.append(gen._scrub(gen.complete(messages, self.max_new_tokens)))  # a server may echo the key
+                self.failed = 0
             except MedsweepError as exc:
                 log.warning("judge: %s", exc)
                 replies.append(exc)
+                self.failed += 1
         return replies
 
     def grade(self, rows: list[dict[str, Any]]) -> list[Grade]:
@@ -193,6 +200,7 @@ def judge_run(run_dir: Path, rec: RunRecord, judge: Judge, pairwise: bool = True
     metrics and `judge`; the caller saves the record. A previous judge's entries are replaced."""
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
+    judge.failed = 0  # each run gives the judge its chance
     rows = _read(run_dir / PREDICTIONS)
     base_rows = _read(run_dir / BASELINE) if (run_dir / BASELINE).is_file() else []
     log.info("judge %s: grading %d answers%s", judge.identity["model"], len(rows),

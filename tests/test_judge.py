@@ -344,3 +344,29 @@ def test_a_judge_that_cannot_be_built_fails_no_run(tmp_path):
     assert rec.judge == {"kind": "local", "error": f"ConfigError: judge.model='{tmp_path / 'empty'}' is invalid: "
                                                    "neither a model directory (config.json) nor a run directory"}
     assert rec.metrics == {"f1": 0.5, "n_eval": 5} and "judge" not in (run_dir / "predictions.jsonl").read_text()
+
+
+def test_a_failing_endpoint_is_given_up_after_some_errors_in_a_row(tmp_path, endpoint):
+    run_dir = fake_run(tmp_path / "run-d")
+    FakeOpenAI.reply = fake_judge
+    FakeOpenAI.statuses = [400] * 4 + [200] + [400] * 4 + [200]  # four errors, one answer, four errors, one answer
+    cfg = judge.config_of(["judge=openai", f"judge.base_url={endpoint}", "judge.model=m", "judge.retries=0"])
+    rec = RunRecord.read(run_dir)
+    judged = judge.judge_run(run_dir, rec, judge.build_judge(cfg))
+    assert judged.answers["fine_tuned"] == {"graded": 1, "unparsed": 0, "errors": 4}
+    assert judged.answers["baseline"] == {"graded": 1, "unparsed": 0, "errors": 4}  # an answer starts the count again
+    assert len(FakeOpenAI.requests) == 20
+    FakeOpenAI.requests, FakeOpenAI.status = [], 503
+    one = judge.build_judge(cfg)
+    judged = judge.judge_run(run_dir, rec, one)
+    assert len(FakeOpenAI.requests) == judge.GIVE_UP_AFTER == 5  # the rest is not sent
+    assert judged.answers["fine_tuned"]["errors"] == 5 and judged.answers["baseline"]["errors"] == 5
+    assert judged.pairwise["errors"] == 5 and judged.pairwise["win_rate"] is None
+    assert "judge_correct" not in rec.metrics and rec.metrics["judge_unparsed"] == 0
+    assert "judge_pref_win_rate" not in rec.metrics
+    base = [json.loads(line) for line in (run_dir / "predictions_baseline.jsonl").read_text().splitlines()]
+    assert base[0]["judge"] == {"status": "error", "correct": None, "complete": None, "safe": None,
+                                "reason": "not asked: the judge failed 5 times in a row"}
+    FakeOpenAI.requests, FakeOpenAI.status = [], 200
+    judged = judge.judge_run(run_dir, rec, one)  # the next run (medsweep-judge over a sweep) starts the count again
+    assert judged.answers["fine_tuned"]["graded"] == 4 and len(FakeOpenAI.requests) == 20
