@@ -125,7 +125,7 @@ def _judge(run: RunConfig, run_dir: Path, rec: RunRecord) -> None:
     why, and `medsweep-judge <run dir>` judges it later (answers that failed one by one are counted, not raised)."""
     try:
         judge.judge_run(run_dir, rec, judge.build_judge(run.judge, run.model.cache_dir), run.judge.pairwise)
-    except MedsweepError as exc:
+    except Exception as exc:  # noqa: BLE001 - out of memory, a model that cannot load ...: the trained run stands
         log.warning("judge=%s failed: %s (judge the run later: medsweep-judge %s)", run.judge.kind, exc, run_dir)
         rec.judge = {"kind": run.judge.kind, "error": f"{type(exc).__name__}: {exc}"}
 
