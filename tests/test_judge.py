@@ -310,7 +310,7 @@ def test_the_embedded_smollm2_judges_a_run_locally(tmp_path, embedded_dir):
     for name in ("predictions.jsonl", "predictions_baseline.jsonl"):  # 3 items: a short check
         path = run_dir / name
         path.write_text("".join(path.read_text().splitlines(keepends=True)[:3]))
-    cfg = JudgeConfig(kind="local", device="cpu", max_new_tokens=48)
+    cfg = JudgeConfig(kind="local", device="cpu", max_new_tokens=32)  # minutes on a loaded 2-core CPU
     t0 = time.perf_counter()
     local = judge.build_judge(cfg, cache_dir=str(embedded_dir.parent))
     rec = RunRecord.read(run_dir)
