@@ -16,7 +16,7 @@ import hydra
 from medsweep import CONF_DIR
 from medsweep.errors import ConfigError
 
-GROUPS = ("model", "lora", "data", "train", "eval", "profile", "logger", "site", "experiment")
+GROUPS = ("model", "lora", "data", "train", "eval", "profile", "logger", "site", "judge", "experiment")
 
 
 def _options(group: str, search: tuple[Path, ...] = ()) -> list[str]:

@@ -295,6 +295,36 @@ class LoggerConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """A judge model grading each answer after evaluation (medsweep/judge.py); medsweep-judge reads it too."""
+
+    kind: str = "none"  # none | local (a transformers chat model) | openai (any OpenAI-compatible endpoint)
+    model: str | None = None  # local: model dir, run dir or hub id (null: the embedded SmolLM2); openai: model name
+    base_url: str | None = None  # openai: the endpoint's /v1 URL (vLLM, Ollama, a hosted API)
+    key_env: str | None = "OPENAI_API_KEY"  # NAME of the variable holding the key, read at call time (never the key)
+    device: str = "auto"  # local: cpu | cuda | auto
+    batch_size: int = 8  # local: prompts per generate() call
+    max_new_tokens: int = 128  # the judge's reply budget
+    temperature: float = 0.0  # 0: greedy (local) / temperature 0 (openai)
+    top_p: float = 1.0  # nucleus sampling when temperature > 0
+    timeout_s: float = 120.0  # openai: seconds per request
+    retries: int = 2  # openai: retries on connection errors, 429 and 5xx
+    pairwise: bool = True  # with eval.baseline: fine-tuned vs base answer, asked in both orders
+
+    def check(self) -> None:
+        _one_of("judge.kind", self.kind, ["none", "local", "openai"])
+        require(self.kind != "openai" or bool(self.model), "judge.model", self.model, "required with judge=openai")
+        require(self.kind != "openai" or re.match(r"^https?://", str(self.base_url)) is not None, "judge.base_url",
+                 self.base_url, "expected http(s)://host[:port]/v1 with judge=openai")
+        require(self.kind != "local" or not str(self.model or "").startswith(("/", ".", "~"))
+                or Path(str(self.model)).expanduser().is_dir(), "judge.model", self.model, "no such directory")
+        require(self.batch_size > 0 and self.max_new_tokens > 0, "judge.batch_size/max_new_tokens",
+                 (self.batch_size, self.max_new_tokens), "must be > 0")
+        require(self.temperature >= 0 and 0 < self.top_p <= 1, "judge.temperature/top_p",
+                 (self.temperature, self.top_p), "temperature >= 0 and top_p in (0, 1]")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     lora: LoraConfig = MISSING
@@ -304,6 +334,7 @@ class RunConfig:
     profile: ProfileConfig = MISSING
     logger: LoggerConfig = MISSING
     site: SiteConfig = MISSING
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # off unless judge=local / judge=openai
     output_root: str = "results"  # run dirs go to <output_root>/runs/<run id>, sweeps to <output_root>/sweeps/<name>
     sweep_name: str = "sweep"  # multirun directory name under results/sweeps
     attempt: int = 0  # bump to re-run a completed configuration into a new directory
@@ -323,6 +354,7 @@ class RunConfig:
         self.profile.check()
         self.site.check()
         self.logger.check()
+        self.judge.check()
         require(self.attempt >= 0, "attempt", self.attempt, "must be >= 0")
         require(re.fullmatch(_PLAIN_NAME, str(self.sweep_name)) is not None, "sweep_name", self.sweep_name,
                  "must be a plain directory name (letters, digits, . _ = + , -; at most 100 characters)")

@@ -114,11 +114,11 @@ class OpenAIGenerator:
         return [self.complete(m, max_new_tokens) for m in conversations]
 
 
-def _device(gen_cfg: Any) -> Hardware:
+def _device(gen_cfg: Any, setting: str = "generator.device") -> Hardware:
     """The generator's own device (generator.device), not a run profile's: one process, two threads at most, fp32 on
     the CPU even where hardware.resolve would pick bf16, and on CUDA bf16 wherever torch.cuda.is_bf16_supported()
     says so (kept as medsweep-synth has always chosen them)."""
-    device = pick_device(gen_cfg.device, "generator.device")
+    device = pick_device(gen_cfg.device, setting)
     precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
     return Hardware(device=device, precision=precision, threads=max(1, min(2, os.cpu_count() or 1)))
 

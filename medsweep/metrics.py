@@ -38,6 +38,7 @@ class Metric:
     scale: float = 1.0  # tables show value * scale
     per_example: bool = False  # the record keeps its per-example scores (bootstrap intervals in the report)
     # score (per answer, lexical) | semantic (per answer, embeddings) | perplexity | latency | count | decision
+    # (PubMedQA) | judge
     kind: str = "score"
     short: str = ""  # its column in narrow tables (latency by profile), when not the label
     upper: float | None = None  # the largest value it can take (before scale), for a figure's full range; None: none
@@ -61,20 +62,29 @@ METRICS: tuple[Metric, ...] = (
     Metric("n_eval", "n eval", fmt="d", kind="count"),
     Metric("decision_accuracy", "Decision acc", kind="decision", upper=1.0),
     Metric("decision_macro_f1", "Decision macro-F1", kind="decision", upper=1.0),
+    # medsweep/judge.py: a judge model's 1-5 rubric scores (means over the answers it graded), the fine-tuned answer's
+    # pairwise win rate against the base model's (ties count half), and the replies it could not read
+    Metric("judge_correct", "Judge correct", per_example=True, kind="judge", upper=5.0),
+    Metric("judge_complete", "Judge complete", per_example=True, kind="judge", upper=5.0),
+    Metric("judge_safe", "Judge safe", per_example=True, kind="judge", upper=5.0),
+    Metric("judge_pref_win_rate", "Judge win rate", kind="judge", upper=1.0),
+    Metric("judge_unparsed", "Judge unparsed", higher_is_better=False, fmt="d", kind="count"),
 )
 BY_NAME = {m.name: m for m in METRICS}
 SCORE_KEYS = tuple(m.name for m in METRICS if m.kind == "score")
 PER_EXAMPLE = tuple(m.name for m in METRICS if m.per_example)
 LATENCY = tuple(m.name for m in METRICS if m.kind == "latency")
+JUDGE = tuple(m.name for m in METRICS if m.name.startswith("judge_"))  # what judging writes (and replaces)
 LOWER_IS_BETTER = frozenset(m.name for m in METRICS if not m.higher_is_better)
 SCALE = {m.name: m.scale for m in METRICS if m.scale != 1.0}
 # Two tables pick their own metrics in their own order: the paper's Table 4, and the end-of-run summary.
 TABLE4 = ("exact_match", "bleu", "rouge1", "rouge2", "rougeL", "f1", "semantic", "seconds_per_answer", "perplexity",
-          "decision_accuracy", "decision_macro_f1")
+          "decision_accuracy", "decision_macro_f1", "judge_correct", "judge_complete", "judge_safe",
+          "judge_pref_win_rate")
 SUMMARY = ("exact_match", "f1", "bleu", "rouge1", "rouge2", "rougeL", "semantic", "perplexity", "seconds_per_answer",
            "latency_p95_s", "generated_tokens_per_s")
 # Answer-quality metrics (the report's agreement table correlates every pair of them across configurations).
-QUALITY = tuple(m.name for m in METRICS if m.kind in ("score", "semantic", "decision"))
+QUALITY = tuple(m.name for m in METRICS if m.kind in ("score", "semantic", "decision", "judge"))
 assert set(TABLE4) | set(SUMMARY) <= set(BY_NAME)
 
 

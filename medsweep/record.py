@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 NON_IDENTITY_KEYS = {
     "hydra",
     "logger",
+    "judge",  # judges the answers after the run; medsweep-judge re-judges a run without retraining it
     "output_root",
     "sweep_name",
     "resume",

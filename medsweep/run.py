@@ -30,6 +30,7 @@ try:
         distributed,
         fit,
         hardware,
+        judge,
         metrics,
         models,
         preempt,
@@ -102,6 +103,8 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
         tracker = tracking.start(cfg, run_dir, rec.overrides)
         with progress_file.recording(run_dir / progress_file.FILE):  # medsweep-status reads where the job is from it
             _train_and_evaluate(run, run_dir, hw, rec, tracker)
+            if run.judge.kind != "none":  # after the run's models are gone: the judge may be large
+                _judge(run, run_dir, rec)
     except BaseException as exc:  # SystemExit: submitit requeues the job after a checkpoint (preempt.py)
         rec.status = "failed" if isinstance(exc, Exception) else "interrupted"
         rec.error, rec.finished_at = f"{type(exc).__name__}: {exc}", record.now()
@@ -116,6 +119,16 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
     rec.save(run_dir)
     tracker.finish(rec)
     return rec.to_dict()
+
+
+def _judge(run: RunConfig, run_dir: Path, rec: RunRecord) -> None:
+    """Judge the answers just written. A judge that cannot be built or asked fails no trained run: the record says
+    why, and `medsweep-judge <run dir>` judges it later (answers that failed one by one are counted, not raised)."""
+    try:
+        judge.judge_run(run_dir, rec, judge.build_judge(run.judge, run.model.cache_dir), run.judge.pairwise)
+    except Exception as exc:  # noqa: BLE001 - out of memory, a model that cannot load ...: the trained run stands
+        log.warning("judge=%s failed: %s (judge the run later: medsweep-judge %s)", run.judge.kind, exc, run_dir)
+        rec.judge = {"kind": run.judge.kind, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _hardware(cfg: RunConfig, world: distributed.World, estimate: Fit) -> hardware.Hardware:

@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,18 @@ def cross_entropy_calls(monkeypatch):
 
         monkeypatch.setattr(kernels, f"{name}_cross_entropy", counted)
     return calls
+
+
+@pytest.fixture
+def endpoint():
+    """A FakeOpenAI server on a free local port; yields its /v1 URL."""
+    from tests.fake_openai import FakeOpenAI
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    FakeOpenAI.requests, FakeOpenAI.status, FakeOpenAI.statuses, FakeOpenAI.raw = [], 200, [], None
+    FakeOpenAI.error_body, FakeOpenAI.reply = None, None
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()

@@ -9,7 +9,7 @@ from medsweep.checks import validate
 from medsweep.errors import ConfigError
 from tests.conftest import CONF_DIR, MEDQUAD_JSONL
 
-GROUPS = ["model", "lora", "data", "train", "eval", "profile", "logger", "experiment"]
+GROUPS = ["model", "lora", "data", "train", "eval", "profile", "logger", "judge", "experiment"]
 
 
 def _options(group: str) -> list[str]:
@@ -23,6 +23,8 @@ def _required_extras(group: str, option: str, tmp_path) -> list[str]:
         return [f"data.path={MEDQUAD_JSONL}"]
     if group == "experiment" and option == "curation_stage2":
         return [f"train.init_adapter={tmp_path}"]
+    if group == "judge" and option == "openai":
+        return ["judge.model=gpt-4o-mini"]
     return []
 
 

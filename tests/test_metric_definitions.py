@@ -174,21 +174,21 @@ def test_agreement_is_spearmans_rho_across_configurations(tmp_path: Path):
     # (rho = -1); values far from linear in their ranks, so that a linear (Pearson) correlation would differ;
     # semantic in two configurations only: not enough to rank
     _config_runs(tmp_path, {
-        1: {"f1": 0.1, "bleu": 1.0, "judge_score": 9.0, "semantic": 0.5, "seconds_per_answer": 1.0},
-        2: {"f1": 0.2, "bleu": 30.0, "judge_score": 3.0, "seconds_per_answer": 2.0},
-        3: {"f1": 0.3, "bleu": 2.0, "judge_score": 2.5, "seconds_per_answer": 3.0},
-        4: {"f1": 0.9, "bleu": 40.0, "judge_score": 0.5, "semantic": 0.7, "seconds_per_answer": 4.0}})
+        1: {"f1": 0.1, "bleu": 1.0, "judge_correct": 9.0, "semantic": 0.5, "seconds_per_answer": 1.0},
+        2: {"f1": 0.2, "bleu": 30.0, "judge_correct": 3.0, "seconds_per_answer": 2.0},
+        3: {"f1": 0.3, "bleu": 2.0, "judge_correct": 2.5, "seconds_per_answer": 3.0},
+        4: {"f1": 0.9, "bleu": 40.0, "judge_correct": 0.5, "semantic": 0.7, "seconds_per_answer": 4.0}})
     from medsweep import report
 
     df = report.collect([str(tmp_path)])
-    assert agreement_mod.quality_columns(df) == ["f1", "bleu", "semantic", "judge_score"]  # no latency
+    assert agreement_mod.quality_columns(df) == ["f1", "bleu", "semantic", "judge_correct"]  # no latency
     table = report.metric_agreement(df)
     rho = {(a, b): (n, r) for a, b, n, r in zip(table["metric A"], table["metric B"], table["configs"],
                                                  table["Spearman ρ"], strict=True)}
-    assert rho.keys() == {("F1", "BLEU"), ("F1", "judge_score"), ("BLEU", "judge_score")}
+    assert rho.keys() == {("F1", "BLEU"), ("F1", "judge_correct"), ("BLEU", "judge_correct")}
     assert rho[("F1", "BLEU")] == (4, pytest.approx(0.8))
-    assert rho[("F1", "judge_score")] == (4, pytest.approx(-1.0))
-    assert rho[("BLEU", "judge_score")] == (4, pytest.approx(-0.8))
+    assert rho[("F1", "judge_correct")] == (4, pytest.approx(-1.0))
+    assert rho[("BLEU", "judge_correct")] == (4, pytest.approx(-0.8))
     report.write_tables(df, tmp_path / "out")
     text = (tmp_path / "out" / "report" / "report.md").read_text()
     assert "## Agreement between metrics" in text and "| F1 " in text.split("## Agreement between metrics")[1]

@@ -85,9 +85,10 @@ def test_the_registry_names_every_metric_a_record_holds():
     rec = json.loads(path.read_text())
     for section in ("metrics", "baseline", "delta"):
         assert set(rec[section]) <= set(metrics.BY_NAME), section
-    # semantic: only with eval.semantic, which the example sweep did not use
-    assert metrics.PER_EXAMPLE == ("exact_match", "f1", "bleu", "rougeL", "semantic")
-    assert tuple(rec["per_example"]) == metrics.PER_EXAMPLE[:-1]
+    # semantic: only with eval.semantic, judge_*: only with judge=..., neither of which the example sweep used
+    assert metrics.PER_EXAMPLE == ("exact_match", "f1", "bleu", "rougeL", "semantic", "judge_correct",
+                                   "judge_complete", "judge_safe")
+    assert tuple(rec["per_example"]) == metrics.PER_EXAMPLE[:4]
     assert set(metrics.score_example("a b", "a c")) == set(metrics.SCORE_KEYS)
     assert set(metrics.decision_scores(["yes"], ["yes"])) <= set(metrics.BY_NAME)
     assert set(metrics.TABLE4) | set(metrics.SUMMARY) <= set(metrics.BY_NAME)

@@ -7,8 +7,6 @@ import json
 import os
 import re
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from omegaconf import OmegaConf
 from medsweep import data, generators, report, synth, synth_text
 from medsweep.errors import ConfigError, DataError, MedsweepError
 from tests.conftest import CONF_DIR, MEDQUAD_JSONL, SHARED_DATA, run_medsweep
+from tests.fake_openai import FakeOpenAI
 
 PUBMEDQA_JSONL = SHARED_DATA / "pubmedqa" / "pubmedqa_pqal.jsonl"
 NUMBERING = re.compile(r"^\s*(?:\(?\d+[.):]|[-*\u2022]|Q\d*[:.]|Question\s*\d*[:.])")
@@ -404,67 +403,6 @@ def test_embedded_smollm2_generates_clean_questions_and_answers(tmp_path, embedd
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible endpoint
-
-
-class FakeOpenAI(BaseHTTPRequestHandler):
-    requests: list[dict] = []
-    status = 200
-    statuses: list[int] = []  # answered first, one per request, before `status`
-    raw: bytes | None = None  # a 200 reply's body instead of a chat completion
-    error_body: bytes | None = None  # an error reply's body instead of the default one
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeOpenAI.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body,
-                                    "content_type": self.headers.get("Content-Type"),
-                                    "accept": self.headers.get("Accept"), "method": self.command})
-        status = FakeOpenAI.statuses.pop(0) if FakeOpenAI.statuses else FakeOpenAI.status
-        if status != 200:
-            self.send_response(status)
-            self.end_headers()
-            if FakeOpenAI.error_body is not None:
-                self.wfile.write(FakeOpenAI.error_body)
-                return
-            self.wfile.write(b'{"error": {"message": "bad key ' + (self.headers.get("Authorization") or "").encode()
-                             + b'"},\n  "code": ' + str(status).encode() + b'}' + b" " * 400 + b"TAIL")
-            return
-        if FakeOpenAI.raw is not None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(FakeOpenAI.raw)))
-            self.end_headers()
-            self.wfile.write(FakeOpenAI.raw)
-            return
-        user = body["messages"][-1]["content"]
-        if "Question:" not in user:
-            content = "1. Which drug lowers cholesterol?\n2. Which drug lowers cholesterol?\n- Why are statins used?"
-        elif "Why" in user:  # a server that echoes the credentials it got must not leak them into the output
-            content = f"Statins lower cholesterol ({self.headers.get('Authorization')})."
-        else:
-            content = "Statins."
-        payload = {"id": "x", "object": "chat.completion", "model": body["model"],
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                "finish_reason": "stop"}]}
-        raw = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    FakeOpenAI.requests, FakeOpenAI.status, FakeOpenAI.statuses, FakeOpenAI.raw = [], 200, [], None
-    FakeOpenAI.error_body = None
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
 
 
 def test_openai_endpoint_key_from_env_never_written(tmp_path, endpoint, monkeypatch):

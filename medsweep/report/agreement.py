@@ -1,6 +1,6 @@
 """How far the quality metrics agree on which configuration is better: Spearman's rank correlation, across
 configurations, between every pair of answer-quality metrics the runs have (metrics.QUALITY: EM, F1, BLEU, ROUGE,
-the semantic similarity, the PubMedQA decision scores, and any LLM-judge score a record holds as ``judge_*``). A
+the semantic similarity, the PubMedQA decision scores and the LLM judge's scores and win rate). A
 configuration is the mean of its complete runs (its seeds); a pair is shown only where at least MIN_CONFIGS
 configurations have both metrics, fewer ranks say nothing.
 """
@@ -16,7 +16,6 @@ from medsweep import metrics as registry
 from medsweep.report.collect import complete, config_axes
 
 MIN_CONFIGS = 3
-JUDGE_PREFIX = "judge_"
 HEADING = "Agreement between metrics"
 NOTE = (f"Spearman rank correlation across configurations (each the mean of its seeds) between every pair of quality "
         f"metrics that at least {MIN_CONFIGS} configurations have; ρ = 1: the two rank the configurations alike, "
@@ -24,10 +23,9 @@ NOTE = (f"Spearman rank correlation across configurations (each the mean of its 
 
 
 def quality_columns(df: pd.DataFrame) -> list[str]:
-    """The quality metrics measured in ``df``: the registry's, then the ``judge_*`` columns, in name order."""
+    """The quality metrics measured in ``df``, in the registry's order."""
     measured = [c for c in df.columns if isinstance(c, str) and pd.to_numeric(df[c], errors="coerce").notna().any()]
-    return ([c for c in registry.QUALITY if c in measured]
-            + sorted(c for c in measured if c.startswith(JUDGE_PREFIX)))
+    return [c for c in registry.QUALITY if c in measured]
 
 
 def metric_agreement(df: pd.DataFrame, min_configs: int = MIN_CONFIGS) -> pd.DataFrame:
