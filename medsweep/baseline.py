@@ -49,9 +49,9 @@ MANIFEST = "manifest.json"  # written last
 # The modules whose code computes the result: an edit to any of them invalidates every entry.
 CODE = (evaluate, generation, metrics, prompts, kernels, models, hardware, cache)
 # ModelConfig fields that do not change the base model's answers: where the cache lives, what the memory estimate
-# and LoRA read.
+# and LoRA read; and load_in_4bit, whose outcome on this hardware (quantized or not) is in the key instead.
 MODEL_NOT_IN_KEY = {"cache_dir", "lora_target_modules", "params_b", "hidden_size", "num_layers", "vocab_size",
-                    "kv_width", "tie_word_embeddings", "context_length"}
+                    "kv_width", "tie_word_embeddings", "context_length", "load_in_4bit"}
 _FILE_HASH_LIMIT = 1 << 20  # model files up to this size are hashed whole; larger ones by size and mtime
 
 
