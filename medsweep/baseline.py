@@ -239,11 +239,12 @@ def _store(entry: Path, manifest: dict[str, Any], result: dict[str, Any], rows: 
     tmp: Path | None = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp"))
+        # redacted as the run directory's copies are (record.atomic_write_jsonl): no secret reaches the cache either
         texts = {FILES[0]: json.dumps(result, indent=2, allow_nan=True) + "\n",
-                 FILES[1]: "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)}
+                 FILES[1]: "".join(json.dumps(record.redact(r), ensure_ascii=False, default=str) + "\n" for r in rows)}
         for name, text in texts.items():
             _write(tmp / name, text.encode("utf-8"))
-        manifest = {**manifest, "files": {name: _sha256(tmp / name) for name in FILES}}
+        manifest = {**record.redact(manifest), "files": {name: _sha256(tmp / name) for name in FILES}}
         _write(tmp / MANIFEST, (json.dumps(manifest, indent=2, default=str) + "\n").encode("utf-8"))
         os.chmod(tmp, 0o777 & ~record._umask())  # mkdtemp makes 0700; the entry is for every job of the site
         if entry.exists():  # damaged (the caller read it): moved aside in one rename, then removed
