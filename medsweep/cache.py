@@ -42,20 +42,30 @@ def tokenize_cached(records: list[dict[str, Any]], tokenizer, style: PromptStyle
 
 def key(records: list[dict[str, Any]], tokenizer, style: PromptStyle, max_seq_length: int) -> str:
     digest = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
     parts = {
         "version": VERSION,
         "max_seq_length": max_seq_length,
         "prompt": [style.instruction, style.format, style.system_prompt],
-        "tokenizer": [type(tokenizer).__name__, tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token,
-                      tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer)],
+        "tokenizer": tokenizer_fingerprint(tokenizer),
     }
     digest.update(json.dumps(parts, sort_keys=True, default=str).encode())
-    # the whole tokenizer (vocabulary, merges, normalizer, pre-tokenizer, post-processor): ~50 ms for 49k tokens
-    digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
     for rec in records:  # only what prompts.render reads
         digest.update(json.dumps([rec.get("question"), rec.get("context"), rec.get("answer")]).encode())
     return digest.hexdigest()[:32]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides what `tokenizer` makes of a text and of a chat: its class, special tokens,
+    chat template and the whole serialized tokenizer (vocabulary, merges, normalizer, pre-tokenizer,
+    post-processor: ~50 ms for 49k tokens). The tokenized-set cache and the baseline cache (baseline.py) key on it."""
+    digest = hashlib.sha256()
+    special = [type(tokenizer).__name__, tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token,
+               tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token, tokenizer.pad_token_id,
+               len(tokenizer)]
+    digest.update(json.dumps(special, default=str).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
+    return digest.hexdigest()
 
 
 def _load(entry: Path):

@@ -194,6 +194,9 @@ class EvalConfig:
     top_p: float = 0.9  # nucleus sampling (decoding=sample)
     num_examples: int | None = None  # generate for this many held-out pairs (null: all of train.eval_split)
     baseline: bool = False  # also evaluate the base model before fine-tuning, record both and the deltas
+    # reuse the base model's evaluation from model.cache_dir/baseline when a job already made it on the same inputs
+    # (model, precision, questions, prompt, decoding, code: medsweep/baseline.py); false: always evaluate it
+    cache_baseline: bool = True
     perplexity: bool = True  # perplexity of the reference answers under the model
     every_epoch: bool = False  # also evaluate after each epoch (metric-vs-epoch figures)
     # also score `semantic`: embedding cosine of answer and reference (medsweep/semantic.py; the optional package

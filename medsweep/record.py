@@ -36,6 +36,7 @@ NON_IDENTITY_KEYS = {
     "site",
     "model.cache_dir",
     "train.cache_tokenized",
+    "eval.cache_baseline",
     "profile.time_limit_min",
     "profile.partition",
     "profile.memory_gb",

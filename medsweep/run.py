@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ try:
     from omegaconf import DictConfig, OmegaConf
 
     from medsweep import (
+        baseline,
         cache,
         data,
         distributed,
@@ -174,8 +176,9 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, hw: hardware.Hardware, re
     rec.model["load_time_s"] = time.perf_counter() - t0
 
     if cfg.eval.baseline and main:  # the other ranks wait for rank 0 when the Trainer joins the process group
-        log.info("baseline: evaluating the base model on %d held-out questions", len(eval_records))
-        rec.baseline, baseline_rows = evaluate(model, tokenizer, eval_records, cfg, hw)
+        rec.baseline, baseline_rows, source = baseline.cached_baseline(model, tokenizer, eval_records, cfg, hw,
+                                                                       run_dir)
+        rec.baseline_source = asdict(source)
         record.atomic_write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_rows)
         tracker.log_eval(rec.baseline, "baseline", step=0)
         tracker.log_predictions(baseline_rows, "predictions_baseline")

@@ -50,6 +50,9 @@ class RunRecord:
     metrics: dict[str, float] | None = None  # the fine-tuned model's (metrics.METRICS)
     baseline: dict[str, float] | None = None  # the base model's, when eval.baseline
     delta: dict[str, float] | None = None  # metrics - baseline
+    # baseline.BaselineSource: computed here or reused from the cache (then its latencies are the computing run's);
+    # absent in records written before the cache and without eval.baseline
+    baseline_source: dict[str, Any] | None = None
     epochs: list[dict[str, Any]] = field(default_factory=list)  # eval.every_epoch: {epoch, step, metrics}
     error: str | None = None
     model: dict[str, Any] | None = None  # models.load_model's info, load time, trainable parameters

@@ -64,11 +64,11 @@ def test_the_hash_is_sha256_of_the_identity_keys(compose):
     body = OmegaConf.to_container(cfg, resolve=True)
     for key in ("logger", "output_root", "sweep_name", "resume", "plan", "detach", "site", "judge"):
         del body[key]
-    for group, key in [("model", "cache_dir"), ("train", "cache_tokenized"), ("profile", "time_limit_min"),
-                       ("profile", "partition"), ("profile", "memory_gb"), ("profile", "constraint"),
-                       ("profile", "dataloader_workers"), ("model", "kv_width"), ("model", "tie_word_embeddings"),
-                       ("profile", "parallel"), ("profile", "processes"), ("train", "fast_kernels"),
-                       ("eval", "semantic")]:
+    for group, key in [("model", "cache_dir"), ("train", "cache_tokenized"), ("eval", "cache_baseline"),
+                       ("profile", "time_limit_min"), ("profile", "partition"), ("profile", "memory_gb"),
+                       ("profile", "constraint"), ("profile", "dataloader_workers"), ("model", "kv_width"),
+                       ("model", "tie_word_embeddings"), ("profile", "parallel"), ("profile", "processes"),
+                       ("train", "fast_kernels"), ("eval", "semantic")]:
         del body[group][key]
     body["model"]["dtype"] = "auto"
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
@@ -79,9 +79,9 @@ def test_the_hash_is_sha256_of_the_identity_keys(compose):
     "output_root=/elsewhere", "sweep_name=other", "resume=false", "plan=true", "detach=true", "logger=wandb",
     "judge=local", "judge.max_new_tokens=64",
     "site.partition=gpu", "site.account=lab", "site.qos=high", "site.max_parallel=2", "site.mfu_assumed=0.5",
-    "model.cache_dir=/tmp/cache", "train.cache_tokenized=false", "profile.time_limit_min=5", "profile.partition=short",
-    "profile.memory_gb=3", "profile.constraint=ib", "profile.dataloader_workers=1", "model.kv_width=64",
-    "model.tie_word_embeddings=false",
+    "model.cache_dir=/tmp/cache", "train.cache_tokenized=false", "eval.cache_baseline=false",
+    "profile.time_limit_min=5", "profile.partition=short", "profile.memory_gb=3", "profile.constraint=ib",
+    "profile.dataloader_workers=1", "model.kv_width=64", "model.tie_word_embeddings=false",
 ])
 def test_a_non_identity_key_keeps_the_id(compose, override):
     assert run_id(compose(["experiment=smoke", override])) == SMOKE_ID
