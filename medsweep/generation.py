@@ -57,7 +57,8 @@ def _by_length(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
 def next_token_probs(model, tokenizer, prompts: list[list[int]], hw: Hardware, batch_size: int):
     """The next-token probabilities after each prompt (a float32 tensor, prompts x vocabulary, on the CPU), one
     forward pass per batch of left-padded prompts. Positions count from each prompt's first real token, so that a
-    prompt gets the same distribution alone or padded in a batch. Grad mode and eval mode are the caller's."""
+    prompt gets the same distribution alone or padded in a batch (rotary models would not notice the shift that
+    padding makes; models with learned absolute positions, GPT-2, would). Grad mode and eval mode are the caller's."""
     import torch
 
     out = torch.empty(len(prompts), 0)

@@ -425,6 +425,17 @@ def test_batched_scores_equal_one_at_a_time(tiny_llama, smol_tokenizer):
     for b, s in zip(batched, single, strict=True):
         assert (b.correct, b.complete, b.safe) == pytest.approx((s.correct, s.complete, s.safe), abs=1e-4)
         assert b.argmax == s.argmax
+    # the whole next-token distribution, not only the (near uniform, for a random model) mean of the digits
+    import torch
+
+    from medsweep.generation import next_token_probs
+    from medsweep.hardware import Hardware
+
+    hw = Hardware(device="cpu", precision="fp32", threads=1)
+    prompts = [smol_tokenizer.encode(f"Question {'long ' * n}?") for n in (1, 9, 30)]
+    together = next_token_probs(tiny_llama, smol_tokenizer, prompts, hw, batch_size=3)
+    alone = torch.cat([next_token_probs(tiny_llama, smol_tokenizer, [p], hw, batch_size=1) for p in prompts])
+    assert torch.allclose(together.log(), alone.log(), atol=1e-4)
 
 
 class LetterModel:
