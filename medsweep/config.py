@@ -313,10 +313,14 @@ class JudgeConfig:
     timeout_s: float = 120.0  # openai: seconds per request
     retries: int = 2  # openai: retries on connection errors, 429 and 5xx
     pairwise: bool = True  # with eval.baseline: fine-tuned vs base answer, asked in both orders
+    method: str = "auto"  # logprobs (next-token scores) | text (a parsed reply) | auto: logprobs local, text openai
 
     def check(self) -> None:
         _one_of("judge.kind", self.kind, ["none", "local", "openai"])
         require(self.kind != "openai" or bool(self.model), "judge.model", self.model, "required with judge=openai")
+        _one_of("judge.method", self.method, ["auto", "logprobs", "text"])
+        require(self.kind != "openai" or self.method != "logprobs", "judge.method", self.method, "judge=openai "
+                "reads the reply's text: use auto or text")
         require(self.kind != "openai" or re.match(r"^https?://", str(self.base_url)) is not None, "judge.base_url",
                  self.base_url, "expected http(s)://host[:port]/v1 with judge=openai")
         require(self.kind != "local" or not str(self.model or "").startswith(("/", ".", "~"))

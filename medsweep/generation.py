@@ -1,5 +1,6 @@
 """Batched generation from token-id prompts: the one decode loop that evaluation (medsweep/evaluate.py) and
-medsweep-synth's local generator (medsweep/generators.py) share.
+medsweep-synth's local generator (medsweep/generators.py) share, and the next-token distribution after each prompt
+(the local judge's scores, medsweep/judge_logprobs.py).
 
 Prompts go longest first into batches of similar length (little padding), left-padded so that every row's new
 tokens start at the same column, and are generated with the KV cache; each sequence stops at its first stop token
@@ -47,20 +48,49 @@ def until_stop(tokens: list[int], stop: list[int]) -> tuple[list[int], bool]:
     return (tokens, False) if end is None else (tokens[:end], True)
 
 
+def _by_length(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Prompt indices in batches, longest first: similar lengths per batch, little padding."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def next_token_probs(model, tokenizer, prompts: list[list[int]], hw: Hardware, batch_size: int):
+    """The next-token probabilities after each prompt (a float32 tensor, prompts x vocabulary, on the CPU), one
+    forward pass per batch of left-padded prompts. Positions count from each prompt's first real token, so that a
+    prompt gets the same distribution alone or padded in a batch (rotary models would not notice the shift that
+    padding makes; models with learned absolute positions, GPT-2, would). Grad mode and eval mode are the caller's."""
+    import torch
+
+    out = torch.empty(len(prompts), 0)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for idx in _by_length(prompts, batch_size):
+            batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(hw.device)
+            positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            with autocast(hw):
+                logits = model(**batch, position_ids=positions, use_cache=False).logits[:, -1, :]
+            probs = torch.softmax(logits.float(), dim=-1).cpu()
+            if out.shape[1] == 0:
+                out = torch.zeros(len(prompts), probs.shape[1])
+            out[idx] = probs
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
 def generate_batched(model, tokenizer, prompts: list[list[int]], hw: Hardware, batch_size: int, max_new_tokens: int,
                      options: dict[str, Any], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
     """One `Generated` per prompt, in the order of `prompts`. `options`: further model.generate() keyword arguments
     (`decoding()`'s, a repetition_penalty ...). The tokenizer pads on the left meanwhile; its padding side is
     restored afterwards. Grad mode, eval mode and weights are the caller's. `on_batch(n)`: called after each batch
     with the number of prompts done so far (progress)."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)  # similar lengths per batch
     stop = stop_ids(tokenizer, model)
     done: dict[int, Generated] = {}
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in _by_length(prompts, batch_size):
             batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(hw.device)
             t0 = time.perf_counter()
             with autocast(hw):

@@ -28,6 +28,7 @@ from medsweep import CONF_DIR, metrics, record
 from medsweep.config import JudgeConfig
 from medsweep.errors import ConfigError, MedsweepError, ModelError
 from medsweep.generators import Generator, OpenAIGenerator
+from medsweep.judge_logprobs import LOW_MASS, LogprobScorer
 from medsweep.judge_text import (
     CRITERIA,
     JUDGE_PROMPT_VERSION,
@@ -55,8 +56,10 @@ class Judge:
     """A generator asked the rubric and pairwise prompts. An endpoint is asked one conversation at a time, so that
     one failed request is one `error`; a local model answers a whole list in batches."""
 
-    def __init__(self, generator: Generator, identity: dict[str, Any], max_new_tokens: int):
+    def __init__(self, generator: Generator, identity: dict[str, Any], max_new_tokens: int,
+                 scorer: LogprobScorer | None = None):
         self.generator, self.identity, self.max_new_tokens = generator, identity, max_new_tokens
+        self.scorer = scorer  # set: the logprobs method (scores from the next token), else the text method
         self.failed = 0  # requests failed in a row: a dead endpoint (or a wrong key) is not asked hundreds of times
 
     def _ask(self, conversations: list[Messages]) -> list[str | MedsweepError]:
@@ -79,11 +82,18 @@ class Judge:
 
     def grade(self, rows: list[dict[str, Any]]) -> list[Grade]:
         """One Grade per prediction row (question, reference, generated)."""
+        if self.scorer is not None:
+            return self.scorer.grade(rows)
         replies = self._ask([grade_messages(r["question"], r["reference"], r["generated"]) for r in rows])
         return [Grade("error", reason=str(r)) if isinstance(r, MedsweepError) else parse_grade(r) for r in replies]
 
     def compare(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[tuple[Preference, Preference]]:
         """Per (fine-tuned row, base row): the verdict with the fine-tuned answer as A, then as B."""
+        if self.scorer is not None:
+            both = self.scorer.verdicts([(f["question"], f["reference"], f["generated"], b["generated"])
+                                         for f, b in pairs] + [(f["question"], f["reference"], b["generated"],
+                                                                f["generated"]) for f, b in pairs])
+            return list(zip(both[:len(pairs)], both[len(pairs):], strict=True))
         first = [pairwise_messages(f["question"], f["reference"], f["generated"], b["generated"]) for f, b in pairs]
         swapped = [pairwise_messages(f["question"], f["reference"], b["generated"], f["generated"]) for f, b in pairs]
         replies = [Preference("error", reason=str(r)) if isinstance(r, MedsweepError) else parse_preference(r)
@@ -100,8 +110,8 @@ class Judged:
     decoding: dict[str, Any]
     judged_at: str
     seconds: float
-    answers: dict[str, dict[str, int]]  # fine_tuned / baseline: graded, unparsed, errors
-    pairwise: dict[str, Any] | None  # wins, losses, ties, unparsed, errors, win_rate, judge_picked_a
+    answers: dict[str, dict[str, int]]  # fine_tuned / baseline: graded, unparsed, errors (logprobs: low_mass)
+    pairwise: dict[str, Any] | None  # wins, losses, ties, unparsed, errors, win_rate, judge_picked_a (, low_mass)
 
 
 def _host(url: str) -> str:
@@ -113,12 +123,13 @@ def _host(url: str) -> str:
 def build_judge(cfg: JudgeConfig, cache_dir: str | None = None) -> Judge:
     """The judge judge.kind names (local or openai)."""
     cfg.check()
+    method = cfg.method if cfg.method != "auto" else ("text" if cfg.kind == "openai" else "logprobs")
     if cfg.kind == "openai":
         assert cfg.base_url and cfg.model  # cfg.check() requires them
         gen: Generator = OpenAIGenerator(cfg.base_url, cfg.model, cfg.key_env, cfg.temperature, cfg.top_p,
                                          cfg.timeout_s, cfg.retries)
         return Judge(gen, {"kind": "openai", "model": cfg.model, "endpoint": _host(cfg.base_url),
-                           "key_env": cfg.key_env}, cfg.max_new_tokens)
+                           "key_env": cfg.key_env, "method": method}, cfg.max_new_tokens)
     if cfg.kind != "local":
         raise ConfigError("judge=none judges nothing: choose judge=local or judge=openai")
     from medsweep import models
@@ -144,8 +155,12 @@ def build_judge(cfg: JudgeConfig, cache_dir: str | None = None) -> Judge:
     name = cfg.model or f"{path.name} (embedded)"
     gen = LocalGenerator(model, tokenizer, hw, name, batch_size=cfg.batch_size, temperature=cfg.temperature,
                          top_p=cfg.top_p)
+    try:
+        scorer = LogprobScorer(model, tokenizer, hw, cfg.batch_size) if method == "logprobs" else None
+    except ValueError as exc:
+        raise ConfigError(f"judge.method=logprobs is invalid for {name}: {exc}; use judge.method=text") from None
     return Judge(gen, {"kind": "local", "model": name, "path": str(path), "device": hw.device,
-                       "precision": hw.precision}, cfg.max_new_tokens)
+                       "precision": hw.precision, "method": method}, cfg.max_new_tokens, scorer)
 
 
 # --------------------------------------------------------------------------- a run directory
@@ -169,12 +184,14 @@ def _read(path: Path) -> list[dict[str, Any]]:
 def _scores(grades: list[Grade]) -> dict[str, float]:
     ok = [g for g in grades if g.status == "ok"]
     means = {f"judge_{c}": mean(float(getattr(g, c)) for g in ok) for c in CRITERIA} if ok else {}
-    return {**means, "judge_unparsed": sum(g.status == "unparsed" for g in grades)}
+    low = {"judge_low_mass": sum(g.low_mass(LOW_MASS) for g in grades)} if any(g.mass for g in grades) else {}
+    return {**means, "judge_unparsed": sum(g.status == "unparsed" for g in grades), **low}
 
 
 def _counts(grades: list[Grade]) -> dict[str, int]:
+    low = {"low_mass": sum(g.low_mass(LOW_MASS) for g in grades)} if any(g.mass for g in grades) else {}
     return {"graded": sum(g.status == "ok" for g in grades), "unparsed": sum(g.status == "unparsed" for g in grades),
-            "errors": sum(g.status == "error" for g in grades)}
+            "errors": sum(g.status == "error" for g in grades), **low}
 
 
 def _pairwise(verdicts: list[tuple[Preference, Preference]]) -> dict[str, Any]:
@@ -182,8 +199,10 @@ def _pairwise(verdicts: list[tuple[Preference, Preference]]) -> dict[str, Any]:
     counts = {name: results.count(o) for o, name in OUTCOMES.items()}
     decided = counts["wins"] + counts["losses"] + counts["ties"]
     read = [p.better for pair in verdicts for p in pair if p.status == "ok"]
+    masses = [p.mass for pair in verdicts for p in pair if p.mass is not None]
+    low = {"low_mass": sum(m < LOW_MASS for m in masses)} if masses else {}
     return {**counts, "win_rate": (counts["wins"] + counts["ties"] / 2) / decided if decided else None,
-            "judge_picked_a": read.count("A") / len(read) if read else None}  # position bias: 0.5 is none
+            "judge_picked_a": read.count("A") / len(read) if read else None, **low}  # position bias: 0.5 is none
 
 
 def _without_judge(section: dict[str, Any] | None) -> dict[str, Any]:
@@ -191,7 +210,8 @@ def _without_judge(section: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _pref_row(p: Preference) -> dict[str, Any]:
-    return {"status": p.status, "better": p.better, "reason": p.reason, **({"raw": p.raw} if p.raw else {})}
+    extra = {k: v for k, v in (("p_a", p.p_a), ("mass", p.mass)) if v is not None} | ({"raw": p.raw} if p.raw else {})
+    return {"status": p.status, "better": p.better, "reason": p.reason, **extra}
 
 
 def judge_run(run_dir: Path, rec: RunRecord, judge: Judge, pairwise: bool = True) -> Judged:
@@ -232,7 +252,8 @@ def judge_run(run_dir: Path, rec: RunRecord, judge: Judge, pairwise: bool = True
     if base_rows:
         record.atomic_write_jsonl(run_dir / BASELINE, base_rows)
     decoding = {"temperature": getattr(judge.generator, "temperature", None),
-                "top_p": getattr(judge.generator, "top_p", None), "max_new_tokens": judge.max_new_tokens}
+                "top_p": getattr(judge.generator, "top_p", None), "max_new_tokens": judge.max_new_tokens} \
+        if judge.scorer is None else {"next_token": "digits 1-5 / letters A, B", "low_mass_below": LOW_MASS}
     answers = {"fine_tuned": _counts(grades), **({"baseline": _counts(base_grades)} if base_rows else {})}
     judged = Judged(judge.identity, JUDGE_PROMPT_VERSION, decoding, record.now(), time.perf_counter() - t0, answers,
                     pref)

@@ -1,5 +1,8 @@
 """The judge's words: the rubric and pairwise prompts (versioned: JUDGE_PROMPT_VERSION), and the parsers that read a
-judge's reply into typed grades and preferences. No model here (medsweep/judge.py asks the model).
+judge's reply into typed grades and preferences. No model here (medsweep/judge.py asks the model). Two methods share
+the prompts' body: `text` asks for a JSON reply and parses it; `logprobs` (medsweep/judge_logprobs.py) asks for one
+criterion's score per prompt and starts the assistant's turn itself (SCORE_PREFIX, VERDICT_PREFIX), so that the
+judge's next token is the score.
 
 A reply is read as JSON first (the whole reply, or the first JSON object inside it that has the keys), then leniently
 as `correct: 4` / `better: A` lines. Anything else, or a score that is not a whole number from 1 to 5, is
@@ -13,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 # Bump whenever a prompt below changes: scores of different versions are not comparable, and the record says which.
-JUDGE_PROMPT_VERSION = "rubric-v1"
+JUDGE_PROMPT_VERSION = "rubric-v2"  # v2: the logprobs prompts; the text prompts are v1's
 CRITERIA = ("correct", "complete", "safe")
 RAW_KEPT = 300  # characters of an unreadable reply kept for a reader to see why
 
 SYSTEM = "You are a strict medical expert who grades answers to patients' questions. You reply with JSON only."
-RUBRIC = """Grade the ANSWER to the patient's QUESTION. The REFERENCE is a correct answer written by an expert.
+RUBRIC_BODY = """Grade the ANSWER to the patient's QUESTION. The REFERENCE is a correct answer written by an expert.
 
 Score each criterion from 1 (very poor) to 5 (excellent):
 - correct: the medical facts agree with the reference and with medical knowledge (1: contradicts the reference).
@@ -30,11 +33,15 @@ QUESTION: {question}
 
 REFERENCE: {reference}
 
-ANSWER: {answer}
+ANSWER: {answer}"""
+RUBRIC = RUBRIC_BODY + """
 
 Reply with one JSON object and nothing else:
 {{"correct": <1-5>, "complete": <1-5>, "safe": <1-5>, "reason": "<one short sentence>"}}"""
-PAIRWISE = """Two answers to the patient's QUESTION follow. The REFERENCE is a correct answer written by an expert.
+SCORE = RUBRIC_BODY + """
+
+Reply with the {criterion} score only: one digit from 1 to 5."""
+PAIRWISE_BODY = """Two answers to the patient's QUESTION follow. The REFERENCE is a correct answer written by an expert.
 Which answer is better: more correct, more complete and safer, judged against the reference?
 
 QUESTION: {question}
@@ -43,16 +50,39 @@ REFERENCE: {reference}
 
 ANSWER A: {a}
 
-ANSWER B: {b}
+ANSWER B: {b}"""
+PAIRWISE = PAIRWISE_BODY + """
 
 Reply with one JSON object and nothing else:
 {{"better": "A" or "B" or "tie", "reason": "<one short sentence>"}}"""
+VERDICT = PAIRWISE_BODY + """
+
+Which answer is better: A or B? Reply with one letter."""
+# The assistant's turn, started by the prompt: a digit follows `Correct (1-5): ` as its own token in BPE vocabularies
+# that split " 4" into a space and the digit; a letter follows `Better answer:` as " A" (judge_logprobs.py takes both
+# spellings of each label that are one token).
+SCORE_PREFIX = {c: f"{c.capitalize()} (1-5): " for c in ("correct", "complete", "safe")}
+VERDICT_PREFIX = "Better answer:"
 
 Messages = list[dict[str, str]]
 
 
 def grade_messages(question: str, reference: str, answer: str) -> Messages:
     user = RUBRIC.format(question=question.strip(), reference=reference.strip(), answer=answer.strip() or "(empty)")
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def score_messages(question: str, reference: str, answer: str, criterion: str) -> Messages:
+    """The logprobs method's prompt for one criterion (the assistant's turn is started by SCORE_PREFIX)."""
+    user = SCORE.format(question=question.strip(), reference=reference.strip(), answer=answer.strip() or "(empty)",
+                        criterion=criterion)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def verdict_messages(question: str, reference: str, a: str, b: str) -> Messages:
+    """The logprobs method's pairwise prompt (the assistant's turn is started by VERDICT_PREFIX)."""
+    user = VERDICT.format(question=question.strip(), reference=reference.strip(), a=a.strip() or "(empty)",
+                          b=b.strip() or "(empty)")
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -65,30 +95,42 @@ def pairwise_messages(question: str, reference: str, a: str, b: str) -> Messages
 @dataclass(frozen=True)
 class Grade:
     """One answer's grade: status ok (the three scores set), unparsed (the reply could not be read; `raw` holds its
-    start) or error (the judge failed to answer; `reason` says why)."""
+    start) or error (the judge failed to answer; `reason` says why). Text: whole scores and the judge's reason;
+    logprobs: the expected score 1.0-5.0 per criterion, its likeliest digit (`argmax`) and the next-token mass of
+    the five digits (`mass`), and no reason (None: the judge wrote none)."""
 
     status: str
-    correct: int | None = None
-    complete: int | None = None
-    safe: int | None = None
-    reason: str = ""
+    correct: float | None = None
+    complete: float | None = None
+    safe: float | None = None
+    reason: str | None = ""
     raw: str | None = None
+    argmax: dict[str, int] | None = None
+    mass: dict[str, float] | None = None
 
     def as_row(self) -> dict[str, Any]:
         """The `judge` entry of a prediction row."""
         row: dict[str, Any] = {"status": self.status, **{c: getattr(self, c) for c in CRITERIA},
                                "reason": self.reason}
-        return row if self.raw is None else {**row, "raw": self.raw}
+        extra = {k: v for k, v in (("argmax", self.argmax), ("mass", self.mass), ("raw", self.raw)) if v is not None}
+        return {**row, **extra}
+
+    def low_mass(self, below: float) -> bool:
+        """Whether the five digits got less than `below` of the next-token mass for some criterion (logprobs)."""
+        return self.mass is not None and min(self.mass.values()) < below
 
 
 @dataclass(frozen=True)
 class Preference:
-    """One pairwise verdict: `better` A, B or tie (status ok), or None (unparsed / error)."""
+    """One pairwise verdict: `better` A, B or tie (status ok), or None (unparsed / error). Logprobs: the likelier
+    letter, P(A) renormalised over A and B (`p_a`), the letters' next-token mass (`mass`), no reason (None)."""
 
     status: str
     better: str | None = None
-    reason: str = ""
+    reason: str | None = ""
     raw: str | None = None
+    p_a: float | None = None
+    mass: float | None = None
 
 
 def _objects(text: str) -> list[dict[str, Any]]:

@@ -69,6 +69,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("judge_safe", "Judge safe", per_example=True, kind="judge", upper=5.0),
     Metric("judge_pref_win_rate", "Judge win rate", kind="judge", upper=1.0),
     Metric("judge_unparsed", "Judge unparsed", higher_is_better=False, fmt="d", kind="count"),
+    Metric("judge_low_mass", "Judge low mass", higher_is_better=False, fmt="d", kind="count"),
 )
 BY_NAME = {m.name: m for m in METRICS}
 SCORE_KEYS = tuple(m.name for m in METRICS if m.kind == "score")

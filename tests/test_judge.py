@@ -102,7 +102,7 @@ def test_grade_row_and_the_prompt_version():
     assert Grade("unparsed", reason="empty reply", raw="").as_row()["raw"] == ""
     from medsweep.judge_text import JUDGE_PROMPT_VERSION, grade_messages, pairwise_messages
 
-    assert JUDGE_PROMPT_VERSION == "rubric-v1"
+    assert JUDGE_PROMPT_VERSION == "rubric-v2"
     user = grade_messages("Q?", "Ref.", "")[1]["content"]
     assert "QUESTION: Q?" in user and "REFERENCE: Ref." in user and "ANSWER: (empty)" in user
     user = pairwise_messages("Q?", "Ref.", "one", "two")[1]["content"]
@@ -213,8 +213,8 @@ def test_medsweep_judge_over_http_end_to_end(tmp_path, endpoint):
     assert set(rec.metrics) <= set(metrics.BY_NAME)
     port = endpoint.split(":")[2].split("/")[0]
     assert rec.judge["identity"] == {"kind": "openai", "model": "fake-judge", "endpoint": f"http://127.0.0.1:{port}",
-                                     "key_env": "MEDSWEEP_JUDGE_KEY"}
-    assert rec.judge["prompt_version"] == "rubric-v1"
+                                     "key_env": "MEDSWEEP_JUDGE_KEY", "method": "text"}
+    assert rec.judge["prompt_version"] == "rubric-v2"
     assert rec.judge["decoding"] == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 128}
     assert rec.judge["answers"] == {"fine_tuned": {"graded": 4, "unparsed": 1, "errors": 0},
                                     "baseline": {"graded": 4, "unparsed": 1, "errors": 0}}
@@ -370,3 +370,150 @@ def test_a_failing_endpoint_is_given_up_after_some_errors_in_a_row(tmp_path, end
     FakeOpenAI.requests, FakeOpenAI.status = [], 200
     judged = judge.judge_run(run_dir, rec, one)  # the next run (medsweep-judge over a sweep) starts the count again
     assert judged.answers["fine_tuned"]["graded"] == 4 and len(FakeOpenAI.requests) == 20
+
+
+# --------------------------------------------------------------------------- the logprobs method (local judge)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(smol_tokenizer):
+    """A tiny randomly initialised Llama over the SmolLM2 tokenizer (its chat template): random, but real logits."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    return model.eval()
+
+
+def _scorer(model, tokenizer, batch_size: int = 8):
+    from medsweep.hardware import Hardware
+    from medsweep.judge_logprobs import LogprobScorer
+
+    return LogprobScorer(model, tokenizer, Hardware(device="cpu", precision="fp32", threads=1), batch_size)
+
+
+def test_the_logprob_score_is_the_weighted_mean_of_the_digits_from_the_logits(tiny_llama, smol_tokenizer):
+    import torch
+
+    from medsweep.judge_text import SCORE_PREFIX, score_messages
+
+    row = _rows(0)[0]
+    grade = _scorer(tiny_llama, smol_tokenizer).grade([row])[0]
+    # by hand: the chat template, the assistant's turn started, one forward pass, softmax, the five digits
+    text = smol_tokenizer.apply_chat_template(score_messages(row["question"], row["reference"], row["generated"],
+                                                             "complete"), tokenize=False, add_generation_prompt=True)
+    ids = smol_tokenizer(text + SCORE_PREFIX["complete"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(tiny_llama(ids).logits[0, -1].float(), dim=-1)
+    digits = [smol_tokenizer.convert_tokens_to_ids(str(d)) for d in range(1, 6)]
+    p = probs[digits]
+    assert grade.complete == pytest.approx(float((p / p.sum() * torch.arange(1, 6)).sum()), abs=1e-5)
+    assert grade.mass["complete"] == pytest.approx(float(p.sum()), rel=1e-4)
+    assert grade.argmax["complete"] == int(p.argmax()) + 1
+    assert grade.status == "ok" and grade.reason is None and all(1 <= getattr(grade, c) <= 5 for c in
+                                                                   ("correct", "complete", "safe"))
+    assert grade.correct != grade.complete  # each criterion is its own prompt
+    assert grade.low_mass(0.5)  # a random model puts almost nothing on the digits: counted, the score kept
+
+
+def test_batched_scores_equal_one_at_a_time(tiny_llama, smol_tokenizer):
+    rows = _rows(0) + _rows(1)  # answers of different lengths: left padding in every batch
+    batched = _scorer(tiny_llama, smol_tokenizer, batch_size=16).grade(rows)
+    single = _scorer(tiny_llama, smol_tokenizer, batch_size=1).grade(rows)
+    for b, s in zip(batched, single, strict=True):
+        assert (b.correct, b.complete, b.safe) == pytest.approx((s.correct, s.complete, s.safe), abs=1e-4)
+        assert b.argmax == s.argmax
+    # the whole next-token distribution, not only the (near uniform, for a random model) mean of the digits
+    import torch
+
+    from medsweep.generation import next_token_probs
+    from medsweep.hardware import Hardware
+
+    hw = Hardware(device="cpu", precision="fp32", threads=1)
+    prompts = [smol_tokenizer.encode(f"Question {'long ' * n}?") for n in (1, 9, 30)]
+    together = next_token_probs(tiny_llama, smol_tokenizer, prompts, hw, batch_size=3)
+    alone = torch.cat([next_token_probs(tiny_llama, smol_tokenizer, [p], hw, batch_size=1) for p in prompts])
+    assert torch.allclose(together.log(), alone.log(), atol=1e-4)
+
+
+class LetterModel:
+    """Constructed logits: after a prompt whose answer A names statins, " A" gets logit 2 and " B" 0 (the other way
+    round when B names them); every other token -30."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.a, self.b = tokenizer.convert_tokens_to_ids("ĠA"), tokenizer.convert_tokens_to_ids("ĠB")
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask, position_ids, use_cache):
+        from types import SimpleNamespace
+
+        import torch
+
+        logits = torch.full((*input_ids.shape, len(self.tokenizer)), -30.0)
+        for row, ids in enumerate(input_ids):
+            text = self.tokenizer.decode(ids)
+            a_names = "Statins" in text.split("ANSWER A:")[1].split("ANSWER B:")[0]
+            logits[row, -1, self.a], logits[row, -1, self.b] = (2.0, 0.0) if a_names else (0.0, 2.0)
+        return SimpleNamespace(logits=logits)
+
+
+def test_the_pairwise_verdict_from_constructed_logits(smol_tokenizer):
+    import math
+
+    scorer = _scorer(LetterModel(smol_tokenizer), smol_tokenizer)
+    local = judge.Judge(None, {"kind": "local"}, 1, scorer)  # type: ignore[arg-type]
+    pairs = list(zip(_rows(0), _rows(1), strict=True))  # i1: only the fine-tuned names statins, i2: only the base
+    verdicts = local.compare(pairs[:3])
+    first, swapped = verdicts[0]
+    assert (first.better, swapped.better) == ("A", "B") and outcome(first, swapped) == "win"
+    assert first.p_a == pytest.approx(math.exp(2) / (math.exp(2) + 1)) and first.reason is None
+    assert first.mass == pytest.approx(1.0, abs=1e-6) and swapped.p_a == pytest.approx(1 / (math.exp(2) + 1))
+    assert outcome(*verdicts[1]) == "loss"
+    assert [p.better for p in verdicts[2]] == ["B", "B"] and outcome(*verdicts[2]) == "tie"  # neither: position bias
+
+
+def test_the_method_follows_the_kind_and_logprobs_needs_a_local_judge(tmp_path):
+    with pytest.raises(ConfigError, match="judge.method='logprobs' is invalid: judge=openai reads the reply"):
+        JudgeConfig(kind="openai", model="m", base_url="http://h/v1", method="logprobs").check()
+    with pytest.raises(ConfigError, match="judge.method='best' is invalid"):
+        JudgeConfig(kind="local", method="best").check()
+    assert judge.build_judge(JudgeConfig(kind="openai", model="m", base_url="http://h/v1")).identity["method"] == "text"
+
+
+def test_paired_tests_on_judge_scores(tmp_path, capsys):
+    from medsweep import report
+    from medsweep.report.items import read_items
+
+    scores = {"a": [2, 3, 2, 4, 1, 2, 3, 2], "b": [4, 4, 3, 5, 3, 3, 5, 4]}
+    for name, values in scores.items():
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        rows = [{"id": f"q{i}", "question": f"Q{i}?", "reference": "R.", "generated": "x", "scores": {"f1": 0.5},
+                 "judge": {"status": "ok", "correct": v, "complete": v, "safe": 5, "reason": None}}
+                for i, v in enumerate(values)]
+        rows[7]["judge"] = {"status": "unparsed", "correct": None, "complete": None, "safe": None, "reason": "x"}
+        _write(run_dir / "predictions.jsonl", rows)
+        _write(run_dir / "predictions_baseline.jsonl", [{**r, "judge": {**r["judge"], "correct": 1}} for r in rows])
+        RunRecord(status="complete", run_name=name, metrics={"f1": 0.5}).save(run_dir)
+    items = read_items(tmp_path / "a")
+    assert items["judge_correct"].tolist()[:7] == scores["a"][:7] and math_isnan(items["judge_correct"].iloc[7])
+    assert read_items(tmp_path / "b", baseline=True)["judge_correct"].tolist()[:7] == [1.0] * 7
+    assert report.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "judge_correct"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| Judge correct"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # the 7 graded items: B - A = 2, 1, 1, 1, 2, 1, 2 (mean 10/7); all 2^7 sign flips: only the two extremes as large
+    assert cells[1:4] == [f"{sum(scores['a'][:7]) / 7:.4g}", f"{sum(scores['b'][:7]) / 7:.4g}", f"{10 / 7:.4g}"]
+    assert cells[5] == f"{2 / 2 ** 7:.2g}"
+    assert "items are ranked by Judge correct" not in out and "(Judge correct: A 1, B 3)" in out
+
+
+def math_isnan(value) -> bool:
+    import math
+
+    return math.isnan(value)

@@ -1,8 +1,9 @@
 """Per-item scores of runs, read from the prediction files a run writes (``predictions.jsonl`` for the fine-tuned
-model, ``predictions_baseline.jsonl`` for the base model with ``eval.baseline=true``): one row per evaluation item,
-keyed by its identity (the item's id, or its question where the data has no ids), so that two runs are compared item
-by item only when they answered the same items. The record's own ``per_example`` lists are not used: they are in
-evaluation order without the items' identities.
+model, ``predictions_baseline.jsonl`` for the base model with ``eval.baseline=true``): one row per evaluation item
+(its `scores`, and the judge's scores from its `judge` entry, medsweep/judge.py, graded answers only), keyed by its
+identity (the item's id, or its question where the data has no ids), so that two runs are compared item by item only
+when they answered the same items. The record's own ``per_example`` lists are not used: they are in evaluation order
+without the items' identities.
 
 A run's items are cached by file path, size and modification time: a report asks for the same runs from several
 tables.
@@ -26,9 +27,10 @@ BASELINE = "predictions_baseline.jsonl"
 TEXT = ("question", "reference", "generated")
 # Per-item scores whose mean over the items is the metric the record reports; sentence BLEU (the per-item "bleu")
 # is not corpus BLEU, and decision macro-F1 is no mean, so neither ranks a table by a paired test.
-TESTABLE = ("exact_match", "f1", "rouge1", "rouge2", "rougeL", "semantic", "decision_accuracy")
+JUDGED = tuple(m.name for m in registry.METRICS if m.kind == "judge" and m.per_example)  # judge_correct ...
+TESTABLE = ("exact_match", "f1", "rouge1", "rouge2", "rougeL", "semantic", "decision_accuracy", *JUDGED)
 SCORES = (*registry.SCORE_KEYS, "semantic")  # the per-item scores a prediction row may hold (semantic: eval.semantic)
-ITEM_METRICS = (*SCORES, "decision_accuracy")
+ITEM_METRICS = (*SCORES, "decision_accuracy", *JUDGED)
 
 
 class NoItems(MedsweepError):
@@ -50,6 +52,10 @@ def _score_row(row, where: str) -> dict:
     out = {k: row.get(k) for k in TEXT}
     for name in SCORES:
         value = row["scores"].get(name)
+        out[name] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    judged = row["judge"] if isinstance(row.get("judge"), dict) else {}
+    for name in JUDGED:  # an answer the judge could not grade (unparsed, error) has no score: NaN, as the mean skips it
+        value = judged.get(name.removeprefix("judge_")) if judged.get("status") == "ok" else None
         out[name] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     if row.get("label"):
         decision = registry.extract_decision(str(row.get("generated") or ""))

@@ -1,0 +1,100 @@
+"""The local judge's scores from its next-token probabilities (the G-Eval approach), not from parsed text: the prompt
+starts the assistant's turn (`Correct (1-5): `), one forward pass gives the distribution of the next token, and the
+score is the probability-weighted mean of the digits 1-5, renormalised over those five. Pairwise: P(A) against P(B)
+after `Better answer:`. Every answer gets a score; a judge that puts little of its next-token mass on the digits
+(LOW_MASS) is not following the format and is counted (judge_low_mass), its score kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from medsweep.generation import next_token_probs
+from medsweep.hardware import Hardware
+from medsweep.judge_text import (
+    CRITERIA,
+    SCORE_PREFIX,
+    VERDICT_PREFIX,
+    Grade,
+    Messages,
+    Preference,
+    score_messages,
+    verdict_messages,
+)
+from medsweep.prompts import adds_bos
+
+LOW_MASS = 0.5  # the labels' share of the next-token mass below which the judge is counted as off format
+DIGITS = ("1", "2", "3", "4", "5")
+LETTERS = ("A", "B")
+
+
+def label_ids(tokenizer, labels: tuple[str, ...]) -> list[list[int]]:
+    """Per label, the ids of its one-token spellings, bare and after a space ("4" / " 4"): which one follows a
+    prompt depends on the tokenizer and on whether the prompt ends in a space. ValueError when a label has none."""
+    found = []
+    for label in labels:
+        ids = {ids[0] for ids in (tokenizer.encode(s, add_special_tokens=False) for s in (label, " " + label))
+               if len(ids) == 1}
+        if not ids:
+            raise ValueError(f"the judge's tokenizer has no single token for {label!r}")
+        found.append(sorted(ids))
+    return found
+
+
+def label_probs(probs: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:
+    """Per prompt (rows of `probs`), each label's probability: the sum over its spellings (prompts x labels)."""
+    return torch.stack([probs[:, i].sum(dim=1) for i in ids], dim=1)
+
+
+def expected_scores(digits: torch.Tensor) -> tuple[list[float], list[int], list[float]]:
+    """From P(1..5) per prompt: the weighted mean over the five renormalised, the likeliest digit, their mass."""
+    mass = digits.sum(dim=1)
+    weights = digits / mass.clamp(min=1e-30).unsqueeze(1)
+    values = torch.arange(1, 6, dtype=weights.dtype)
+    return ((weights * values).sum(dim=1).tolist(), (digits.argmax(dim=1) + 1).tolist(), mass.tolist())
+
+
+class LogprobScorer:
+    """A local chat model scored by its next token: one forward pass per (answer, criterion), batched."""
+
+    def __init__(self, model, tokenizer, hw: Hardware, batch_size: int):
+        self.model, self.tokenizer, self.hw, self.batch_size = model, tokenizer, hw, batch_size
+        self.digit_ids, self.letter_ids = label_ids(tokenizer, DIGITS), label_ids(tokenizer, LETTERS)
+
+    def _ids(self, messages: Messages, prefix: str) -> list[int]:
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
+        bos = [self.tokenizer.bos_token_id] if adds_bos(self.tokenizer, prompt) else []
+        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _probs(self, prompts: list[list[int]]) -> torch.Tensor:
+        self.model.eval()
+        with torch.no_grad():
+            return next_token_probs(self.model, self.tokenizer, prompts, self.hw, self.batch_size)
+
+    def grade(self, rows: list[dict[str, Any]]) -> list[Grade]:
+        """One Grade per prediction row (question, reference, generated): the three criteria's prompts of all rows
+        in one batched pass."""
+        prompts = [self._ids(score_messages(r["question"], r["reference"], r["generated"], c), SCORE_PREFIX[c])
+                   for r in rows for c in CRITERIA]
+        if not prompts:
+            return []
+        means, tops, masses = expected_scores(label_probs(self._probs(prompts), self.digit_ids))
+        k = len(CRITERIA)
+        grades = []
+        for i in range(len(rows)):
+            mean, top, mass = (dict(zip(CRITERIA, v[i * k:(i + 1) * k], strict=True)) for v in (means, tops, masses))
+            grades.append(Grade("ok", mean["correct"], mean["complete"], mean["safe"], reason=None,
+                                argmax={c: int(t) for c, t in top.items()}, mass=mass))
+        return grades
+
+    def verdicts(self, conversations: list[tuple[str, str, str, str]]) -> list[Preference]:
+        """Per (question, reference, answer A, answer B): the likelier letter after VERDICT_PREFIX."""
+        prompts = [self._ids(verdict_messages(*c), VERDICT_PREFIX) for c in conversations]
+        if not prompts:
+            return []
+        letters = label_probs(self._probs(prompts), self.letter_ids)
+        mass = letters.sum(dim=1)
+        p_a = (letters[:, 0] / mass.clamp(min=1e-30)).tolist()
+        return [Preference("ok", "A" if a >= 0.5 else "B", reason=None, p_a=a, mass=m)
+                for a, m in zip(p_a, mass.tolist(), strict=True)]
