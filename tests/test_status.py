@@ -419,6 +419,8 @@ def test_reconcile_hands_the_sweeps_jobs_to_the_verdicts(local_sweep, monkeypatc
     assert status.reconcile(str(local_sweep), write=write) == ["verdicts"]  # a str directory too (the report job's)
     assert asked == [(status.load_jobs(local_sweep), write)]
     assert [j["run_dir"] for j in asked[0][0]] == [str(local_sweep.absolute() / f"run{i}") for i in range(6)]
+    status.reconcile(local_sweep)
+    assert asked[1][1] is True  # writing is the default
 
 
 def test_rich_tables_columns_caption_and_row_colours(local_sweep):

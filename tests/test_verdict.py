@@ -184,3 +184,13 @@ def test_the_logs_last_error_line_from_bytes_that_are_no_utf8_cut_to_300_charact
     log_file.write_bytes(b"RuntimeError: " + b"x" * 400 + b"\n")
     assert verdict._last_error(log_file) == "RuntimeError: " + "x" * 286
     assert verdict._last_error(tmp_path / "none.err") == ""
+
+
+def test_only_the_logs_last_64_kib_are_read(tmp_path):
+    log_file = tmp_path / "5_0_log.err"
+    head = b"rror: before the last 64 KiB\n"
+    tail = head + b"x" * (65536 - len(head))
+    log_file.write_bytes(b"E" + tail)  # the last 65,536 bytes begin at "rror", which names no error
+    assert verdict._last_error(log_file) == ""
+    log_file.write_bytes(b"E" + tail[:-1])  # 64 KiB in all: read whole
+    assert verdict._last_error(log_file) == "Error: before the last 64 KiB"
