@@ -49,7 +49,7 @@ TESTS: dict[str, list[str]] = {
     # the sweep's planning and detached submission (issue 16's modules)
     "compose": ["tests/test_compose.py", "tests/test_typedjobs.py"],
     "typedjobs": ["tests/test_typedjobs.py", "tests/test_compose.py", "tests/test_launcher.py"],
-    "submit": ["tests/test_launcher.py", "tests/test_progress.py"],
+    "submit": ["tests/test_submit.py", "tests/test_launcher.py", "tests/test_progress.py"],
     "slurm": ["tests/test_slurm_queries.py", "tests/test_status.py"],
     "verdict": ["tests/test_verdict.py", "tests/test_status.py"],
     "status": ["tests/test_status.py"],

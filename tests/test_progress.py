@@ -298,3 +298,14 @@ def test_a_waiting_sweep_asks_slurm_about_a_task_submitit_would_wait_for_forever
     assert returns == ["9_0"] and [(j.outcome, j.error) for j in jobs] == [
         ("completed", ""), ("failed", "SLURM CANCELLED: job 9_1")]
     assert asked == [["9_0", "9_1"]]  # once a minute, not at every poll; the next poll found job 0 done
+
+
+def test_the_first_update_is_written_at_once_whatever_the_clock(tmp_path):
+    from medsweep.progress_file import ProgressFile
+
+    path = tmp_path / "progress.json"
+    progress = ProgressFile(path, every_s=30, clock=lambda: 0.0)
+    progress.update(step=1)  # not forced: nothing was written yet
+    assert json.loads(path.read_text())["step"] == 1
+    progress.update(step=2)  # 0 s later: waits
+    assert json.loads(path.read_text())["step"] == 1

@@ -162,3 +162,54 @@ def test_limits_unknown_array_size(tmp_path, monkeypatch):
     fake_slurm.install(tmp_path, monkeypatch, scontrol="MaxJobCount             = 10000\n")
     fake_slurm.install_sacctmgr(tmp_path, "", "")
     assert slurm.limits(user="nobody") == slurm.SlurmLimits(None, None)
+
+
+def test_limits_ask_about_the_user_of_the_environment(tmp_path, monkeypatch):
+    calls = fake_slurm.install(tmp_path, monkeypatch, scontrol=CONFIG)
+    fake_slurm.install_sacctmgr(tmp_path, "100|normal|normal\n", "normal|\n")
+    monkeypatch.setenv("USER", "from_user")
+    monkeypatch.setenv("LOGNAME", "from_logname")  # getpass.getuser() reads LOGNAME first
+    assert slurm.limits() == slurm.SlurmLimits(1001, 100)
+    monkeypatch.delenv("USER")
+    slurm.limits()
+    scontrol, assoc, _, _, assoc_logname, _ = calls.read_text().splitlines()
+    assert scontrol == "scontrol show config"
+    assert assoc == "sacctmgr -n -P show assoc user=from_user format=MaxSubmit,DefaultQOS,QOS"
+    assert assoc_logname == "sacctmgr -n -P show assoc user=from_logname format=MaxSubmit,DefaultQOS,QOS"
+
+
+@pytest.mark.parametrize("assoc, qos_asked, expected", [
+    ("100||lab,normal\n", "lab", 50),  # no default QOS: the first allowed one
+    ("100||\n", "normal", 100),  # neither: SLURM's default QOS, normal
+    ("100\n", "normal", 100),  # a short line: the missing fields are empty
+    ("100|a|a\n80|b|b\n", "a,b", 30),  # the user in two accounts: both QOS asked at once, the smallest cap
+])
+def test_limits_the_qos_to_ask_about(tmp_path, monkeypatch, assoc, qos_asked, expected):
+    calls = fake_slurm.install(tmp_path, monkeypatch, scontrol="MaxArraySize=300\n")  # no padding around '='
+    fake_slurm.install_sacctmgr(tmp_path, assoc, "lab|50\nnormal|\na|60\nb|30\n")
+    assert slurm.limits(user="u") == slurm.SlurmLimits(300, expected)
+    assert calls.read_text().splitlines()[2] == f"sacctmgr -n -P show qos {qos_asked} format=Name,MaxSubmitPU"
+
+
+def test_limits_without_a_qos_name_ask_for_none(tmp_path, monkeypatch):
+    calls = fake_slurm.install(tmp_path, monkeypatch, scontrol=CONFIG)
+    fake_slurm.install_sacctmgr(tmp_path, "100||,lab\n", "lab|5\n")  # the allowed list's first name is empty
+    assert slurm.limits(user="u") == slurm.SlurmLimits(1001, 100)
+    assert len(calls.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("slow", ["scontrol", "assoc", "qos"])
+def test_each_limits_query_has_the_timeout(tmp_path, monkeypatch, slow):
+    fake_slurm.install(tmp_path, monkeypatch, scontrol=CONFIG)
+    fake_slurm.install_sacctmgr(tmp_path, "100|normal|normal\n", "normal|\n")
+    bin_dir = tmp_path / "fake-slurm-bin"
+    if slow == "scontrol":
+        (bin_dir / "scontrol").write_text("#!/bin/sh\nexec /bin/sleep 5\n")
+    else:  # sacctmgr sleeps when asked about `slow` only
+        (bin_dir / "sacctmgr").write_text(f'#!/bin/sh\ncase "$*" in *"show {slow}"*) exec /bin/sleep 5;; esac\n'
+                                          f'case "$*" in *assoc*) /bin/cat {bin_dir / "assoc.out"};; '
+                                          f'*) /bin/cat {bin_dir / "qos.out"};; esac\n')
+    t0 = time.perf_counter()
+    with pytest.raises(MedsweepError, match=r"(scontrol|sacctmgr) did not answer within 0.3 s"):
+        slurm.limits(user="u", timeout=0.3)
+    assert time.perf_counter() - t0 < 3

@@ -409,3 +409,79 @@ def test_live_status_records_slurms_verdict_on_jobs_that_died_without_a_record(t
     assert second.error == f"SLURM CANCELLED: job {ids[1]}"
     assert status.main([str(sweep), "--json"]) == 0  # a second look changes nothing
     assert RunRecord.read(sweep / "run0").to_dict() == first.to_dict()
+
+
+@pytest.mark.parametrize("write", [True, False])
+def test_reconcile_hands_the_sweeps_jobs_to_the_verdicts(local_sweep, monkeypatch, write):
+    asked = []
+    monkeypatch.setattr(status.verdict, "reconcile_jobs", lambda jobs, states=None, write=True: asked.append(
+        (jobs, write)) or ["verdicts"])
+    assert status.reconcile(str(local_sweep), write=write) == ["verdicts"]  # a str directory too (the report job's)
+    assert asked == [(status.load_jobs(local_sweep), write)]
+    assert [j["run_dir"] for j in asked[0][0]] == [str(local_sweep.absolute() / f"run{i}") for i in range(6)]
+    status.reconcile(local_sweep)
+    assert asked[1][1] is True  # writing is the default
+
+
+def test_rich_tables_columns_caption_and_row_colours(local_sweep):
+    rows, _ = status.rows(local_sweep)
+    table = status.render(rows, "the title")
+    assert (table.title, table.caption, table.caption_justify) == (
+        "the title", "6 jobs: 2 RUNNING, 1 COMPLETED, 1 FAILED, 1 NOT_SUBMITTED, 1 REFUSED; 1 flagged", "left")
+    assert [(c.header, c.justify, c.overflow) for c in table.columns] == [
+        (name, justify, "fold") for name, justify in status._COLUMNS]
+    # completed green, failed or flagged red, running cyan, the rest plain
+    assert [r.style for r in table.rows] == ["green", "red", "cyan", "red", None, None]
+    hidden = status.render(rows, "t", hide_completed=True)
+    assert hidden.caption.endswith("; 1 flagged (1 completed not shown)") and len(hidden.rows) == 5
+
+
+def test_json_is_indented_and_carries_the_summary(local_sweep):
+    rows, _ = status.rows(local_sweep)
+    text = status._json(rows)
+    assert text.startswith('{\n  "jobs": [\n    {\n      "idx": 0,\n')
+    assert json.loads(text)["summary"] == status.summary(rows)
+
+
+@pytest.mark.parametrize("height, hidden", [(14, False), (13, True)])  # 6 rows + 8 lines of frame
+def test_watch_draws_into_one_live_view_and_hides_completed_rows_on_a_short_terminal(local_sweep, monkeypatch,
+                                                                                   capsys, height, hidden):
+    import dataclasses
+
+    import rich.console
+    import rich.live
+
+    going, _ = status.rows(local_sweep)
+    ended = [dataclasses.replace(r, state="COMPLETED") for r in going]
+    answers = iter([(going, []), (ended, ["sacct is not installed"])])
+    monkeypatch.setattr(status, "rows", lambda sweep_dir: next(answers))
+    drawn, live = [], []
+
+    class Console:
+        def __init__(self):
+            self.height = height
+
+    class Live:
+        def __init__(self, renderable, *, console, auto_refresh):
+            live.append(("start", renderable, type(console), auto_refresh))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, renderable, *, refresh=False):
+            live.append(("update", renderable, refresh))
+
+    monkeypatch.setattr(rich.console, "Console", Console)
+    monkeypatch.setattr(rich.live, "Live", Live)
+    monkeypatch.setattr(status, "render", lambda table, title, hide_completed=False: drawn.append(
+        (table, title, hide_completed)) or f"view {len(drawn)}")
+    monkeypatch.setattr(status.time, "strftime", lambda fmt: {"%H:%M:%S": "12:34:56"}[fmt])
+    monkeypatch.setattr(status.time, "sleep", lambda s: None)
+    assert status.watch(local_sweep, 5) == 0
+    title = f"{local_sweep}  (12:34:56)"
+    assert drawn == [(going, title, hidden), (ended, title, hidden)]
+    assert live == [("start", "view 1", Console, False), ("update", "view 2", True)]
+    assert capsys.readouterr() == ("", "medsweep-status: warning: sacct is not installed\n")

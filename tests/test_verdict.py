@@ -151,3 +151,46 @@ def test_the_report_lists_slurms_failures_with_their_error(tmp_path):
 @pytest.mark.parametrize("resources, expected", [(SLURM_RESOURCES, True), ({"gpus_per_node": 1}, False), ({}, False)])
 def test_slurm_sweep(tmp_path, resources, expected):
     assert verdict.slurm_sweep([job(tmp_path, 0, "1", resources=resources)]) is expected
+
+
+def test_the_lock_is_tried_once_and_the_write_is_logged(tmp_path, caplog, monkeypatch):
+    import time
+
+    monkeypatch.setenv("SLURM_JOB_ID", "8")  # RunLock waits for a holder of its own SLURM job id; the verdict never
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    jobs = [job(tmp_path, 0, "7"), job(tmp_path, 1, "8")]
+    with caplog.at_level(logging.INFO, logger="medsweep.verdict"), RunLock(Path(jobs[1]["run_dir"])):
+        t0 = time.perf_counter()
+        verdicts = verdict.reconcile_jobs(jobs, {"7": SlurmJob("7", "TIMEOUT"), "8": SlurmJob("8", "TIMEOUT")})
+        assert time.perf_counter() - t0 < 0.5  # a run in use is not waited for
+    assert [v.action for v in verdicts] == ["recorded", "flagged"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        "#0 run0: recorded as failed (SLURM TIMEOUT: job 7)"]
+
+
+def test_a_record_the_job_ended_in_the_meantime_wins(tmp_path):
+    (j,) = [job(tmp_path, 0, "7")]
+    v = verdict.Verdict(idx=0, job_id="7", record="running", action="recorded", note="SLURM TIMEOUT: job 7")
+    saved(j["run_dir"], status="complete", metrics={"f1": 0.5})  # written after reconcile_jobs read "running"
+    verdict._write(j, Path(j["run_dir"]), SlurmJob("7", "TIMEOUT"), v)
+    assert (v.action, v.note) == ("", "record became complete")
+    assert RunRecord.read(j["run_dir"]).status == "complete"
+
+
+def test_the_logs_last_error_line_from_bytes_that_are_no_utf8_cut_to_300_characters(tmp_path):
+    log_file = tmp_path / "5_0_log.err"
+    log_file.write_bytes(b"\xff\xfe torch\nValueError: bad byte \xe9 here\nsrun: done\n")
+    assert verdict._last_error(log_file) == "ValueError: bad byte \ufffd here"
+    log_file.write_bytes(b"RuntimeError: " + b"x" * 400 + b"\n")
+    assert verdict._last_error(log_file) == "RuntimeError: " + "x" * 286
+    assert verdict._last_error(tmp_path / "none.err") == ""
+
+
+def test_only_the_logs_last_64_kib_are_read(tmp_path):
+    log_file = tmp_path / "5_0_log.err"
+    head = b"rror: before the last 64 KiB\n"
+    tail = head + b"x" * (65536 - len(head))
+    log_file.write_bytes(b"E" + tail)  # the last 65,536 bytes begin at "rror", which names no error
+    assert verdict._last_error(log_file) == ""
+    log_file.write_bytes(b"E" + tail[:-1])  # 64 KiB in all: read whole
+    assert verdict._last_error(log_file) == "Error: before the last 64 KiB"
