@@ -71,6 +71,11 @@ def _identity(cfg: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved configuration that its run id hashes (no NON_IDENTITY_KEYS)."""
+    return _identity(cfg)
+
+
 def run_config(root: DictConfig) -> dict[str, Any]:
     """The resolved configuration a run id is made from (Hydra's own node left out), as plain containers."""
     body = {k: root[k] for k in root if k != "hydra"}

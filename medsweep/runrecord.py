@@ -58,6 +58,7 @@ class RunRecord:
     finished_at: str | None = None
     wall_time_s: float | None = None  # complete runs only
     gpu_hours: float | None = None  # complete runs only
+    packed_with: list[str] = field(default_factory=list)  # the other runs trained with it in one process (pack.py)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a loaded record that this class does not know
     # The keys to_dict writes whatever their value, in this order: a loaded record's are the file's.
     _keys: tuple[str, ...] = field(default=_STARTED, init=False, repr=False, compare=False)
