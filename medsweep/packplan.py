@@ -4,10 +4,12 @@ launcher's plan uses it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsweep import record
+
+if TYPE_CHECKING:
+    from medsweep.sweep import PlannedJob
 
 # What the runs of one pack may differ in: everything else (base model, data, sequence length, batch size, schedule
 # length, evaluation, profile) is shared.
@@ -27,12 +29,22 @@ def pack_key(cfg: dict[str, Any]) -> str:
     return json.dumps(record.identity(body), sort_keys=True, default=str)
 
 
-def packs(keys: Sequence[str], size: int) -> list[list[int]]:
-    """The jobs (indices into `keys`, their pack keys) in packs of at most `size` jobs of one key, in job order."""
-    by_key: dict[str, list[int]] = {}
-    for index, key in enumerate(keys):
-        by_key.setdefault(key, []).append(index)
-    out: list[list[int]] = []
-    for members in by_key.values():
-        out.extend(members[i:i + size] for i in range(0, len(members), size))
-    return sorted(out, key=lambda p: p[0])
+def units(jobs: list[PlannedJob], keys: dict[int, tuple[str, int]]) -> list[list[PlannedJob]]:
+    """The jobs to submit, as submitit jobs: packs of at most K jobs of one key, in job order (`keys`: job idx ->
+    its pack key, with its resources, and the K its config asks for), and the other jobs alone. A pack's jobs
+    learn their pack (PlannedJob.pack)."""
+    by_key: dict[tuple[str, int], list[PlannedJob]] = {}
+    out = []
+    for job in jobs:
+        if job.idx in keys and keys[job.idx][1] > 1:
+            by_key.setdefault(keys[job.idx], []).append(job)
+        else:
+            out.append([job])
+    for (_, size), members in by_key.items():
+        for start in range(0, len(members), size):
+            unit = members[start:start + size]
+            if len(unit) > 1:
+                for job in unit:
+                    job.pack = [m.idx for m in unit]
+            out.append(unit)
+    return sorted(out, key=lambda u: u[0].idx)

@@ -32,6 +32,7 @@ NON_IDENTITY_KEYS = {
     "resume",
     "plan",
     "detach",
+    "pack",  # how many runs share a process, not what a run is
     "site",
     "model.cache_dir",
     "train.cache_tokenized",
