@@ -139,3 +139,18 @@ def test_a_packed_local_sweep_writes_normal_runs(tmp_path, embedded_dir):
         assert (tmp_path / "sweeps" / "p" / j["run_dir"] / ".hydra" / "config.yaml").is_file()
     report = (tmp_path / "sweeps" / "p" / "report" / "report.md").read_text()
     assert all(Path(j["run_dir"]).name in report for j in jobs)
+
+
+@pytest.mark.slow
+def test_a_smollm2_pack_ends_with_the_solo_adapters(compose, tmp_path, embedded_dir):
+    common = ["experiment=demo", "train.max_steps=2", "eval.num_examples=2", "eval.max_new_tokens=8",
+              "eval.baseline=false", "train.save_steps=100"]
+    cfgs = [compose([*common, "lora.r=4", "lora.alpha=8", "lora.dropout=0"]),
+            compose([*common, "lora.r=16", "lora.alpha=32", "lora.dropout=0.1", "train.lr=1e-4", "train.seed=1"])]
+    solo = [run.train_eval(c, tmp_path / f"solo{k}") for k, c in enumerate(cfgs)]
+    dirs = [tmp_path / f"pack{k}" for k in range(2)]
+    packed = packrun.run_pack(cfgs, dirs)
+    for k in range(2):
+        assert packed[k]["status"] == "complete", packed[k].get("error")
+        _assert_same_adapter(_adapter(tmp_path / f"solo{k}"), _adapter(dirs[k]))
+        assert _quality(packed[k]["metrics"]) == pytest.approx(_quality(solo[k]["metrics"]), rel=1e-5, abs=1e-7)
