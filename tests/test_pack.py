@@ -33,8 +33,9 @@ def _assert_same_adapter(a, b, atol=1e-5):
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
 
 
-def test_a_pack_ends_with_the_solo_adapters_and_metrics(compose, tmp_path, embedded_dir):
-    cfgs = [compose([*SMOKE, *m]) for m in MEMBERS]
+@pytest.mark.parametrize("precision", ["auto", "fp32"])  # fp32 on the CPU: medsweep.kernels' fused LoRA path
+def test_a_pack_ends_with_the_solo_adapters_and_metrics(compose, tmp_path, embedded_dir, precision):
+    cfgs = [compose([*SMOKE, *m, f"profile.precision={precision}"]) for m in MEMBERS]
     solo = [run.train_eval(c, tmp_path / f"solo{k}") for k, c in enumerate(cfgs)]
     dirs = [tmp_path / f"pack{k}" for k in range(len(cfgs))]
     packed = packrun.run_pack(cfgs, dirs)
