@@ -9,7 +9,6 @@ A bad value raises a `ConfigError` whose one-line message names the key, the val
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from medsweep import semantic
-from medsweep.errors import ConfigError
+from medsweep.judge_config import JudgeConfig
+from medsweep.rules import _PLAIN_NAME, LR_SCHEDULERS, _one_of, _seed, require
 
 
 @dataclass
@@ -298,40 +298,6 @@ class LoggerConfig:
 
 
 @dataclass
-class JudgeConfig:
-    """A judge model grading each answer after evaluation (medsweep/judge.py); medsweep-judge reads it too."""
-
-    kind: str = "none"  # none | local (a transformers chat model) | openai (any OpenAI-compatible endpoint)
-    model: str | None = None  # local: model dir, run dir or hub id (null: the embedded SmolLM2); openai: model name
-    base_url: str | None = None  # openai: the endpoint's /v1 URL (vLLM, Ollama, a hosted API)
-    key_env: str | None = "OPENAI_API_KEY"  # NAME of the variable holding the key, read at call time (never the key)
-    device: str = "auto"  # local: cpu | cuda | auto
-    batch_size: int = 8  # local: prompts per generate() call
-    max_new_tokens: int = 128  # the judge's reply budget
-    temperature: float = 0.0  # 0: greedy (local) / temperature 0 (openai)
-    top_p: float = 1.0  # nucleus sampling when temperature > 0
-    timeout_s: float = 120.0  # openai: seconds per request
-    retries: int = 2  # openai: retries on connection errors, 429 and 5xx
-    pairwise: bool = True  # with eval.baseline: fine-tuned vs base answer, asked in both orders
-    method: str = "auto"  # logprobs (next-token scores) | text (a parsed reply) | auto: logprobs local, text openai
-
-    def check(self) -> None:
-        _one_of("judge.kind", self.kind, ["none", "local", "openai"])
-        require(self.kind != "openai" or bool(self.model), "judge.model", self.model, "required with judge=openai")
-        _one_of("judge.method", self.method, ["auto", "logprobs", "text"])
-        require(self.kind != "openai" or self.method != "logprobs", "judge.method", self.method, "judge=openai "
-                "reads the reply's text: use auto or text")
-        require(self.kind != "openai" or re.match(r"^https?://", str(self.base_url)) is not None, "judge.base_url",
-                 self.base_url, "expected http(s)://host[:port]/v1 with judge=openai")
-        require(self.kind != "local" or not str(self.model or "").startswith(("/", ".", "~"))
-                or Path(str(self.model)).expanduser().is_dir(), "judge.model", self.model, "no such directory")
-        require(self.batch_size > 0 and self.max_new_tokens > 0, "judge.batch_size/max_new_tokens",
-                 (self.batch_size, self.max_new_tokens), "must be > 0")
-        require(self.temperature >= 0 and 0 < self.top_p <= 1, "judge.temperature/top_p",
-                 (self.temperature, self.top_p), "temperature >= 0 and top_p in (0, 1]")
-
-
-@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     lora: LoraConfig = MISSING
@@ -381,28 +347,6 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="model_schema", node=ModelConfig)
 
 
-def require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    """Raise the one-line ConfigError `<key>=<value> is invalid: <allowed>` unless `ok` (checks.py uses it too)."""
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
-
-
-def _one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
-    require(value in allowed, key, value, "allowed: " + ", ".join(map(str, allowed)))
-
-
-def _seed(key: str, value: int) -> None:
-    require(0 <= value <= SEED_MAX, key, value, f"must be in [0, {SEED_MAX}] (what numpy and torch accept)")
-
-
-# transformers' SchedulerType values, listed here so the pre-flight need not import transformers (and torch) to
-# refuse a typo; tests/test_config.py checks the list against the installed transformers.
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-                 "warmup_stable_decay", "greedy")
-SEED_MAX = 2**32 - 1  # numpy's limit (transformers' set_seed seeds numpy too); torch takes up to 2**64 - 1
-# A value Hydra writes into a path (the sweep directory) must stay a single plain directory name.
-_PLAIN_NAME = r"[A-Za-z0-9][A-Za-z0-9._=+,-]{0,99}"
 
 
 def typed(cfg: DictConfig) -> RunConfig:
