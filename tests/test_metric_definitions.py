@@ -185,10 +185,10 @@ def test_agreement_is_spearmans_rho_across_configurations(tmp_path: Path):
     table = report.metric_agreement(df)
     rho = {(a, b): (n, r) for a, b, n, r in zip(table["metric A"], table["metric B"], table["configs"],
                                                  table["Spearman ρ"], strict=True)}
-    assert rho.keys() == {("F1", "BLEU"), ("F1", "judge_correct"), ("BLEU", "judge_correct")}
+    assert rho.keys() == {("F1", "BLEU"), ("F1", "Judge correct"), ("BLEU", "Judge correct")}
     assert rho[("F1", "BLEU")] == (4, pytest.approx(0.8))
-    assert rho[("F1", "judge_correct")] == (4, pytest.approx(-1.0))
-    assert rho[("BLEU", "judge_correct")] == (4, pytest.approx(-0.8))
+    assert rho[("F1", "Judge correct")] == (4, pytest.approx(-1.0))
+    assert rho[("BLEU", "Judge correct")] == (4, pytest.approx(-0.8))
     report.write_tables(df, tmp_path / "out")
     text = (tmp_path / "out" / "report" / "report.md").read_text()
     assert "## Agreement between metrics" in text and "| F1 " in text.split("## Agreement between metrics")[1]
