@@ -237,7 +237,7 @@ def _train_and_evaluate(runs: list[RunConfig], run_dirs: list[Path], hw: hardwar
         model.set_adapter(member.name)
         log.info("evaluating %s (%s) on %d held-out questions", run_dir.name, member.name, len(eval_records))
         rec.metrics, rows = evaluate(model, tokenizer, eval_records, run, hw)
-        rec.per_example = {k: [r["scores"][k] for r in rows] for k in metrics.PER_EXAMPLE}
+        rec.per_example = {k: [r["scores"][k] for r in rows] for k in metrics.PER_EXAMPLE if k in rows[0]["scores"]}
         rec.train.update(hardware.peak_memory(hw))
         if rec.baseline:
             rec.delta = {k: v - rec.baseline[k] for k, v in rec.metrics.items()
