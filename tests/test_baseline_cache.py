@@ -218,8 +218,8 @@ def test_a_run_that_reuses_the_baseline_is_the_run_that_computed_it(compose, tmp
     assert saved["baseline_source"]["reused"] is True and set(saved["delta"]) == set(recs[0].delta)
 
 
-def test_racing_jobs_evaluate_once_and_leave_one_entry(tiny, cfg, tmp_path, evaluations):
-    _, tokenizer, model = tiny
+def _race(model, tokenizer, cfg, tmp_path) -> dict:
+    """Two jobs "a" and "b" asking for the same baseline at the same moment; their cached_baseline results."""
     start = threading.Barrier(2)
     results = {}
 
@@ -232,6 +232,12 @@ def test_racing_jobs_evaluate_once_and_leave_one_entry(tiny, cfg, tmp_path, eval
         t.start()
     for t in threads:
         t.join()
+    return results
+
+
+def test_racing_jobs_evaluate_once_and_leave_one_entry(tiny, cfg, tmp_path, evaluations):
+    _, tokenizer, model = tiny
+    results = _race(model, tokenizer, cfg, tmp_path)
     assert len(evaluations) == 1  # the other job waited on the lock and read the entry
     assert results["a"][:2] == results["b"][:2]
     assert sorted(r[2].reused for r in results.values()) == [False, True]
@@ -247,18 +253,7 @@ def test_without_a_working_lock_the_first_complete_entry_wins(tiny, cfg, tmp_pat
         raise OSError(37, "No locks available")
 
     monkeypatch.setattr(baseline.fcntl, "flock", no_lock)
-    start = threading.Barrier(2)
-    results = {}
-
-    def job(name):
-        start.wait()
-        results[name] = baseline.cached_baseline(model, tokenizer, RECORDS, cfg, CPU, tmp_path / name)
-
-    threads = [threading.Thread(target=job, args=(n,)) for n in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = _race(model, tokenizer, cfg, tmp_path)
     assert len(evaluations) == 2
     assert _scores(results["a"][0]) == _scores(results["b"][0]) and results["a"][1][0]["generated"] == \
         results["b"][1][0]["generated"]
