@@ -826,7 +826,7 @@ def test_summary_line_and_report_layout(df: pd.DataFrame, tmp_path: Path):
         "examples (1000 resamples, seed 0) for configurations with a single run and per-example scores; a bare "
         "number is a single run without an interval. The `CI` column says which was used.\n\n"
         + report.SIGNIF_NOTE + "\n\n## Best configuration per model (Table 4)\n\n| model ")
-    assert text.endswith("## Figures\n\n![a](a.png)\n![b](b.png)\n\nFull run table: `runs.csv`.\n")
+    assert text.endswith("## Figures\n\n![a](a.png)\n\n![b](b.png)\n\nFull run table: `runs.csv`.\n")
     by_model = (out / "by_model.md").read_text()
     assert by_model.endswith("|\n") and f"## Best configuration per model (Table 4)\n\n{by_model}\n" in text
     assert (out / "pivot_f1.csv").read_text().startswith("model,lora.r,n,CI,f1,")
@@ -855,6 +855,10 @@ def test_report_sweep_uses_the_metric(sweep: Path, drawn):
     assert (sweep / "report" / "pivot_rougeL.csv").exists() and "heatmap_rougeL_model_lora.r.png" in drawn
     assert "![heatmap_rougeL_model_lora.r](heatmap_rougeL_model_lora.r.png)" in path.read_text()
     assert "![latency_by_profile](latency_by_profile.png)" in path.read_text()
+    # each figure's caption in italics under it, the same text as under the HTML report's figure
+    assert f"![latency_by_profile](latency_by_profile.png)\n\n*{report.caption('latency_by_profile.png')}*\n" \
+        in path.read_text()
+    assert report.caption("latency_by_profile.png").startswith("Mean seconds per answer")
 
 
 # ------------------------------------------------------------------------- stages

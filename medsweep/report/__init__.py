@@ -17,6 +17,7 @@ has no import cycle.
 
 from medsweep.report.agreement import metric_agreement
 from medsweep.report.answers import Answer, Extremes, extremes
+from medsweep.report.captions import caption
 from medsweep.report.cli import main, report_sweep, write_report
 from medsweep.report.collect import (
     LATENCY,
@@ -38,7 +39,6 @@ from medsweep.report.compare import Side, compare, run_compare, select, sides
 from medsweep.report.definitions import Definitions
 from medsweep.report.definitions import of as definitions_of
 from medsweep.report.figures import (
-    caption,
     heatmap_cells,
     heatmap_pairs,
     plot_heatmap,

@@ -17,7 +17,7 @@ import pandas as pd
 from medsweep import metrics as registry
 from medsweep.record import atomic_write_text
 from medsweep.report.answers import Answer, Extremes
-from medsweep.report.figures import caption
+from medsweep.report.captions import caption
 from medsweep.report.signif import NOTE as SIGNIF_NOTE
 from medsweep.report.tables import CI_NOTE, _summary_line, display
 

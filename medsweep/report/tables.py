@@ -18,6 +18,7 @@ from medsweep.record import atomic_write_text
 from medsweep.report.agreement import HEADING as AGREEMENT
 from medsweep.report.agreement import NOTE as AGREEMENT_NOTE
 from medsweep.report.agreement import metric_agreement
+from medsweep.report.captions import caption
 from medsweep.report.collect import (
     LATENCY,
     SCALE,
@@ -287,10 +288,11 @@ def write_tables(df: pd.DataFrame, out_dir, by: list[str] | None = None,
     if not complete(df).empty:
         sections.append(f"## Metric definitions\n\n{defined.section()}\n")
     written.append(_atomic_write(report_dir / "runs.csv", runs_table(df).to_csv(index=False)))
-    images = [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
+    images = [line for f in figures for line in (f"![{Path(f).stem}]({Path(f).name})", "",
+                                                 *([f"*{caption(f)}*", ""] if caption(f) else []))]
     text = "\n".join([
         "# medsweep report", "", _summary_line(df), "", CI_NOTE, "", SIGNIF_NOTE, "", *sections,
-        *(["## Figures", "", *images, ""] if images else []),
+        *(["## Figures", "", *images] if images else []),
         "Full run table: `runs.csv`.", "",
     ])
     written.append(_atomic_write(report_dir / "report.md", text))
