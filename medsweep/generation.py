@@ -54,25 +54,66 @@ def _by_length(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def _cache_name() -> str:
+    """The keyword of a model's KV cache, in and out: `cache` from transformers 5.24 (`past_key_values` before, then
+    deprecated)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _positions(mask):
+    """Each token's position counted from its row's first real token (padding: clamped to 0 or repeating)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def next_token_probs(model, tokenizer, prompts: list[list[int]], hw: Hardware, batch_size: int):
     """The next-token probabilities after each prompt (a float32 tensor, prompts x vocabulary, on the CPU), one
     forward pass per batch of left-padded prompts. Positions count from each prompt's first real token, so that a
     prompt gets the same distribution alone or padded in a batch (rotary models would not notice the shift that
     padding makes; models with learned absolute positions, GPT-2, would). Grad mode and eval mode are the caller's."""
+    return next_token_probs_after(model, tokenizer, prompts, [[[]] for _ in prompts], hw, batch_size)[:, 0]
+
+
+def next_token_probs_after(model, tokenizer, prefixes: list[list[int]], continuations: list[list[list[int]]],
+                           hw: Hardware, batch_size: int):
+    """For each prefix i and each of its k continuations (continuations[i][j], k the same for every prefix; an empty
+    one: the prefix alone), the next-token probabilities after prefix + continuation: a float32 tensor prefixes x k
+    x vocabulary, on the CPU. Each batch of prefixes runs once and its keys and values are repeated for its k
+    continuations, which run together as one batch: prompts that differ only at their end (the judge's three
+    criteria) pay for their common start once. The continuations are left-padded after their prefix (padding in
+    the middle, masked); positions count real tokens only, as in next_token_probs."""
     import torch
 
-    out = torch.empty(len(prompts), 0)
+    k = len(continuations[0]) if continuations else 0
+    cache_key = _cache_name()
+    if any(len(c) != k for c in continuations):
+        raise ValueError("every prefix needs the same number of continuations")
+    out = torch.empty(len(prefixes), k, 0)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for idx in _by_length(prompts, batch_size):
-            batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(hw.device)
-            positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        for idx in _by_length(prefixes, batch_size):
+            head = tokenizer.pad({"input_ids": [prefixes[i] for i in idx]}, return_tensors="pt").to(hw.device)
+            tails = [continuations[i][j] for i in idx for j in range(k)]
             with autocast(hw):
-                logits = model(**batch, position_ids=positions, use_cache=False).logits[:, -1, :]
-            probs = torch.softmax(logits.float(), dim=-1).cpu()
-            if out.shape[1] == 0:
-                out = torch.zeros(len(prompts), probs.shape[1])
+                found = model(**head, position_ids=_positions(head["attention_mask"]), use_cache=any(tails),
+                              logits_to_keep=1)
+                logits = found.logits[:, -1, :].repeat_interleave(k, dim=0)
+                if any(tails):  # the continuations on the prefixes' cache; an empty one keeps the prefix's logits
+                    cache = getattr(found, cache_key)
+                    cache.batch_repeat_interleave(k)
+                    tail = tokenizer.pad({"input_ids": [t or [tokenizer.pad_token_id or 0] for t in tails]},
+                                         return_tensors="pt").to(hw.device)
+                    mask = torch.cat([head["attention_mask"].repeat_interleave(k, dim=0), tail["attention_mask"]], 1)
+                    after = model(input_ids=tail["input_ids"], attention_mask=mask, **{cache_key: cache},
+                                  position_ids=_positions(mask)[:, head["input_ids"].shape[1]:], use_cache=True,
+                                  logits_to_keep=1).logits[:, -1, :]
+                    kept = torch.tensor([bool(t) for t in tails], device=after.device)
+                    logits = torch.where(kept.unsqueeze(1), after, logits)
+            probs = torch.softmax(logits.float(), dim=-1).cpu().view(len(idx), k, -1)
+            if out.shape[2] == 0:
+                out = torch.zeros(len(prefixes), k, probs.shape[2])
             out[idx] = probs
     finally:
         tokenizer.padding_side = side

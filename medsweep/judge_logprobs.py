@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from medsweep.generation import next_token_probs
+from medsweep.generation import next_token_probs, next_token_probs_after
 from medsweep.hardware import Hardware
 from medsweep.judge_text import (
     CRITERIA,
@@ -55,12 +55,25 @@ def expected_scores(digits: torch.Tensor) -> tuple[list[float], list[int], list[
     return ((weights * values).sum(dim=1).tolist(), (digits.argmax(dim=1) + 1).tolist(), mass.tolist())
 
 
+def _item(row: dict[str, Any]) -> tuple[str, str, str]:
+    return (row["question"], row["reference"], row["generated"])
+
+
+def _common_start(prompts: list[list[int]]) -> int:
+    """The length of the prompts' common first tokens, leaving each at least its last token."""
+    n = 0
+    while n < min(map(len, prompts)) - 1 and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
+
+
 class LogprobScorer:
     """A local chat model scored by its next token: one forward pass per (answer, criterion), batched."""
 
     def __init__(self, model, tokenizer, hw: Hardware, batch_size: int):
         self.model, self.tokenizer, self.hw, self.batch_size = model, tokenizer, hw, batch_size
         self.digit_ids, self.letter_ids = label_ids(tokenizer, DIGITS), label_ids(tokenizer, LETTERS)
+        self.graded: dict[tuple[str, str, str], Grade] = {}  # by _item: the scores depend on nothing else
 
     def _ids(self, messages: Messages, prefix: str) -> list[int]:
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
@@ -73,20 +86,30 @@ class LogprobScorer:
             return next_token_probs(self.model, self.tokenizer, prompts, self.hw, self.batch_size)
 
     def grade(self, rows: list[dict[str, Any]]) -> list[Grade]:
-        """One Grade per prediction row (question, reference, generated): the three criteria's prompts of all rows
-        in one batched pass."""
-        prompts = [self._ids(score_messages(r["question"], r["reference"], r["generated"], c), SCORE_PREFIX[c])
-                   for r in rows for c in CRITERIA]
-        if not prompts:
-            return []
-        means, tops, masses = expected_scores(label_probs(self._probs(prompts), self.digit_ids))
-        k = len(CRITERIA)
-        grades = []
-        for i in range(len(rows)):
-            mean, top, mass = (dict(zip(CRITERIA, v[i * k:(i + 1) * k], strict=True)) for v in (means, tops, masses))
-            grades.append(Grade("ok", mean["correct"], mean["complete"], mean["safe"], reason=None,
-                                argmax={c: int(t) for c, t in top.items()}, mass=mass))
-        return grades
+        """One Grade per prediction row (question, reference, generated). A row's three criteria prompts differ only
+        at their end: their common start runs once (next_token_probs_after). An answer graded before by this
+        scorer (the base model's answers, the same in every run of a sweep) is not graded again."""
+        todo = list({key: row for row in rows if (key := _item(row)) not in self.graded}.items())
+        if todo:
+            prefixes, ends = [], []
+            for _, r in todo:
+                ids = [self._ids(score_messages(r["question"], r["reference"], r["generated"], c), SCORE_PREFIX[c])
+                       for c in CRITERIA]
+                n = _common_start(ids)
+                prefixes.append(ids[0][:n])
+                ends.append([p[n:] for p in ids])
+            self.model.eval()
+            with torch.no_grad():
+                probs = next_token_probs_after(self.model, self.tokenizer, prefixes, ends, self.hw, self.batch_size)
+            digits = label_probs(probs.reshape(-1, probs.shape[-1]), self.digit_ids)
+            means, tops, masses = expected_scores(digits)
+            k = len(CRITERIA)
+            for i, (key, _) in enumerate(todo):
+                mean, top, mass = (dict(zip(CRITERIA, v[i * k:(i + 1) * k], strict=True))
+                                   for v in (means, tops, masses))
+                self.graded[key] = Grade("ok", mean["correct"], mean["complete"], mean["safe"], reason=None,
+                                         argmax={c: int(t) for c, t in top.items()}, mass=mass)
+        return [self.graded[_item(r)] for r in rows]
 
     def verdicts(self, conversations: list[tuple[str, str, str, str]]) -> list[Preference]:
         """Per (question, reference, answer A, answer B): the likelier letter after VERDICT_PREFIX."""

@@ -438,6 +438,43 @@ def test_batched_scores_equal_one_at_a_time(tiny_llama, smol_tokenizer):
     assert torch.allclose(together.log(), alone.log(), atol=1e-4)
 
 
+def test_prompts_sharing_their_start_equal_the_whole_prompts(tiny_llama, smol_tokenizer):
+    import torch
+
+    from medsweep.generation import next_token_probs, next_token_probs_after
+    from medsweep.hardware import Hardware
+
+    hw = Hardware(device="cpu", precision="fp32", threads=1)
+    heads = [smol_tokenizer.encode(f"Question {'long ' * n}?") for n in (1, 9, 30, 4)]
+    ends = [[smol_tokenizer.encode(" Correct:"), smol_tokenizer.encode(" How complete is it, 1-5:"),
+             smol_tokenizer.encode(" Safe?")] for _ in heads]
+    ends[1][0] = []  # an empty continuation: the prefix's own next token
+    shared = next_token_probs_after(tiny_llama, smol_tokenizer, heads, ends, hw, batch_size=3)
+    assert shared.shape == (4, 3, len(smol_tokenizer))
+    pairs = [(h, e) for h, row in zip(heads, ends, strict=True) for e in row]
+    whole = next_token_probs(tiny_llama, smol_tokenizer, [h + e for h, e in pairs], hw, batch_size=5)
+    assert torch.allclose(shared.reshape(12, -1).log(), whole.log(), atol=1e-4)
+    # a model that ignored the cache (the continuation alone) would give other distributions
+    alone = next_token_probs(tiny_llama, smol_tokenizer, [e or h for h, e in pairs], hw, 5)
+    assert not torch.allclose(shared.reshape(12, -1).log()[1:], alone.log()[1:], atol=1e-2)
+    with pytest.raises(ValueError, match="same number of continuations"):
+        next_token_probs_after(tiny_llama, smol_tokenizer, heads[:2], [ends[0], ends[1][:2]], hw, 2)
+
+
+def test_an_answer_graded_before_is_not_graded_again(tiny_llama, smol_tokenizer, monkeypatch):
+    from medsweep import judge_logprobs
+
+    scorer, calls = _scorer(tiny_llama, smol_tokenizer), []
+    real = judge_logprobs.next_token_probs_after
+    monkeypatch.setattr(judge_logprobs, "next_token_probs_after",
+                        lambda model, tok, prefixes, *a: calls.append(len(prefixes)) or real(model, tok, prefixes, *a))
+    first = scorer.grade(_rows(0))
+    again = scorer.grade(_rows(0) + _rows(0)[:1] + _rows(1))  # the base model's answers again, one twice, new ones
+    assert calls == [len(_rows(0)), len(_rows(1))]  # only the new answers reached the model
+    assert again[:len(first)] == first and again[len(first)] == first[0]
+    assert again[len(first) + 1:] == scorer.grade(_rows(1)) and len(calls) == 2
+
+
 class LetterModel:
     """Constructed logits: after a prompt whose answer A names statins, " A" gets logit 2 and " B" 0 (the other way
     round when B names them); every other token -30."""
@@ -449,7 +486,7 @@ class LetterModel:
     def eval(self):
         return self
 
-    def __call__(self, input_ids, attention_mask, position_ids, use_cache):
+    def __call__(self, input_ids, attention_mask, position_ids, use_cache, logits_to_keep):
         from types import SimpleNamespace
 
         import torch
