@@ -410,7 +410,7 @@ def test_write_figures_names_and_captions(tmp_path: Path):
     df = collect(heat_sweep(tmp_path / "h"))
     written = report.write_figures(df, tmp_path)
     assert [p.name for p in written] == ["heatmap_f1_model_lora.r.png"]
-    assert "†" in figures.caption(written[0]) and figures.caption(tmp_path / "other.png") == ""
+    assert "†" in report.caption(written[0]) and report.caption(tmp_path / "other.png") == ""
     assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
