@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -28,6 +28,7 @@ from medsweep import CONF_DIR, metrics, record
 from medsweep.config import JudgeConfig
 from medsweep.errors import ConfigError, MedsweepError, ModelError
 from medsweep.generators import Generator, OpenAIGenerator
+from medsweep.hardware import Hardware, cpu_has_bf16
 from medsweep.judge_logprobs import LOW_MASS, LogprobScorer
 from medsweep.judge_text import (
     CRITERIA,
@@ -120,6 +121,16 @@ def _host(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
+def _precision(hw: Hardware, requested: str) -> Hardware:
+    """The local judge's compute precision (judge.precision): auto keeps the GPU's choice and takes bf16 on a CPU
+    with native bf16 matmuls (several times faster there than fp32; emulated elsewhere, and slower)."""
+    if requested == "auto":
+        requested = hw.precision if hw.device == "cuda" else ("bf16" if cpu_has_bf16() else "fp32")
+    if requested == "fp16" and hw.device != "cuda":
+        raise ConfigError("judge.precision=fp16 is invalid on the CPU: allowed fp32, bf16, auto")
+    return replace(hw, precision=requested)
+
+
 def build_judge(cfg: JudgeConfig, cache_dir: str | None = None) -> Judge:
     """The judge judge.kind names (local or openai)."""
     cfg.check()
@@ -136,7 +147,7 @@ def build_judge(cfg: JudgeConfig, cache_dir: str | None = None) -> Judge:
     from medsweep.export import load_generator_model
     from medsweep.generators import LocalGenerator, _device
 
-    hw = _device(cfg, "judge.device")
+    hw = _precision(_device(cfg, "judge.device"), cfg.precision)
     path = Path(os.path.expanduser(cfg.model)) if cfg.model else \
         models.embedded_model_dir(cache_dir or os.environ.get("MEDSWEEP_CACHE", "~/.cache/medsweep"))
     if cfg.model and not path.is_dir():  # a hub id: its files from the hub cache (or the hub, when online)
@@ -253,7 +264,8 @@ def judge_run(run_dir: Path, rec: RunRecord, judge: Judge, pairwise: bool = True
         record.atomic_write_jsonl(run_dir / BASELINE, base_rows)
     decoding = {"temperature": getattr(judge.generator, "temperature", None),
                 "top_p": getattr(judge.generator, "top_p", None), "max_new_tokens": judge.max_new_tokens} \
-        if judge.scorer is None else {"next_token": "digits 1-5 / letters A, B", "low_mass_below": LOW_MASS}
+        if judge.scorer is None else {"scored_by": "next-token probabilities of the digits 1-5 / letters A, B",
+                                      "low_mass_below": LOW_MASS}
     answers = {"fine_tuned": _counts(grades), **({"baseline": _counts(base_grades)} if base_rows else {})}
     judged = Judged(judge.identity, JUDGE_PROMPT_VERSION, decoding, record.now(), time.perf_counter() - t0, answers,
                     pref)

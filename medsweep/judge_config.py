@@ -19,6 +19,7 @@ class JudgeConfig:
     base_url: str | None = None  # openai: the endpoint's /v1 URL (vLLM, Ollama, a hosted API)
     key_env: str | None = "OPENAI_API_KEY"  # NAME of the variable holding the key, read at call time (never the key)
     device: str = "auto"  # local: cpu | cuda | auto
+    precision: str = "auto"  # local: fp32 | bf16 | fp16 (CUDA) | auto: bf16 where native (GPU, AMX CPU)
     batch_size: int = 8  # local: prompts per generate() call
     max_new_tokens: int = 128  # the judge's reply budget
     temperature: float = 0.0  # 0: greedy (local) / temperature 0 (openai)
@@ -32,6 +33,7 @@ class JudgeConfig:
         _one_of("judge.kind", self.kind, ["none", "local", "openai"])
         require(self.kind != "openai" or bool(self.model), "judge.model", self.model, "required with judge=openai")
         _one_of("judge.method", self.method, ["auto", "logprobs", "text"])
+        _one_of("judge.precision", self.precision, ["auto", "fp32", "bf16", "fp16"])
         require(self.kind != "openai" or self.method != "logprobs", "judge.method", self.method, "judge=openai "
                 "reads the reply's text: use auto or text")
         require(self.kind != "openai" or re.match(r"^https?://", str(self.base_url)) is not None, "judge.base_url",

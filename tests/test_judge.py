@@ -273,6 +273,27 @@ def test_judge_config_checks():
         JudgeConfig(kind="openai", model="m", base_url=None).check()
     with pytest.raises(ConfigError, match="judge.batch_size"):
         JudgeConfig(kind="local", batch_size=0).check()
+    with pytest.raises(ConfigError, match="judge.precision='fp8' is invalid"):
+        JudgeConfig(kind="local", precision="fp8").check()
+
+
+@pytest.mark.parametrize(("device", "requested", "native", "expected"), [
+    ("cpu", "auto", True, "bf16"), ("cpu", "auto", False, "fp32"), ("cpu", "fp32", True, "fp32"),
+    ("cpu", "bf16", False, "bf16"), ("cuda", "auto", False, "fp16"), ("cuda", "fp16", True, "fp16"),
+    ("cuda", "fp32", True, "fp32")])
+def test_the_local_judge_precision(monkeypatch, device, requested, native, expected):
+    from medsweep.hardware import Hardware
+
+    monkeypatch.setattr(judge, "cpu_has_bf16", lambda: native)
+    hw = Hardware(device=device, precision="fp16" if device == "cuda" else "fp32", threads=2)
+    assert judge._precision(hw, requested) == Hardware(device=device, precision=expected, threads=2)
+
+
+def test_fp16_is_refused_for_a_cpu_judge():
+    from medsweep.hardware import Hardware
+
+    with pytest.raises(ConfigError, match=r"^judge.precision=fp16 is invalid on the CPU"):
+        judge._precision(Hardware(device="cpu", precision="fp32", threads=2), "fp16")
 
 
 # --------------------------------------------------------------------------- in a run, and the local judge
@@ -328,6 +349,11 @@ def test_the_embedded_smollm2_judges_a_run_locally(tmp_path, embedded_dir):
         assert row["judge"]["status"] == "ok" and 1 <= row["judge"]["correct"] <= 5 or row["judge"]["raw"]
         assert row["judge"]["pairwise"]["outcome"] in ("win", "loss", "tie", "unparsed")
     assert rec.metrics["judge_unparsed"] == judged.answers["fine_tuned"]["unparsed"]
+    # what the judge read is said in the saved record, not taken for a secret ("next_token" was redacted)
+    rec.save(run_dir)
+    saved = json.loads((run_dir / "metrics.json").read_text())["judge"]
+    assert saved["decoding"]["scored_by"].startswith("next-token probabilities of the digits 1-5")
+    assert "***" not in json.dumps(saved)
 
 
 def test_a_judge_that_cannot_be_built_fails_no_run(tmp_path):
