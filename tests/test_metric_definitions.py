@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -189,9 +190,25 @@ def test_agreement_is_spearmans_rho_across_configurations(tmp_path: Path):
     assert rho[("F1", "BLEU")] == (4, pytest.approx(0.8))
     assert rho[("F1", "Judge correct")] == (4, pytest.approx(-1.0))
     assert rho[("BLEU", "Judge correct")] == (4, pytest.approx(-0.8))
+    # exact permutation p-values over the 24 orderings of 4 configurations (two-sided): |rho| = 1 in 2 of them,
+    # |rho| >= 0.8 in 8 (rho = 0.8: the 3 adjacent swaps, and the identity; their mirrors for -0.8 and -1)
+    p = {(a, b): v for a, b, v in zip(table["metric A"], table["metric B"], table["p"], strict=True)}
+    assert p[("F1", "Judge correct")] == pytest.approx(1 / 12) and p[("F1", "BLEU")] == pytest.approx(1 / 3)
     report.write_tables(df, tmp_path / "out")
     text = (tmp_path / "out" / "report" / "report.md").read_text()
     assert "## Agreement between metrics" in text and "| F1 " in text.split("## Agreement between metrics")[1]
+
+
+def test_spearman_permutation_p_values():
+    # n = 5, rho = 0.9 (one adjacent swap): orderings with rho >= 0.9 are the identity and the 4 adjacent swaps,
+    # 5 of 120, two-sided 10/120; a constant sample has no rho; 9 configurations: random orderings, seeded
+    assert agreement_mod.spearman([1, 2, 3, 4, 5], [1, 3, 2, 4, 5]) == (pytest.approx(0.9), pytest.approx(1 / 12))
+    assert all(math.isnan(v) for v in agreement_mod.spearman([1, 2, 3], [2, 2, 2]))
+    x = list(range(9))
+    rho, p = agreement_mod.spearman(x, x)
+    assert rho == pytest.approx(1.0) and 0 < p <= 2 / 10_000 + 1e-12
+    assert agreement_mod.spearman(x, [0, 2, 1, 3, 5, 4, 6, 8, 7]) == agreement_mod.spearman(x, [0, 2, 1, 3, 5, 4, 6,
+                                                                                                  8, 7])
 
 
 def test_agreement_needs_three_configurations(tmp_path: Path):
