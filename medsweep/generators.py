@@ -19,7 +19,7 @@ from medsweep import record
 from medsweep.errors import ConfigError, MedsweepError
 from medsweep.generation import decoding, generate_batched
 from medsweep.hardware import Hardware, pick_device
-from medsweep.prompts import adds_bos
+from medsweep.prompts import chat_ids
 
 Messages = list[dict[str, str]]
 
@@ -41,13 +41,8 @@ class LocalGenerator:
         if not tokenizer.chat_template:
             raise ConfigError(f"the generator {name} has no chat template; use a chat (instruct) model")
 
-    def _ids(self, messages: Messages) -> list[int]:
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        bos = [self.tokenizer.bos_token_id] if adds_bos(self.tokenizer, prompt) else []
-        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
     def chat(self, conversations: list[Messages], max_new_tokens: int) -> list[str]:
-        prompts = [self._ids(m) for m in conversations]
+        prompts = [chat_ids(self.tokenizer, m) for m in conversations]
         options = {**decoding(self.temperature > 0, self.temperature, self.top_p),
                    "repetition_penalty": self.repetition_penalty}
         self.model.eval()  # dropout off; not switched back: a generator's model is only ever used to generate

@@ -17,12 +17,11 @@ from medsweep.judge_text import (
     SCORE_PREFIX,
     VERDICT_PREFIX,
     Grade,
-    Messages,
     Preference,
     score_messages,
     verdict_messages,
 )
-from medsweep.prompts import adds_bos
+from medsweep.prompts import chat_ids
 
 LOW_MASS = 0.5  # the labels' share of the next-token mass below which the judge is counted as off format
 DIGITS = ("1", "2", "3", "4", "5")
@@ -75,11 +74,6 @@ class LogprobScorer:
         self.digit_ids, self.letter_ids = label_ids(tokenizer, DIGITS), label_ids(tokenizer, LETTERS)
         self.graded: dict[tuple[str, str, str], Grade] = {}  # by _item: the scores depend on nothing else
 
-    def _ids(self, messages: Messages, prefix: str) -> list[int]:
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
-        bos = [self.tokenizer.bos_token_id] if adds_bos(self.tokenizer, prompt) else []
-        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
     def _probs(self, prompts: list[list[int]]) -> torch.Tensor:
         self.model.eval()
         with torch.no_grad():
@@ -93,8 +87,8 @@ class LogprobScorer:
         if todo:
             prefixes, ends = [], []
             for _, r in todo:
-                ids = [self._ids(score_messages(r["question"], r["reference"], r["generated"], c), SCORE_PREFIX[c])
-                       for c in CRITERIA]
+                ids = [chat_ids(self.tokenizer, score_messages(r["question"], r["reference"], r["generated"], c),
+                                SCORE_PREFIX[c]) for c in CRITERIA]
                 n = _common_start(ids)
                 prefixes.append(ids[0][:n])
                 ends.append([p[n:] for p in ids])
@@ -113,7 +107,7 @@ class LogprobScorer:
 
     def verdicts(self, conversations: list[tuple[str, str, str, str]]) -> list[Preference]:
         """Per (question, reference, answer A, answer B): the likelier letter after VERDICT_PREFIX."""
-        prompts = [self._ids(verdict_messages(*c), VERDICT_PREFIX) for c in conversations]
+        prompts = [chat_ids(self.tokenizer, verdict_messages(*c), VERDICT_PREFIX) for c in conversations]
         if not prompts:
             return []
         letters = label_probs(self._probs(prompts), self.letter_ids)

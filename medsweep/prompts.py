@@ -222,3 +222,12 @@ def adds_bos(tokenizer, text: str) -> bool:
     with it (chat templates that write it, Gemma's)."""
     bos = tokenizer.bos_token
     return bool(bos) and not text.startswith(bos) and encodes_bos(tokenizer)
+
+
+def chat_ids(tokenizer, messages: list[dict[str, str]], start: str = "") -> list[int]:
+    """The token ids of a chat prompt with the assistant's turn opened by the chat template (and `start` already
+    written in it: the judge's `Correct (1-5): `): BOS exactly once, whether the template writes it (Gemma) or
+    the tokenizer would add it (Llama, Mistral), none where neither does (SmolLM2, GPT-2)."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + start
+    bos = [tokenizer.bos_token_id] if adds_bos(tokenizer, prompt) else []
+    return bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -748,9 +748,24 @@ def test_build_generator_from_a_model_dir(tmp_path, embedded_dir):
     assert (gen.batch_size, gen.temperature, gen.top_p, gen.repetition_penalty) == (3, 0.4, 0.6, 1.05)
     reference = model.state_dict()
     assert all(torch.equal(t, reference[k]) for k, t in gen.model.state_dict().items())
+    assert gen.hw == generators._device(cfg.generator)
     cfg.generator.model_dir = str(tmp_path / "nothing-here")
     with pytest.raises(ConfigError, match="generator.model_dir=.* is invalid: neither a run directory"):
         generators.build_generator(cfg)
+
+
+def test_a_model_dir_loads_on_the_generators_device(monkeypatch):
+    from medsweep import export
+    from medsweep.hardware import Hardware
+
+    loaded = []
+    gpu = Hardware(device="cuda", precision="bf16", threads=2)
+    monkeypatch.setattr(generators, "_device", lambda g: gpu)
+    monkeypatch.setattr(export, "load_generator_model", lambda spec, hw=None: loaded.append((spec, hw)) or
+                        (object(), type("Tok", (), {"chat_template": "t"})()))
+    cfg = synth_cfg("input.path=x", "generator.model_dir=/models/m", "generator.device=cuda")
+    gen = generators.build_generator(cfg)
+    assert loaded == [("/models/m", gpu)] and gen.hw == gpu  # loaded where it generates, not on export's CPU default
 
 
 def test_generator_device(monkeypatch):
