@@ -183,7 +183,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, hw: hardware.Hardware, re
         tracker.log_eval(rec.baseline, "baseline", step=0)
         tracker.log_predictions(baseline_rows, "predictions_baseline")
 
-    model = models.add_lora(model, cfg.lora, cfg.model, init_adapter=cfg.train.init_adapter)
+    model = models.add_lora(model, cfg.lora, cfg.model, init_adapter=cfg.train.init_adapter, seed=cfg.train.seed)
     rec.model["trainable_params"] = models.trainable_params(model)
     tokenizer.padding_side = "right"
     train_ds, rec.data["tokenized"] = cache.tokenize_cached(

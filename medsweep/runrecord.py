@@ -65,6 +65,7 @@ class RunRecord:
     # prediction files means (one evaluation code path computes them all); None in records written before
     metric_definitions: dict[str, Any] | None = None
     judge: dict[str, Any] | None = None  # judge.Judged: the judge's identity, prompt version, decoding and counts
+    packed_with: list[str] = field(default_factory=list)  # the other runs trained with it in one process (pack.py)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a loaded record that this class does not know
     # The keys to_dict writes whatever their value, in this order: a loaded record's are the file's.
     _keys: tuple[str, ...] = field(default=_STARTED, init=False, repr=False, compare=False)
