@@ -151,14 +151,12 @@ class PackTrainer(AnswerOnlyTrainer):
 
     @property
     def per_member_batch(self) -> int:
-        return self.args.per_device_train_batch_size // len(self.members)
+        return self.args.train_batch_size // len(self.members)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         batch = self.per_member_batch
-        self.epoch_samplers = [self.epoch_sampler(m.seed, dataset) for m in self.members]
-        for sampler in self.epoch_samplers:  # each member's megabatch: its own optimizer step's examples
-            sampler.megabatch = batch * self.args.gradient_accumulation_steps
+        self.epoch_samplers = [self.epoch_sampler(m.seed, dataset, batch) for m in self.members]
         return PackSampler(self.epoch_samplers, batch)
 
     def create_optimizer(self, model=None):

@@ -58,22 +58,25 @@ class AnswerOnlyTrainer(Trainer):
         """The run's EpochSampler: its order depends on train.seed and the epoch only, not on torch's global
         RNG (which the dropout of other runs of a pack would move on)."""
         sampler = self.epoch_sampler(self.args.seed, train_dataset if train_dataset is not None else
-                                     self.train_dataset)
+                                     self.train_dataset, self.args.train_batch_size)
         self.epoch_samplers = [sampler]
         return sampler
 
-    def epoch_sampler(self, seed: int, dataset) -> EpochSampler:
-        """The order of one run of seed `seed` over `dataset`: length-grouped in megabatches of the optimizer
-        step's examples (as transformers' LengthGroupedSampler) or a plain permutation. The lengths as a plain
-        list: datasets 4 hands over a lazy column, read element by element (0.4 s per epoch for 2,000 examples)
-        when the megabatches are sorted."""
+    def epoch_sampler(self, seed: int, dataset, batch: int) -> EpochSampler:
+        """The order of one run of seed `seed` over `dataset` in batches of `batch` examples: length-grouped in
+        megabatches of an optimizer step's examples (batch x grad_accum, as transformers' LengthGroupedSampler)
+        or a plain permutation. `batch` is the run's global batch (train.batch_size): under data parallelism
+        every process draws this same order and accelerate hands each its slice of every batch (split_batches,
+        training_args), so the megabatches, hence the batches, are those of one process; in a pack, the
+        member's own batch, so that it sees its solo order. The lengths as a plain list: datasets 4 hands over a
+        lazy column, read element by element (0.4 s per epoch for 2,000 examples) when the megabatches are
+        sorted."""
         lengths = None
         if self.args.train_sampling_strategy == "group_by_length":
             column = self.args.length_column_name
             lengths = list(dataset[column]) if column in dataset.column_names else [len(x["input_ids"])
                                                                                     for x in dataset]
-        return EpochSampler(len(dataset), seed, lengths,
-                            self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps)
+        return EpochSampler(len(dataset), seed, lengths, batch * self.args.gradient_accumulation_steps)
 
     def _run_epoch(self, *args, **kwargs):
         for sampler in self.epoch_samplers:  # also a resumed run's first epoch: the order is the epoch's own

@@ -54,6 +54,21 @@ def test_a_pack_ends_with_the_solo_adapters_and_metrics(compose, tmp_path, embed
         assert json.loads((dirs[k] / "adapter" / "adapter_config.json").read_text())["r"] == cfgs[k].lora.r
 
 
+def test_each_member_of_a_stacked_batch_has_its_solo_batch():
+    from torch.utils.data import BatchSampler
+
+    from medsweep.pack import PackSampler
+    from medsweep.train import EpochSampler
+
+    lengths = [3, 9, 4, 7, 1, 8, 2, 6, 5, 10, 11]
+    solo = [EpochSampler(len(lengths), seed, lengths, megabatch=4) for seed in (0, 1, 2)]
+    stacked = list(BatchSampler(PackSampler(solo, batch=2), 3 * 2, drop_last=False))
+    for k, sampler in enumerate(solo):
+        alone = list(BatchSampler(sampler, 2, drop_last=False))
+        rows = [b[k * len(b) // 3:(k + 1) * len(b) // 3] for b in stacked]
+        assert rows == alone, k
+
+
 def test_a_diverging_run_fails_alone(compose, tmp_path, embedded_dir):
     cfgs = [compose([*SMOKE, "lora.r=4"]), compose([*SMOKE, "lora.r=8", "train.lr=1e30"]),
             compose([*SMOKE, "lora.r=2"])]
