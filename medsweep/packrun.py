@@ -26,6 +26,7 @@ from medsweep import (
     data,
     fit,
     hardware,
+    judge,
     metrics,
     models,
     pack,
@@ -104,6 +105,7 @@ def _run(configs: list[DictConfig], runs: list[RunConfig], run_dirs: list[Path],
                         hardware={"device": hw.device, "precision": hw.precision, "threads": hw.threads,
                                   "mode": hw.mode, "world_size": hw.world_size},
                         env=record.environment(), started_at=record.now(),
+                        metric_definitions=metrics.definitions(run.eval.semantic).to_dict(),
                         packed_with=[n for n in names if n != run_dir.name])
         record.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(record.redact(
             OmegaConf.to_container(cfg, resolve=True))))
@@ -113,6 +115,9 @@ def _run(configs: list[DictConfig], runs: list[RunConfig], run_dirs: list[Path],
         files = [d / progress_file.FILE for d in run_dirs]
         with progress_file.recording(files[0], copies=tuple(files[1:])):  # medsweep-status reads each run's
             results = _train_and_evaluate(runs, run_dirs, hw, recs)
+            for run, run_dir, rec in zip(runs, run_dirs, recs, strict=True):
+                if run.judge.kind != "none" and rec.status == "running":  # after the pack's models are gone
+                    judge.judge_trained_run(run, run_dir, rec)
     except BaseException as exc:  # SystemExit: submitit requeues the job after a checkpoint (preempt.py)
         for rec, run_dir in zip(recs, run_dirs, strict=True):
             if rec.status == "running":
@@ -236,12 +241,9 @@ def _train_and_evaluate(runs: list[RunConfig], run_dirs: list[Path], hw: hardwar
         _save_adapter(model, tokenizer, member.name, run_dir / "adapter")
         model.set_adapter(member.name)
         log.info("evaluating %s (%s) on %d held-out questions", run_dir.name, member.name, len(eval_records))
-        rec.metrics, rows = evaluate(model, tokenizer, eval_records, run, hw)
-        rec.per_example = {k: [r["scores"][k] for r in rows] for k in metrics.PER_EXAMPLE if k in rows[0]["scores"]}
+        scores, rows = evaluate(model, tokenizer, eval_records, run, hw)
+        rec.add_evaluation(scores, rows)
         rec.train.update(hardware.peak_memory(hw))
-        if rec.baseline:
-            rec.delta = {k: v - rec.baseline[k] for k, v in rec.metrics.items()
-                         if k in rec.baseline and isinstance(v, (int, float))}
         record.atomic_write_jsonl(run_dir / "predictions.jsonl", rows)
         results.append((history, rows, baseline_rows))
     return results

@@ -54,6 +54,33 @@ def test_a_pack_ends_with_the_solo_adapters_and_metrics(compose, tmp_path, embed
         assert json.loads((dirs[k] / "adapter" / "adapter_config.json").read_text())["r"] == cfgs[k].lora.r
 
 
+def test_the_runs_of_a_pack_record_the_optional_metrics_as_their_solo_runs(compose, tmp_path, embedded_dir,
+                                                                            endpoint):
+    """eval.semantic (where wordllama is installed) and a judge: each run of a pack records the per-example scores,
+    metric definitions, judge scores and deltas its solo run records (one recording of an evaluation,
+    RunRecord.add_evaluation, and one judging step, judge.judge_trained_run, for both)."""
+    from medsweep import semantic
+    from tests.fake_openai import FakeOpenAI
+
+    FakeOpenAI.reply = lambda body, auth: ('{"better": "A"}' if "ANSWER A:" in body["messages"][-1]["content"]
+                                           else '{"correct": 3, "complete": 2, "safe": 5}')
+    optional = [*(["eval.semantic=true"] if semantic.available() else []), "eval.baseline=true",
+                "eval.cache_baseline=false", "judge=openai", f"judge.base_url={endpoint}", "judge.model=fake-judge"]
+    cfgs = [compose([*SMOKE, *optional, *m]) for m in MEMBERS[:2]]
+    solo = [run.train_eval(c, tmp_path / f"solo{k}") for k, c in enumerate(cfgs)]
+    packed = packrun.run_pack(cfgs, [tmp_path / f"pack{k}" for k in range(2)])
+    expected = {"f1", "judge_correct", *(["semantic"] if semantic.available() else [])}
+    for s, p in zip(solo, packed, strict=True):
+        assert p["status"] == "complete" and "error" not in (p["judge"] or {}), p.get("error") or p["judge"]
+        assert p["per_example"].keys() == s["per_example"].keys() >= expected
+        for key, scores in s["per_example"].items():
+            assert p["per_example"][key] == pytest.approx(scores, rel=1e-6, abs=1e-9), key
+        assert p["metric_definitions"] == s["metric_definitions"]
+        assert _quality(p["metrics"]) == pytest.approx(_quality(s["metrics"]), rel=1e-6, abs=1e-9)
+        assert p["delta"].keys() == s["delta"].keys() and p["metrics"]["judge_correct"] == 3.0
+        assert p["judge"]["answers"] == s["judge"]["answers"] and p["judge"]["pairwise"] == s["judge"]["pairwise"]
+
+
 def test_each_member_of_a_stacked_batch_has_its_solo_batch():
     from torch.utils.data import BatchSampler
 
