@@ -316,6 +316,9 @@ class RunConfig:
     # multirun: submit, print how to follow the sweep, and return; a SLURM job that waits for the sweep's jobs writes
     # its report (null: true with hydra/launcher=slurm; a local sweep's jobs end with the command, so it waits)
     detach: bool | None = None
+    # multirun: train up to this many runs that differ only in LoRA settings, train.lr or train.seed in one process
+    # on one base model (medsweep/pack.py); auto: as many as the profile's memory holds (fit.pack_size)
+    pack: Any = 1
 
     def check(self) -> None:
         """Every group's ranges and the rules that join groups (the parallel layout's rule: checks.validate)."""
@@ -329,6 +332,8 @@ class RunConfig:
         self.logger.check()
         self.judge.check()
         require(self.attempt >= 0, "attempt", self.attempt, "must be >= 0")
+        require(self.pack == "auto" or (isinstance(self.pack, int) and not isinstance(self.pack, bool)
+                                        and self.pack >= 1), "pack", self.pack, "must be an integer >= 1 or auto")
         require(re.fullmatch(_PLAIN_NAME, str(self.sweep_name)) is not None, "sweep_name", self.sweep_name,
                  "must be a plain directory name (letters, digits, . _ = + , -; at most 100 characters)")
 

@@ -182,6 +182,24 @@ def gpu_hours(cfg: RunConfig, mode: str) -> float:
     return one_gpu_hours * p.gpus if mode == "model_split" else one_gpu_hours
 
 
+AUTO_PACK_CPU = 8  # pack=auto on a CPU: the frozen layers' work is shared, the adapters' and the loss's are not
+
+
+def pack_size(cfg: RunConfig) -> int:
+    """pack=auto: how many runs of `cfg`'s shape train in one process (medsweep/pack.py). Their batches are stacked
+    next to one base model, so each adds its training activations and loss; evaluation runs one adapter at a time.
+    On a CPU profile (host memory) AUTO_PACK_CPU; a model split or data parallel over several GPUs trains alone."""
+    p = cfg.profile
+    if _on_cpu(p):
+        return AUTO_PACK_CPU
+    mode, _ = parallel(cfg)
+    if mode != "single":
+        return 1
+    parts = memory(cfg)
+    room = p.gpu_memory_gb * USABLE - parts["weights"] - OVERHEAD_GIB
+    return max(1, int(room // parts["training"])) if parts["training"] > 0 else 1
+
+
 def estimate(cfg: RunConfig) -> Fit:
     """The job's layout, memory need vs its GPUs' memory, and estimated GPU-hours."""
     m, t, p = cfg.model, cfg.train, cfg.profile

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from medsweep import CONF_DIR, metrics, record
-from medsweep.config import JudgeConfig
+from medsweep.config import JudgeConfig, RunConfig
 from medsweep.errors import ConfigError, MedsweepError, ModelError
 from medsweep.generators import Generator, OpenAIGenerator
 from medsweep.hardware import Hardware, cpu_has_bf16
@@ -274,6 +274,17 @@ def judge_run(run_dir: Path, rec: RunRecord, judge: Judge, pairwise: bool = True
 
 
 # --------------------------------------------------------------------------- medsweep-judge
+
+
+def judge_trained_run(run: RunConfig, run_dir: Path, rec: RunRecord) -> None:
+    """Judge the answers a run (run.py) or a run of a pack (packrun.py) has just written, with its judge.* settings.
+    A judge that cannot be built or asked fails no trained run: the record says why, and `medsweep-judge <run dir>`
+    judges it later (answers that failed one by one are counted, not raised)."""
+    try:
+        judge_run(run_dir, rec, build_judge(run.judge, run.model.cache_dir), run.judge.pairwise)
+    except Exception as exc:  # noqa: BLE001 - out of memory, a model that cannot load ...: the trained run stands
+        log.warning("judge=%s failed: %s (judge the run later: medsweep-judge %s)", run.judge.kind, exc, run_dir)
+        rec.judge = {"kind": run.judge.kind, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _run_dirs(paths: list[str]) -> list[Path]:

@@ -42,11 +42,12 @@ def cpu_fp32(*tensors: torch.Tensor) -> bool:
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
 
 
-def dropout_bits(shape: torch.Size) -> torch.Tensor:
-    """One uniform int16 per element: the raw 64-bit output of numpy's SFC64, seeded by one draw of torch's
-    generator (so a run, and a resumed run, draws the same masks), read as four int16 per draw."""
+def dropout_bits(shape: torch.Size, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One uniform int16 per element: the raw 64-bit output of numpy's SFC64, seeded by one draw of `generator`
+    (the run's own dropout generator, whose state its checkpoints keep, so a resumed run draws the same masks;
+    None: torch's global one), read as four int16 per draw."""
     n = int(np.prod(shape))
-    seed = int(torch.randint(0, 2**62, (1,)).item())
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     return torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]).view(shape)
 
 
@@ -65,15 +66,16 @@ def _keep_scale(p: float) -> float:
 
 
 class FastDropout(torch.nn.Module):
-    """Inverted dropout with masks from `dropout_bits` (numpy's SFC64 seeded from torch's RNG); identity in eval
-    mode."""
+    """Inverted dropout with masks from `dropout_bits` (numpy's SFC64 seeded from `generator`: the run's dropout
+    generator, or torch's global one when None); identity in eval mode."""
 
-    def __init__(self, p: float):
+    def __init__(self, p: float, generator: torch.Generator | None = None):
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
         self.scale = _keep_scale(p)
+        self.generator = generator
 
     @property
     def active(self) -> bool:
@@ -82,7 +84,7 @@ class FastDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return x
-        return x * keep_mask(dropout_bits(x.shape), self.p, x.dtype).mul_(self.scale).to(x.device)
+        return x * keep_mask(dropout_bits(x.shape, self.generator), self.p, x.dtype).mul_(self.scale).to(x.device)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -96,10 +98,10 @@ class _LoraDelta(torch.autograd.Function):
     (features x tokens) @ (tokens x rank) form autograd picks for nn.Linear."""
 
     @staticmethod
-    def forward(ctx, base_out, x, weight_a, weight_b, scaling, p):
+    def forward(ctx, base_out, x, weight_a, weight_b, scaling, p, generator=None):
         ctx.x_shape = x.shape
         x = x.reshape(-1, x.shape[-1])
-        bits = dropout_bits(x.shape) if p else None
+        bits = dropout_bits(x.shape, generator) if p else None
         if bits is not None:
             x = x * keep_mask(bits, p)
             scaling = scaling * _keep_scale(p)
@@ -124,7 +126,7 @@ class _LoraDelta(torch.autograd.Function):
             if bits is not None:
                 grad_x.mul_(keep_mask(bits, ctx.p))
             grad_x = grad_x.view(ctx.x_shape)
-        return grad_out, grad_x, grad_a, grad_b, None, None
+        return grad_out, grad_x, grad_a, grad_b, None, None, None
 
 
 def _rank_by_features(h: torch.Tensor, x: torch.Tensor, splits: int = 4) -> torch.Tensor:
@@ -157,16 +159,18 @@ def _lora_linear_class():
             if not plain:
                 return super().forward(x, *args, **kwargs)
             assert a is not None and b is not None and name is not None  # plain checked them
-            p = dropout.p if isinstance(dropout, FastDropout) and dropout.active else 0.0
-            return _LoraDelta.apply(self.base_layer(x), x, a.weight, b.weight, float(self.scaling[name]), p)
+            p, generator = ((dropout.p, dropout.generator) if isinstance(dropout, FastDropout) and dropout.active
+                            else (0.0, None))
+            return _LoraDelta.apply(self.base_layer(x), x, a.weight, b.weight, float(self.scaling[name]), p, generator)
 
     return FusedLoraLinear
 
 
-def fast_lora(model) -> tuple[int, int]:
-    """CPU training fast path for peft LoRA layers: `FastDropout` in place of their `nn.Dropout`, and peft's
-    LoRA Linear turned into `FusedLoraLinear` (its forward: `_LoraDelta` in the plain case, peft's own
-    otherwise). Returns (dropouts replaced, layers fused). CPU only: on CUDA torch's kernels are fast already."""
+def fast_lora(model, generator: torch.Generator | None = None) -> tuple[int, int]:
+    """CPU training fast path for peft LoRA layers: `FastDropout` (drawing from `generator`) in place of their
+    `nn.Dropout`, and peft's LoRA Linear turned into `FusedLoraLinear` (its forward: `_LoraDelta` in the plain
+    case, peft's own otherwise). Returns (dropouts replaced, layers fused). CPU only: on CUDA torch's kernels are
+    fast already."""
     from peft.tuners.lora.layer import Linear
 
     fused_class = _lora_linear_class()
@@ -176,7 +180,7 @@ def fast_lora(model) -> tuple[int, int]:
         if isinstance(dropouts, torch.nn.ModuleDict):
             for name, drop in list(dropouts.items()):
                 if type(drop) is torch.nn.Dropout and drop.p > 0:
-                    dropouts[name] = FastDropout(drop.p).train(drop.training)
+                    dropouts[name] = FastDropout(drop.p, generator).train(drop.training)
                     replaced += 1
         if type(module) is Linear and type(module.base_layer) is torch.nn.Linear:
             module.__class__ = fused_class
@@ -259,10 +263,20 @@ def answer_loss_sum(model, input_ids, attention_mask, labels, fast_kernels: bool
     (linear_cross_entropy: the tokens x vocabulary logits are never kept; `fast_kernels=False`: the library's
     full logits and cross-entropy, plain_cross_entropy). Works for a PEFT-wrapped or plain causal LM (Llama,
     Mistral, Gemma, GPT-2)."""
+    return answer_loss_of_hidden(model, decoder_hidden(model, input_ids, attention_mask), labels, fast_kernels)
+
+
+def decoder_hidden(model, input_ids, attention_mask):
+    """The decoder's last hidden states (no LM head) of a PEFT-wrapped or plain causal LM."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     if right_padded(attention_mask):  # causal attention alone keeps every real token off the padding after it
         attention_mask = None
-    hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def answer_loss_of_hidden(model, hidden, labels, fast_kernels: bool = True):
+    """answer_loss_sum's head and cross-entropy on the decoder's hidden states of `labels`' rows."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     # A model split across GPUs (device_map=auto): calling the inner decoder skips the hook that would bring its
     # output back, so the hidden states sit on the last GPU while labels and a tied head sit on the first. Each op
     # runs where its operands are: the mask on the hidden states' GPU, the selected rows on the head's.

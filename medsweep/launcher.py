@@ -30,9 +30,10 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig
 
 from medsweep import config as config_schema
-from medsweep import record, submit
+from medsweep import fit, packplan, record, submit
 from medsweep.compose import ComposeCache
 from medsweep.errors import MedsweepError
+from medsweep.packjob import PackJob
 from medsweep.runrecord import RunRecord
 from medsweep.submit import chunks, cluster_limits
 from medsweep.sweep import PlannedJob, detached, end, read_jobs, write_jobs
@@ -71,8 +72,10 @@ def resources(cfg: RunConfig, executor: str, processes: int = 1) -> dict[str, An
     return {k: v for k, v in res.items() if v is not None}
 
 
-def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, executor: str
-              ) -> list[PlannedJob]:
+def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, executor: str,
+              pack_keys: dict[int, tuple[str, int]] | None = None) -> list[PlannedJob]:
+    """Every job of the sweep, checked, with its run directory and resources; `pack_keys` (pack > 1) gets each
+    job to run's pack key and pack size (packplan.units)."""
     jobs = []
     typed = TypedJobs(ComposeCache(launcher.hydra_context.config_loader, launcher.config))
     texts = {o for overrides in job_overrides for o in overrides}
@@ -84,7 +87,7 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
         job_cfg = typed.job(list(overrides))
         job = PlannedJob(idx=idx, run_dir=job_cfg.run_dir, status="submit",
                          overrides=[shown[o] for o in filter_overrides(overrides)
-                                    if not o.startswith(("plan=", "detach="))])
+                                    if not o.startswith(("plan=", "detach=", "pack="))])
         try:
             run, estimate = job_cfg.check()
         except MedsweepError as exc:
@@ -100,6 +103,10 @@ def plan_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx:
             job.status, job.reason = "complete", "record complete: skipped"
         elif not estimate.fits:
             job.status, job.reason = "refused", f"does not fit: {estimate.detail}"
+        elif pack_keys is not None and run.pack != 1:
+            size = fit.pack_size(run) if run.pack == "auto" else int(run.pack)
+            pack_keys[idx] = (packplan.pack_key(job_cfg.run_config()) + json.dumps(job.resources, sort_keys=True),
+                              size)
         jobs.append(job)
     log.debug("plan: %d job configs, %d composed by Hydra, %d typed from their structure's", len(jobs),
               typed.configs.full, typed.fast)
@@ -122,7 +129,9 @@ def plan_table(jobs: list[PlannedJob]) -> str:
         return f"{j.mode} x{j.processes}" if j.processes > 1 else j.mode
 
     listed = jobs if len(jobs) <= PLAN_ROWS else [j for j in jobs if j.status in ("refused", "invalid")]
+    packed = any(j.pack for j in jobs)  # the column only where pack=K made packs
     rows = [{"#": j.idx, "overrides": " ".join(j.overrides), "status": j.status,
+             **({"pack": "+".join(f"#{i}" for i in j.pack)} if packed else {}),
              "cpus": j.resources.get("cpus_per_task"), "gpus": gpus(j), "time_min": j.resources.get("timeout_min"),
              "mode": mode(j), "need/have GiB": need(j), "est_gpu_h": round(j.gpu_hours, 2),
              "run_dir": Path(j.run_dir).name, "reason": j.reason}
@@ -179,7 +188,9 @@ class SweepLauncherMixin:
         if detach and kind != "slurm":
             _refuse("detach=true needs hydra/launcher=slurm: a local sweep's jobs end with this command")
         record.scrub_yaml_files([sweep_dir / "multirun.yaml"])
-        jobs = plan_jobs(self, job_overrides, initial_job_idx, kind)
+        pack_keys: dict[int, tuple[str, int]] = {}
+        jobs = plan_jobs(self, job_overrides, initial_job_idx, kind, pack_keys)
+        units = packplan.units([j for j in jobs if j.status == "submit"], pack_keys)
         visible = _visible_gpus() if kind == "local" and not self.config.plan \
             and any(j.resources.get("gpus_per_node") for j in jobs) else []  # a plan asks no GPU (nor torch)
         if kind == "local" and not self.config.plan:  # a plan may be for the cluster: only a launch checks
@@ -206,28 +217,37 @@ class SweepLauncherMixin:
         for j in jobs:
             if j.status == "complete":
                 j.outcome = "skipped"
-        groups: dict[str, list[PlannedJob]] = {}
-        for j in todo:
-            groups.setdefault(json.dumps(j.resources, sort_keys=True), []).append(j)
+        groups: dict[str, list[list[PlannedJob]]] = {}
+        for unit in units:  # a pack (pack=K) is one submitit job
+            if unit[0].status == "submit":
+                groups.setdefault(json.dumps(unit[0].resources, sort_keys=True), []).append(unit)
         returns, pending = [], []
         for key, group in groups.items():
             executor = self._executor(json.loads(key))
             if kind == "local":  # each job its own GPUs, at most visible // gpus at once
-                gpus = group[0].resources.get("gpus_per_node", 0)
+                gpus = group[0][0].resources.get("gpus_per_node", 0)
                 size = min(self.config.site.max_parallel, len(visible) // gpus if gpus else len(group))
                 for wave in chunks(group, size):
                     returns += submit.wait(self._submit_local(executor, wave, job_overrides, initial_job_idx,
                                                               visible, gpus))
             else:  # one array per resource group, split where the cluster caps an array's size
                 for array in chunks(group, array_size):
-                    handles = executor.map_array(self, *zip(*self._args(array, job_overrides, initial_job_idx),
-                                                            strict=True))
-                    pending += _submitted(array, handles)
+                    solo = [u[0] for u in array if len(u) == 1]
+                    if solo:
+                        handles = executor.map_array(self, *zip(*self._args(solo, job_overrides, initial_job_idx),
+                                                                strict=True))
+                        pending += _submitted(solo, handles)
+                    packs = [u for u in array if len(u) > 1]
+                    if packs:
+                        handles = executor.map_array(PackJob(self), [self._args(u, job_overrides, initial_job_idx)
+                                                                     for u in packs])
+                        pending += _submitted_packs(packs, handles)
         write_jobs(sweep_dir, jobs)
         if detach:
             self._detach(sweep_dir, jobs, pending)
             return returns
         returns += submit.wait(pending, ask_slurm=kind == "slurm")
+        _diverged_members(jobs)
         write_jobs(sweep_dir, jobs)
         if any(j.outcome == "failed" for j in jobs):  # the sweep ends here, through its one end (sweep.py)
             sys.exit(end(sweep_dir, launched=len(jobs)))
@@ -247,19 +267,26 @@ class SweepLauncherMixin:
         return [(list(job_overrides[j.idx - initial_job_idx]), "hydra.sweep.dir", j.idx, f"job_id_for_{j.idx}",
                  Singleton.get_state()) for j in jobs]
 
-    def _submit_local(self, executor: Any, wave: list[PlannedJob], job_overrides: Sequence[Sequence[str]],
+    def _submit_local(self, executor: Any, wave: list[list[PlannedJob]], job_overrides: Sequence[Sequence[str]],
                       initial_job_idx: int, visible: list[int], gpus: int) -> list[tuple[PlannedJob, Any]]:
-        args = self._args(wave, job_overrides, initial_job_idx)
-        if not gpus:
-            return _submitted(wave, executor.map_array(self, *zip(*args, strict=True)))
-        handles = []
-        for k, job_args in enumerate(args):
-            ids = ",".join(str(i) for i in visible[k * gpus:(k + 1) * gpus])
-            # AutoExecutor passes no visible_gpus to the local executor; its setup lines run in the job's shell
-            # after submitit set CUDA_VISIBLE_DEVICES, so this export wins
-            executor.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={ids}"])
-            handles.append(executor.submit(self, *job_args))
-        return _submitted(wave, handles)
+        """One local process per unit of the wave: a job alone, or a pack (PackJob)."""
+        solo = [u[0] for u in wave if len(u) == 1]
+        if not gpus and len(solo) == len(wave):
+            return _submitted(solo, executor.map_array(self, *zip(*self._args(solo, job_overrides, initial_job_idx),
+                                                                  strict=True)))
+        pairs = []
+        for k, unit in enumerate(wave):
+            args = self._args(unit, job_overrides, initial_job_idx)
+            if gpus:
+                ids = ",".join(str(i) for i in visible[k * gpus:(k + 1) * gpus])
+                # AutoExecutor passes no visible_gpus to the local executor; its setup lines run in the job's shell
+                # after submitit set CUDA_VISIBLE_DEVICES, so this export wins
+                executor.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={ids}"])
+            if len(unit) == 1:
+                pairs += _submitted(unit, [executor.submit(self, *args[0])])
+            else:
+                pairs += _submitted_packs([unit], [executor.submit(PackJob(self), args)])
+        return pairs
 
     def _detach(self, sweep_dir: Path, jobs: list[PlannedJob], pending: list[tuple[PlannedJob, Any]]) -> None:
         """Submit the report job after the sweep's jobs (new and still queued ones), say how to follow, return."""
@@ -319,6 +346,22 @@ def _submitted(jobs: list[PlannedJob], handles: Sequence[Any]) -> list[tuple[Pla
         j.job_id, j.outcome = str(handle.job_id), "submitted"
         log.info("#%d submitted as %s: %s", j.idx, handle.job_id, " ".join(j.overrides))
     return pairs
+
+
+def _submitted_packs(packs: list[list[PlannedJob]], handles: Sequence[Any]) -> list[tuple[PlannedJob, Any]]:
+    """Each member of a pack waits on its pack's submitit job."""
+    return [pair for unit, handle in zip(packs, handles, strict=True)
+            for pair in _submitted(unit, [handle] * len(unit))]
+
+
+def _diverged_members(jobs: list[PlannedJob]) -> None:
+    """A pack's job ends well when one of its runs diverged (it fails alone): that run's record says so."""
+    for j in jobs:
+        if j.pack and j.outcome == "completed":
+            rec = RunRecord.load(j.run_dir)
+            if rec is not None and rec.status == "failed":
+                j.outcome, j.error = "failed", rec.error or "failed"
+                log.error("#%d failed (pack job %s): %s", j.idx, j.job_id, j.error)
 
 
 def _keep_queued(sweep_dir: Path, jobs: list[PlannedJob]) -> None:

@@ -277,13 +277,19 @@ def linear_module_names(model) -> list[str]:
     """Short names of the Linear / Conv1D (GPT-2) layers LoRA can adapt."""
     from transformers.pytorch_utils import Conv1D
 
-    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-             if isinstance(mod, (torch.nn.Linear, Conv1D)) or type(mod).__name__.startswith("Linear4bit")}
+    # in a model that holds adapters already (a pack's), an adapted layer's Linear is its `base_layer`
+    names = {name.removesuffix(".base_layer").rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if (isinstance(mod, (torch.nn.Linear, Conv1D)) or type(mod).__name__.startswith("Linear4bit"))
+             and ".lora_" not in name}
     return sorted(names)
 
 
-def add_lora(model, lora_cfg: LoraConfig, model_cfg: ModelConfig, init_adapter: str | None = None):
-    """Wrap the model with a trainable LoRA adapter (fresh, or continued from `init_adapter`)."""
+def add_lora(model, lora_cfg: LoraConfig, model_cfg: ModelConfig, init_adapter: str | None = None,
+             seed: int | None = None, adapter_name: str = "default"):
+    """Wrap the model with a trainable LoRA adapter (fresh, or continued from `init_adapter`). A fresh adapter's
+    weights are drawn right after seeding torch with `seed` (train.seed), so that they depend on the seed alone:
+    the same in a run of its own and as one of the adapters of a pack (pack.py), which adds `adapter_name` to a
+    model that is already a PeftModel."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     targets = list(lora_cfg.target_modules if lora_cfg.target_modules is not None else model_cfg.lora_target_modules)
@@ -299,7 +305,12 @@ def add_lora(model, lora_cfg: LoraConfig, model_cfg: ModelConfig, init_adapter: 
                         target_modules=targets, bias=lora_cfg.bias,  # type: ignore[arg-type]  # checked: peft's three
                         task_type="CAUSAL_LM",
                         fan_in_fan_out=model_cfg.family == "gpt2")  # GPT-2's Conv1D stores weights transposed
-    return fp32_trainable(get_peft_model(model, config))
+    if seed is not None:
+        torch.manual_seed(seed)
+    if isinstance(model, PeftModel):
+        model.add_adapter(adapter_name, config)
+        return fp32_trainable(model)
+    return fp32_trainable(get_peft_model(model, config, adapter_name=adapter_name))
 
 
 def fp32_trainable(model):

@@ -42,8 +42,10 @@ class ProgressFile:
     seconds have passed since the last write. A write that fails (disk full) is logged once and never stops the
     run: the file is a convenience, the record is what counts."""
 
-    def __init__(self, path: Path, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, path: Path, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic,
+                 copies: tuple[Path, ...] = ()):
         self.path, self.every_s, self.clock = Path(path), every_s, clock
+        self.copies = copies  # a pack's other runs (packrun.py): the same figures in each run directory
         self.fields: dict[str, Any] = {}
         self.last = -math.inf
         self.broken = False
@@ -56,7 +58,8 @@ class ProgressFile:
             return
         self.last = self.clock()
         try:
-            record.atomic_write_json(self.path, {**self.fields, "updated_at": record.now()})
+            for path in (self.path, *self.copies):
+                record.atomic_write_json(path, {**self.fields, "updated_at": record.now()})
         except OSError as exc:
             self.broken = True
             log.warning("cannot write %s (%s): progress goes to the log only", self.path, exc)
@@ -71,11 +74,12 @@ def current() -> ProgressFile | None:
 
 
 @contextlib.contextmanager
-def recording(path: Path, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic
-              ) -> Iterator[ProgressFile]:
-    """While inside, training's and evaluation's progress also go to `path` (one process's: the writing rank's)."""
+def recording(path: Path, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic,
+              copies: tuple[Path, ...] = ()) -> Iterator[ProgressFile]:
+    """While inside, training's and evaluation's progress also go to `path` and `copies` (one process's: the
+    writing rank's)."""
     global _recorder
-    previous, _recorder = _recorder, ProgressFile(path, every_s, clock)
+    previous, _recorder = _recorder, ProgressFile(path, every_s, clock, copies)
     try:
         yield _recorder
     finally:

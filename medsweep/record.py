@@ -33,6 +33,7 @@ NON_IDENTITY_KEYS = {
     "resume",
     "plan",
     "detach",
+    "pack",  # how many runs share a process, not what a run is
     "site",
     "model.cache_dir",
     "train.cache_tokenized",
@@ -71,6 +72,11 @@ def _identity(cfg: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
         if group == prefix.rstrip(".") and key not in out:
             out[key] = value
     return out
+
+
+def identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved configuration that its run id hashes (no NON_IDENTITY_KEYS)."""
+    return _identity(cfg)
 
 
 def run_config(root: DictConfig) -> dict[str, Any]:

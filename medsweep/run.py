@@ -106,7 +106,7 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
         with progress_file.recording(run_dir / progress_file.FILE):  # medsweep-status reads where the job is from it
             _train_and_evaluate(run, run_dir, hw, rec, tracker)
             if run.judge.kind != "none":  # after the run's models are gone: the judge may be large
-                _judge(run, run_dir, rec)
+                judge.judge_trained_run(run, run_dir, rec)
     except BaseException as exc:  # SystemExit: submitit requeues the job after a checkpoint (preempt.py)
         rec.status = "failed" if isinstance(exc, Exception) else "interrupted"
         rec.error, rec.finished_at = f"{type(exc).__name__}: {exc}", record.now()
@@ -121,16 +121,6 @@ def _run(cfg: DictConfig, run_dir: Path, world: distributed.World) -> dict[str, 
     rec.save(run_dir)
     tracker.finish(rec)
     return rec.to_dict()
-
-
-def _judge(run: RunConfig, run_dir: Path, rec: RunRecord) -> None:
-    """Judge the answers just written. A judge that cannot be built or asked fails no trained run: the record says
-    why, and `medsweep-judge <run dir>` judges it later (answers that failed one by one are counted, not raised)."""
-    try:
-        judge.judge_run(run_dir, rec, judge.build_judge(run.judge, run.model.cache_dir), run.judge.pairwise)
-    except Exception as exc:  # noqa: BLE001 - out of memory, a model that cannot load ...: the trained run stands
-        log.warning("judge=%s failed: %s (judge the run later: medsweep-judge %s)", run.judge.kind, exc, run_dir)
-        rec.judge = {"kind": run.judge.kind, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _hardware(cfg: RunConfig, world: distributed.World, estimate: Fit) -> hardware.Hardware:
@@ -183,7 +173,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, hw: hardware.Hardware, re
         tracker.log_eval(rec.baseline, "baseline", step=0)
         tracker.log_predictions(baseline_rows, "predictions_baseline")
 
-    model = models.add_lora(model, cfg.lora, cfg.model, init_adapter=cfg.train.init_adapter)
+    model = models.add_lora(model, cfg.lora, cfg.model, init_adapter=cfg.train.init_adapter, seed=cfg.train.seed)
     rec.model["trainable_params"] = models.trainable_params(model)
     tokenizer.padding_side = "right"
     train_ds, rec.data["tokenized"] = cache.tokenize_cached(
@@ -238,17 +228,14 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, hw: hardware.Hardware, re
     final = epoch_eval.final(trainer.state.global_step) if epoch_eval else None
     if final:
         log.info("final evaluation: the last epoch's (same weights), not generated again")
-        rec.metrics, rows = final
+        scores, rows = final
     else:
         log.info("evaluating the fine-tuned model on %d held-out questions", len(eval_records))
-        rec.metrics, rows = evaluate(model, tokenizer, eval_records, cfg, hw)
-    rec.per_example = {k: [r["scores"][k] for r in rows] for k in metrics.PER_EXAMPLE if k in rows[0]["scores"]}
+        scores, rows = evaluate(model, tokenizer, eval_records, cfg, hw)
+    rec.add_evaluation(scores, rows)
     rec.train.update(hardware.peak_memory(hw))
     if epoch_eval:
         rec.epochs = epoch_eval.results
-    if rec.baseline:
-        rec.delta = {k: v - rec.baseline[k] for k, v in rec.metrics.items()
-                     if k in rec.baseline and isinstance(v, (int, float))}
     record.atomic_write_jsonl(run_dir / "predictions.jsonl", rows)
     tracker.log_eval(rec.metrics, "eval", step=trainer.state.global_step)
     tracker.log_predictions(rows)

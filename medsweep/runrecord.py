@@ -18,7 +18,7 @@ from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from medsweep import record
+from medsweep import metrics, record
 
 FILE = "metrics.json"
 STATUSES = ("running", "complete", "failed", "interrupted")
@@ -65,6 +65,7 @@ class RunRecord:
     # prediction files means (one evaluation code path computes them all); None in records written before
     metric_definitions: dict[str, Any] | None = None
     judge: dict[str, Any] | None = None  # judge.Judged: the judge's identity, prompt version, decoding and counts
+    packed_with: list[str] = field(default_factory=list)  # the other runs trained with it in one process (pack.py)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a loaded record that this class does not know
     # The keys to_dict writes whatever their value, in this order: a loaded record's are the file's.
     _keys: tuple[str, ...] = field(default=_STARTED, init=False, repr=False, compare=False)
@@ -99,6 +100,18 @@ class RunRecord:
     @property
     def is_complete(self) -> bool:
         return self.status == "complete"
+
+    def add_evaluation(self, scores: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        """The fine-tuned model's evaluation (evaluate.evaluate's metrics and prediction rows), recorded alike for a
+        solo run (run.py) and each run of a pack (packrun.py): its metrics, the per-example scores of each
+        metrics.PER_EXAMPLE metric the rows were scored on (semantic only with eval.semantic; the judge's are
+        added when it grades the rows, judge.py) and the delta from the baseline."""
+        present = rows[0]["scores"] if rows else {}
+        self.metrics = scores
+        self.per_example = {k: [r["scores"][k] for r in rows] for k in metrics.PER_EXAMPLE if k in present}
+        if self.baseline:
+            self.delta = {k: v - self.baseline[k] for k, v in scores.items()
+                          if k in self.baseline and isinstance(v, (int, float))}
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) if k in _NAMES else self.extra[k] for k in self._keys

@@ -44,6 +44,7 @@ class PlannedJob:
     outcome: str = ""  # completed | failed | skipped; submitted: detached, or still queued from an earlier submission
     error: str = ""
     axes: dict[str, Any] = field(default_factory=dict)  # record.axes of the job's config ({} if it did not resolve)
+    pack: list[int] = field(default_factory=list)  # pack=K: the jobs (idx) trained with it in one process
 
 
 def detached(cfg: DictConfig) -> bool:

@@ -12,7 +12,7 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,17 +46,53 @@ class AnswerOnlyTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, fast_kernels: bool = True, **kwargs):
+    def __init__(self, *args, fast_kernels: bool = True, dropout_generators: list[torch.Generator] | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.fast_kernels = fast_kernels
+        # the run's own dropout generators (one per adapter of a pack): their states go into each checkpoint
+        self.dropout_generators = dropout_generators or []
+        self.epoch_samplers: list[EpochSampler] = []
 
     def _get_train_sampler(self, train_dataset=None):
-        """The length-grouped sampler with its lengths as a plain list: datasets 4 hands over a lazy column,
-        read element by element (0.4 s per epoch for 2,000 examples) when the sampler sorts its megabatches."""
-        sampler = super()._get_train_sampler(train_dataset)
-        if isinstance(getattr(sampler, "lengths", None), Sequence) and not isinstance(sampler.lengths, list):
-            sampler.lengths = list(sampler.lengths)
+        """The run's EpochSampler: its order depends on train.seed and the epoch only, not on torch's global
+        RNG (which the dropout of other runs of a pack would move on)."""
+        sampler = self.epoch_sampler(self.args.seed, train_dataset if train_dataset is not None else
+                                     self.train_dataset, self.args.train_batch_size)
+        self.epoch_samplers = [sampler]
         return sampler
+
+    def epoch_sampler(self, seed: int, dataset, batch: int) -> EpochSampler:
+        """The order of one run of seed `seed` over `dataset` in batches of `batch` examples: length-grouped in
+        megabatches of an optimizer step's examples (batch x grad_accum, as transformers' LengthGroupedSampler)
+        or a plain permutation. `batch` is the run's global batch (train.batch_size): under data parallelism
+        every process draws this same order and accelerate hands each its slice of every batch (split_batches,
+        training_args), so the megabatches, hence the batches, are those of one process; in a pack, the
+        member's own batch, so that it sees its solo order. The lengths as a plain list: datasets 4 hands over a
+        lazy column, read element by element (0.4 s per epoch for 2,000 examples) when the megabatches are
+        sorted."""
+        lengths = None
+        if self.args.train_sampling_strategy == "group_by_length":
+            column = self.args.length_column_name
+            lengths = list(dataset[column]) if column in dataset.column_names else [len(x["input_ids"])
+                                                                                    for x in dataset]
+        return EpochSampler(len(dataset), seed, lengths, batch * self.args.gradient_accumulation_steps)
+
+    def _run_epoch(self, *args, **kwargs):
+        for sampler in self.epoch_samplers:  # also a resumed run's first epoch: the order is the epoch's own
+            sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save([g.get_state() for g in self.dropout_generators], Path(output_dir) / DROPOUT_RNG_FILE)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        path = Path(checkpoint) / DROPOUT_RNG_FILE if checkpoint else None
+        if path is not None and path.is_file():
+            for generator, state in zip(self.dropout_generators, torch.load(path), strict=True):
+                generator.set_state(state)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Mixed precision: accelerate applies autocast by wrapping the top-level model.forward, which
@@ -78,6 +114,39 @@ class AnswerOnlyTrainer(Trainer):
             # DDP averages the gradients over the processes: scaled back, the gradient is the single-process one
             loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss
+
+
+DROPOUT_RNG_FILE = "dropout_rng.pth"
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """The example order of one epoch, drawn from a generator seeded by (seed, epoch): the same for a run, a
+    resumed run and a run packed with others (pack.py), whatever else drew random numbers."""
+
+    def __init__(self, size: int, seed: int, lengths: list[int] | None, megabatch: int):
+        self.size, self.seed, self.lengths, self.megabatch, self.epoch = size, seed, lengths, megabatch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.lengths is not None:
+            return list(get_length_grouped_indices(self.lengths, self.megabatch, generator=generator))
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self):
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def dropout_generator(seed: int) -> torch.Generator:
+    """The generator of a run's dropout masks (medsweep.kernels.FastDropout), seeded by train.seed."""
+    return torch.Generator().manual_seed(seed)
 
 
 @contextlib.contextmanager
@@ -241,20 +310,24 @@ def store_frozen_linears_in_bf16(model) -> int:
 
 
 def build_trainer(model, tokenizer, train_ds, args: TrainingArguments, callbacks: list[TrainerCallback],
-                  fast_kernels: bool = True) -> Trainer:
+                  fast_kernels: bool = True, trainer_class: type[AnswerOnlyTrainer] = AnswerOnlyTrainer,
+                  dropout_generators: list[torch.Generator] | None = None, **extra: Any) -> Trainer:
     """The AnswerOnlyTrainer of a run. `fast_kernels` (train.fast_kernels): medsweep.kernels' fused LoRA layers
     and linear cross-entropy and medsweep.attention's block-causal attention where they apply; False: the plain
     library computations (peft's LoRA forward, full logits, SDPA), for ablations and benchmarks."""
     if args.bf16 and args.use_cpu:  # CPU bf16 autocast: no per-step casts of the frozen weights
         log.info("bf16 on the CPU: %d frozen Linear layers stored in bf16", store_frozen_linears_in_bf16(model))
+    generators = dropout_generators or [dropout_generator(args.seed)]  # a pack's: one per adapter (pack.py)
     if args.use_cpu and fast_kernels:
-        log.info("LoRA on the CPU: %d dropouts draw their masks with numpy's SFC64, %d layers fused", *fast_lora(model))
+        log.info("LoRA on the CPU: %d dropouts draw their masks with numpy's SFC64, %d layers fused",
+                 *fast_lora(model, generators[0]))
         if use_block_causal(model):
             log.info("causal attention on the CPU: block-causal matmuls (medsweep.attention) where SDPA would run")
     if not fast_kernels:
         log.info("train.fast_kernels=false: the library's LoRA forward, cross-entropy over full logits and attention")
-    trainer = AnswerOnlyTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collator(tokenizer),
-                                processing_class=tokenizer, callbacks=callbacks, fast_kernels=fast_kernels)
+    trainer = trainer_class(model=model, args=args, train_dataset=train_ds, data_collator=collator(tokenizer),
+                            processing_class=tokenizer, callbacks=callbacks, fast_kernels=fast_kernels,
+                            dropout_generators=generators, **extra)
     trainer.remove_callback(PrinterCallback)  # a dict per logging step: TrainingProgress says it in one line
     trainer.add_callback(TrainingProgress())
     return trainer

@@ -70,6 +70,13 @@ class JobConfig:
         assert cfg is not None
         return checks.checked(cfg)
 
+    def run_config(self) -> dict[str, Any]:
+        """record.run_config of the job (the fast path's is at hand)."""
+        if self.resolved is not None:
+            return self.resolved
+        assert self.cfg is not None
+        return record.run_config(self.cfg)
+
     def axes(self) -> dict[str, Any]:
         """record.axes of a job that failed its check: what can be read of it, {} if nothing."""
         try:

@@ -6,25 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from tests.conftest import run_medsweep
+from tests.conftest import assert_same_trained_adapter, run_medsweep
 
 # no dropout: each process draws its own masks for its rows, so only dropout-free runs can match exactly; fp32: on a
 # CPU with native bf16, precision=auto picks bf16, whose sums differ with the number of processes
 COMMON = ["experiment=smoke", "lora.dropout=0", "train.max_steps=6", "train.batch_size=4", "eval.num_examples=4",
           "profile.cpus=2", "profile.precision=fp32"]
-
-
-def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
-
-
-def assert_same_adapter(a: dict, b: dict, atol: float = 1e-5) -> None:
-    assert a.keys() == b.keys()
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst <= atol, f"adapters differ by up to {worst}"
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +44,6 @@ def test_two_processes_through_the_local_launcher_equal_one(tmp_path, single_pro
     # the same global batches, split across the processes: the single process's adapter and steps
     single = json.loads((single_process / "metrics.json").read_text())
     assert rec["train"]["steps"] == single["train"]["steps"] == 6
-    assert_same_adapter(adapter(run_dir), adapter(single_process))
+    assert_same_trained_adapter(run_dir, single_process)
     losses = [h["loss"] for h in rec["train"]["log_history"]]
     assert losses == pytest.approx([h["loss"] for h in single["train"]["log_history"]], rel=1e-4)

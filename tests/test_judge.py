@@ -359,14 +359,12 @@ def test_the_embedded_smollm2_judges_a_run_locally(tmp_path, embedded_dir):
 def test_a_judge_that_cannot_be_built_fails_no_run(tmp_path):
     from types import SimpleNamespace
 
-    from medsweep import run
-
     run_dir = fake_run(tmp_path / "run-c")
     (tmp_path / "empty").mkdir()
     cfg = SimpleNamespace(judge=JudgeConfig(kind="local", model=str(tmp_path / "empty"), device="cpu"),
                           model=SimpleNamespace(cache_dir=str(tmp_path)))
     rec = RunRecord.read(run_dir)
-    run._judge(cfg, run_dir, rec)  # type: ignore[arg-type]
+    judge.judge_trained_run(cfg, run_dir, rec)  # type: ignore[arg-type]
     assert rec.judge == {"kind": "local", "error": f"ConfigError: judge.model='{tmp_path / 'empty'}' is invalid: "
                                                    "neither a model directory (config.json) nor a run directory"}
     assert rec.metrics == {"f1": 0.5, "n_eval": 5} and "judge" not in (run_dir / "predictions.jsonl").read_text()

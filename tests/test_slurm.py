@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import MEDQUAD_JSONL, ROOT, SECRET_ENV, assert_no_secret, need_shared_data, run_medsweep
+from tests.conftest import (
+    MEDQUAD_JSONL,
+    ROOT,
+    SECRET_ENV,
+    assert_no_secret,
+    assert_same_trained_adapter,
+    need_shared_data,
+    run_medsweep,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -169,13 +177,6 @@ def _single_process_reference(tmp_path: Path, *overrides: str) -> Path:
     return ref_dir
 
 
-def _max_diff(a_dir: Path, b_dir: Path) -> float:
-    a = load_file(a_dir / "adapter" / "adapter_model.safetensors")
-    b = load_file(b_dir / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
-
-
 def test_data_parallel_job_runs_two_tasks_on_one_node(tmp_path):
     proc = run_medsweep(*JOB, *DATA_PARALLEL, f"output_root={tmp_path}", multirun=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -188,7 +189,7 @@ def test_data_parallel_job_runs_two_tasks_on_one_node(tmp_path):
                            capture_output=True, text=True, timeout=30, check=True).stdout
     assert any(line.split("|")[1] == "2" and line.split("|")[2] == "COMPLETED" for line in tasks.splitlines()), tasks
     assert [p.parent for p in (tmp_path / "sweeps").rglob("metrics.json")] == [run_dir]
-    assert _max_diff(run_dir, _single_process_reference(tmp_path)) <= 1e-5
+    assert_same_trained_adapter(run_dir, _single_process_reference(tmp_path))
 
 
 def test_preempted_data_parallel_job_resumes_to_the_same_adapter(tmp_path):
@@ -199,7 +200,7 @@ def test_preempted_data_parallel_job_resumes_to_the_same_adapter(tmp_path):
     assert rec["train"]["resumed_from"], "the requeued job did not resume from its checkpoint"
     ckpt = Path(rec["train"]["resumed_from"])
     assert {p.name for p in ckpt.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
-    assert _max_diff(run_dir, _single_process_reference(tmp_path, *long_run)) <= 1e-5
+    assert_same_trained_adapter(run_dir, _single_process_reference(tmp_path, *long_run))
 
 
 # --- detached sweeps: submit and leave --------------------------------------------------------------------------------

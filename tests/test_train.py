@@ -84,6 +84,26 @@ def test_training_args_split_the_global_batch_across_processes():
     assert kwargs["ddp_timeout"] == 240 * 60  # rank 0's evaluations may take longer than torch's default
 
 
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_two_processes_train_on_the_global_batches_of_one(tmp_path, grad_accum):
+    """Under data parallelism every process draws the run's own order and accelerate hands each its slice of every
+    global batch (split_batches): the examples of each step are one process's, grouped by length over
+    megabatches of the global batch times grad_accum (transformers' LengthGroupedSampler), not of a slice."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    _, _, trainer = _smoke_trainer(tmp_path, CPU, "train.batch_size=4", f"train.grad_accum={grad_accum}")
+    assert trainer.args.per_device_train_batch_size == 4  # the global batch: split_batches divides it
+    sampler = trainer._get_train_sampler()
+    assert sampler.megabatch == 4 * grad_accum and sampler.lengths is not None
+    one = list(BatchSampler(sampler, 4, drop_last=True))
+    ranks = [list(BatchSamplerShard(BatchSampler(trainer._get_train_sampler(), 4, drop_last=True), num_processes=2,
+                                    process_index=r, split_batches=True)) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks, strict=True)] == one
+    sampler.set_epoch(1)
+    assert sampler.order() != trainer._get_train_sampler().order()  # an epoch's own order, the same on every rank
+
+
 def test_a_nan_loss_fails_the_run(compose, tmp_path, embedded_dir):
     from medsweep import run
 
