@@ -10,9 +10,11 @@ experiment=demo (baseline on), one job at a time:
   (a) notebooks  one process per configuration: HF Trainer, every example padded to train.max_seq_length, the loss
                  over the whole sequence, one-question-at-a-time generation (scripts/bench.py's naive recipe),
                  the baseline generated with the adapter disabled;
-  (b) solo       `medsweep -m <grid>`: one medsweep job per configuration;
+  (b) solo       `medsweep -m <grid>`: one medsweep job per configuration, each scoring its own baseline
+                 (eval.cache_baseline=false: the jobs as they were before the baseline cache);
   (c) packed     `medsweep -m <grid> pack=<grid size>`: one job training every configuration on one base model,
-                 the baseline evaluated once.
+                 the baseline evaluated once (by the pack itself: eval.cache_baseline=false here too, so that
+                 neither way reuses a baseline another run left in the cache).
 Printed: wall time, configurations per hour, start-up share (process start -> first training step, summed over
 the processes, over the wall time) and, for (b) vs (c), the largest difference of each configuration's adapter
 and quality metrics. Everything lands under --out (default results/bench_sweep/).
@@ -122,7 +124,7 @@ def main() -> None:
     parser.add_argument("--notebook-job", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    extra = ([f"train.max_steps={args.max_steps}"] if args.max_steps else []) + \
+    extra = ["eval.cache_baseline=false"] + ([f"train.max_steps={args.max_steps}"] if args.max_steps else []) + \
         ([f"eval.num_examples={args.eval_n}"] if args.eval_n else []) + \
         ([f"eval.max_new_tokens={args.max_new_tokens}"] if args.max_new_tokens else [])
     if args.notebook_job is not None:
