@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from medsweep import (
     train,
 )
 from medsweep import config as config_schema
+from medsweep.baseline import cached_baseline
 from medsweep.checks import check
 from medsweep.config import RunConfig
 from medsweep.errors import ConfigError, MedsweepError
@@ -174,9 +176,9 @@ def _train_and_evaluate(runs: list[RunConfig], run_dirs: list[Path], hw: hardwar
     model_info["load_time_s"] = time.perf_counter() - t0
     baseline: dict[str, Any] | None = None
     baseline_rows: list[dict[str, Any]] = []
-    if first.eval.baseline:
-        log.info("baseline: evaluating the base model once for the pack's %d runs", len(runs))
-        baseline, baseline_rows = evaluate(model, tokenizer, eval_records, first, hw)
+    source = None
+    if first.eval.baseline:  # once for the pack's runs, and through the cache, as a solo run: later packs reuse it
+        baseline, baseline_rows, source = cached_baseline(model, tokenizer, eval_records, first, hw, run_dirs[0])
     members = []
     for k, run in enumerate(runs):
         name = f"m{k}"
@@ -190,7 +192,7 @@ def _train_and_evaluate(runs: list[RunConfig], run_dirs: list[Path], hw: hardwar
         rec.data, rec.model = dict(splits.stats), dict(model_info)
         rec.model["trainable_params"] = sum(p.numel() for p in pack.member_parameters(model, member.name))
         if baseline is not None:
-            rec.baseline = baseline
+            rec.baseline, rec.baseline_source = baseline, asdict(source) if source else None
             record.atomic_write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_rows)
     tokenizer.padding_side = "right"
     train_ds, tokenized = cache.tokenize_cached(

@@ -81,6 +81,26 @@ def test_the_runs_of_a_pack_record_the_optional_metrics_as_their_solo_runs(compo
         assert p["judge"]["answers"] == s["judge"]["answers"] and p["judge"]["pairwise"] == s["judge"]["pairwise"]
 
 
+def test_a_pack_scores_its_baseline_once_through_the_cache(compose, tmp_path, embedded_dir):
+    from medsweep import models
+
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / models.EMBEDDED_CACHE_NAME).symlink_to(embedded_dir)  # no second dequantization of the GGUF
+    common = [*SMOKE, "eval.max_new_tokens=4", "eval.baseline=true", f"model.cache_dir={cache_dir}"]
+    dirs = [tmp_path / "pack0", tmp_path / "pack1"]
+    packed = packrun.run_pack([compose([*common, *m]) for m in MEMBERS[:2]], dirs)
+    sources = [p["baseline_source"] for p in packed]
+    assert sources[0] == sources[1] and not sources[0]["reused"] and sources[0]["computed_by"] == str(dirs[0])
+    assert sources[0]["entry"] and (cache_dir / "baseline").is_dir()  # stored for later jobs and packs
+    assert packed[0]["baseline"] == packed[1]["baseline"]
+    later = run.train_eval(compose([*common, "lora.r=16"]), tmp_path / "solo")  # a later job of the sweep
+    assert later["baseline_source"]["reused"] and later["baseline_source"]["entry"] == sources[0]["entry"]
+    assert later["baseline"] == packed[0]["baseline"]
+    assert (tmp_path / "solo" / "predictions_baseline.jsonl").read_text() == (
+        dirs[1] / "predictions_baseline.jsonl").read_text()
+
+
 def test_each_member_of_a_stacked_batch_has_its_solo_batch():
     from torch.utils.data import BatchSampler
 
