@@ -37,7 +37,9 @@ TESTS: dict[str, list[str]] = {
     "generators": ["tests/test_synth.py"],  # split out of synth: the local and OpenAI-compatible generators
     # the decode loop evaluation and synth share: evaluate.generate's tests (test_zoo: the stop token ends and
     # counts) and the local generator's
-    "generation": ["tests/test_evaluate.py", "tests/test_speed_paths.py", "tests/test_zoo.py", "tests/test_synth.py"],
+    # and the judge's next-token probabilities (test_judge: the tiny Llama's shared-prefix and batching tests)
+    "generation": ["tests/test_evaluate.py", "tests/test_speed_paths.py", "tests/test_zoo.py", "tests/test_synth.py",
+                   "tests/test_judge.py"],
     "sweep": ["tests/test_sweep.py", "tests/test_launcher.py"],
     "launcher": ["tests/test_launcher.py", "tests/test_launcher_local_gpus.py", "tests/test_cli.py"],
     "fit": ["tests/test_fit.py", "tests/test_launcher.py"],  # launcher: the plan of the published grid
