@@ -84,11 +84,21 @@ def _packed_linear_class():
             if state is None or state.slices is None:
                 return super().forward(x, *args, **kwargs)
             result = self.base_layer(x, *args, **kwargs)
-            for member, start, stop, length in state.slices:
-                if member.name in self.lora_A:
-                    delta = self._delta(member, x[start:stop, :length], result.shape[-1])
-                    result[start:stop, :length] += delta.to(result.dtype)
-            return result
+            # The members' terms padded to the stacked length and added in one go: an in-place add into each
+            # member's rows would make autograd copy the whole stacked gradient once per member (CopySlices).
+            # Likewise the input is split into the members' rows once (its backward: one concatenation), not
+            # indexed per member (each index's backward: a zero-filled stacked-size gradient, then a sum).
+            out_features, full = result.shape[-1], result.shape[1]
+            parts = x.split([stop - start for _, start, stop, _ in state.slices])
+            terms = []
+            for (member, _, _, length), part in zip(state.slices, parts, strict=True):
+                if member.name not in self.lora_A:  # a member whose target modules leave this layer out
+                    terms.append(result.new_zeros(part.shape[0], full, out_features))
+                    continue
+                delta = self._delta(member, part[:, :length] if length < full else part, out_features)
+                delta = delta.to(result.dtype)
+                terms.append(F.pad(delta, (0, 0, 0, full - length)) if length < full else delta)
+            return result + torch.cat(terms)
 
         def _delta(self, member: Member, x: torch.Tensor, out_features: int) -> torch.Tensor:
             a, b = self.lora_A[member.name].weight, self.lora_B[member.name].weight
