@@ -188,16 +188,16 @@ AUTO_PACK_CPU = 8  # pack=auto on a CPU: the frozen layers' work is shared, the 
 def pack_size(cfg: RunConfig) -> int:
     """pack=auto: how many runs of `cfg`'s shape train in one process (medsweep/pack.py). Their batches are stacked
     next to one base model, so each adds its training activations and loss; evaluation runs one adapter at a time.
-    On a CPU profile (host memory) AUTO_PACK_CPU; a model split or data parallel over several GPUs trains alone."""
+    As many as the job's memory holds: one GPU's on a GPU profile, the job's host memory (profile.memory_gb) on a
+    CPU one, where at most AUTO_PACK_CPU. A model split or data parallel over several GPUs trains alone."""
     p = cfg.profile
-    if _on_cpu(p):
-        return AUTO_PACK_CPU
-    mode, _ = parallel(cfg)
-    if mode != "single":
+    on_cpu = _on_cpu(p)
+    if not on_cpu and parallel(cfg)[0] != "single":
         return 1
     parts = memory(cfg)
-    room = p.gpu_memory_gb * USABLE - parts["weights"] - OVERHEAD_GIB
-    return max(1, int(room // parts["training"])) if parts["training"] > 0 else 1
+    room = (p.memory_gb if on_cpu else p.gpu_memory_gb) * USABLE - parts["weights"] - OVERHEAD_GIB
+    size = max(1, int(room // parts["training"])) if parts["training"] > 0 else 1
+    return min(size, AUTO_PACK_CPU) if on_cpu else size
 
 
 def estimate(cfg: RunConfig) -> Fit:

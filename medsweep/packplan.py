@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 # What the runs of one pack may differ in: everything else (base model, data, sequence length, batch size, schedule
 # length, evaluation, profile) is shared.
 PACKABLE = ("lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "train.lr", "train.seed")
-AUTO_CPU_MAX = 8  # pack=auto on a CPU profile: the base model's forward is shared, the adapters' work is not
 
 
 def pack_key(cfg: dict[str, Any]) -> str:

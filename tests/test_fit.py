@@ -515,3 +515,28 @@ def test_memory_defaults_to_the_whole_train_batch(compose):
     # 4 rows of 512 tokens: 0.765625 GiB of activations, as in the full estimate above; 2 rows: 0.3828125
     assert fit.memory(cfg)["activations"] == pytest.approx(0.765625, rel=1e-9)
     assert fit.memory(cfg, 2)["activations"] == pytest.approx(0.3828125, rel=1e-9)
+
+
+# pack=auto. Worked by hand for experiment=demo (SmolLM2-135M: 30 layers, hidden 576, vocabulary 49,152; 8 rows of
+# 256 tokens) on the CPU, where it trains in fp32 (4 bytes per activation):
+#   activations  30 layers x 2,048 tokens x 576 x 34 bytes x 4/2        = 2.406e9 B = 2.241 GiB
+#   loss         1,024 logit rows x 49,152 x 6 bytes                    = 0.302e9 B = 0.281 GiB
+#   weights      0.135e9 parameters x 4 bytes                           = 0.540e9 B = 0.503 GiB
+# room for the runs' training: memory_gb x 0.95 - 0.503 - 1.5 GiB of overhead, 2.522 GiB per run.
+@pytest.mark.parametrize("memory_gb, runs", [
+    (16, 5),    # 13.197 GiB of room: 5.2 runs
+    (12, 3),    # 9.397: 3.7
+    (4, 1),     # 1.797: 0.7, and a pack of one still trains
+    (64, 8),    # 58.797: 23.3, capped: a CPU's cores are shared by the runs (fit.AUTO_PACK_CPU)
+])
+def test_auto_pack_on_a_cpu_holds_as_many_runs_as_the_jobs_memory(compose, memory_gb, runs):
+    cfg = config(compose, "experiment=demo", "profile=local_cpu", f"profile.memory_gb={memory_gb}")
+    assert fit.pack_size(cfg) == runs
+
+
+def test_auto_pack_on_a_gpu_fills_one_gpu_and_a_split_model_trains_alone(compose):
+    one = config(compose, "experiment=demo", "profile=1cpu_1a100")
+    per_run = fit.memory(one)
+    room = one.profile.gpu_memory_gb * 0.95 - per_run["weights"] - 1.5
+    assert fit.pack_size(one) == int(room // per_run["training"]) > fit.AUTO_PACK_CPU  # no CPU cap on a GPU
+    assert fit.pack_size(config(compose, "model=llama2_7b", "profile=4cpu_2v100", "profile.parallel=model")) == 1
