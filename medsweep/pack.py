@@ -27,7 +27,7 @@ from medsweep.errors import TrainingDiverged
 from medsweep.kernels import (
     _keep_scale,
     _lora_linear_class,
-    _LoraDelta,
+    _rank_by_features,
     _threshold,
     answer_loss_of_hidden,
     cpu_fp32,
@@ -69,6 +69,64 @@ class PackState:
     slices: list[tuple[Member, int, int, int]] | None = None
 
 
+def _dropout_p(member: Member) -> float:
+    return member.dropout if _threshold(member.dropout) > -32768 else 0.0
+
+
+class _PackedLoraDelta(torch.autograd.Function):
+    """kernels._LoraDelta for every member of a pack in one autograd node: each member's term computed from its own
+    rows of x (`spec`: start, stop, length, scaling, dropout p, generator per member; `weights`: A0, B0, A1, ...)
+    exactly as its solo run's fused layer computes it, and added in place into its own rows of the frozen layer's
+    stacked output. Positions past a member's own length (padding of the stack) get no term and no gradient."""
+
+    @staticmethod
+    def forward(ctx, base_out, x, spec, *weights):
+        out_features = base_out.shape[-1]
+        saved: list[torch.Tensor | None] = []
+        scalings = []
+        for k, (start, stop, length, scaling, p, generator) in enumerate(spec):
+            a, b = weights[2 * k], weights[2 * k + 1]
+            rows = x[start:stop, :length].reshape(-1, x.shape[-1])
+            bits = dropout_bits(rows.shape, generator) if p else None  # the solo layer's draws, in its layout
+            if bits is not None:
+                rows = rows * keep_mask(bits, p)
+                scaling = scaling * _keep_scale(p)
+            h = torch.mm(rows, a.t()).mul_(scaling)
+            target = base_out[start:stop, :length]
+            if target.is_contiguous():
+                target.view(-1, out_features).addmm_(h, b.t())
+            else:  # a member shorter than the stack: the same addmm on a copy of its rows
+                target.copy_(target.reshape(-1, out_features).addmm_(h, b.t()).view(target.shape))
+            saved += [rows, bits, h]
+            scalings.append(scaling)
+        ctx.mark_dirty(base_out)
+        ctx.save_for_backward(*saved, *weights)
+        ctx.spec, ctx.scalings, ctx.x_shape = spec, scalings, x.shape
+        return base_out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        tensors = ctx.saved_tensors
+        weights = tensors[3 * len(ctx.spec):]
+        grad_x = grad_out.new_zeros(ctx.x_shape) if ctx.needs_input_grad[1] else None
+        grads: list[torch.Tensor | None] = []
+        for k, (start, stop, length, _, p, _) in enumerate(ctx.spec):
+            rows, bits, h = tensors[3 * k:3 * k + 3]
+            a, b = weights[2 * k], weights[2 * k + 1]
+            g = grad_out[start:stop, :length].reshape(-1, grad_out.shape[-1])
+            grad_h = torch.mm(g, b.t().contiguous().t())
+            grad_b = _rank_by_features(h, g).t() if ctx.needs_input_grad[4 + 2 * k] else None
+            grad_h.mul_(ctx.scalings[k])
+            grad_a = _rank_by_features(grad_h, rows) if ctx.needs_input_grad[3 + 2 * k] else None
+            if grad_x is not None:
+                part = torch.mm(grad_h, a)
+                if bits is not None:
+                    part.mul_(keep_mask(bits, p))
+                grad_x[start:stop, :length] = part.view(stop - start, length, -1)
+            grads += [grad_a, grad_b]
+        return grad_out, grad_x, None, *grads
+
+
 @functools.cache
 def _packed_linear_class():
     fused = _lora_linear_class()
@@ -84,34 +142,36 @@ def _packed_linear_class():
             if state is None or state.slices is None:
                 return super().forward(x, *args, **kwargs)
             result = self.base_layer(x, *args, **kwargs)
-            # The members' terms padded to the stacked length and added in one go: an in-place add into each
-            # member's rows would make autograd copy the whole stacked gradient once per member (CopySlices).
-            # Likewise the input is split into the members' rows once (its backward: one concatenation), not
-            # indexed per member (each index's backward: a zero-filled stacked-size gradient, then a sum).
+            mine = [s for s in state.slices if s[0].name in self.lora_A]  # target modules may leave it out
+            weights = [w for member, *_ in mine
+                       for w in (self.lora_A[member.name].weight, self.lora_B[member.name].weight)]
+            if mine and cpu_fp32(x, result, *weights):  # the solo runs' fused kernel, for every member at once
+                spec = [(start, stop, length, float(self.scaling[m.name]), _dropout_p(m), m.generator)
+                        for m, start, stop, length in mine]
+                return _PackedLoraDelta.apply(result, x, spec, *weights)
+            # Otherwise peft's computation per member, the terms padded to the stacked length and added in one go:
+            # an in-place add into each member's rows would make autograd copy the whole stacked gradient once per
+            # member (CopySlices). The input is split into the members' rows once (its backward: one
+            # concatenation), not indexed per member (each index's backward: a zero-filled stacked-size gradient).
             out_features, full = result.shape[-1], result.shape[1]
             parts = x.split([stop - start for _, start, stop, _ in state.slices])
             terms = []
             for (member, _, _, length), part in zip(state.slices, parts, strict=True):
-                if member.name not in self.lora_A:  # a member whose target modules leave this layer out
+                if member.name not in self.lora_A:
                     terms.append(result.new_zeros(part.shape[0], full, out_features))
                     continue
-                delta = self._delta(member, part[:, :length] if length < full else part, out_features)
-                delta = delta.to(result.dtype)
+                delta = self._delta(member, part[:, :length] if length < full else part).to(result.dtype)
                 terms.append(F.pad(delta, (0, 0, 0, full - length)) if length < full else delta)
             return result + torch.cat(terms)
 
-        def _delta(self, member: Member, x: torch.Tensor, out_features: int) -> torch.Tensor:
+        def _delta(self, member: Member, x: torch.Tensor) -> torch.Tensor:
             a, b = self.lora_A[member.name].weight, self.lora_B[member.name].weight
-            scaling = float(self.scaling[member.name])
-            p = member.dropout if _threshold(member.dropout) > -32768 else 0.0
-            if cpu_fp32(x, a, b):  # the solo run's fused kernel, masks drawn in the same layout
-                zeros = torch.zeros(*x.shape[:-1], out_features, dtype=x.dtype)
-                return _LoraDelta.apply(zeros, x, a, b, scaling, p, member.generator)
             x = x.to(a.dtype)  # as peft's forward: the input in the adapter's dtype, then dropout (FastDropout's)
+            p = _dropout_p(member)
             if p:
                 mask = keep_mask(dropout_bits(x.shape, member.generator), p, x.dtype).mul_(_keep_scale(p))
                 x = x * mask.to(x.device)
-            return F.linear(F.linear(x, a), b) * scaling
+            return F.linear(F.linear(x, a), b) * float(self.scaling[member.name])
 
     return PackedLoraLinear
 
