@@ -162,12 +162,17 @@ def main() -> None:
             [r["train"]["startup_s"] for r in recs.values()]
         rows.append((label, wall, sum(s or 0.0 for s in starts) / wall))
     solo, packed = records(out, "solo"), records(out, "packed")
-    diffs = []
+    diffs, per_metric = [], {}
     for run_name, rec in solo.items():
         other = packed[run_name]
         quality = {k: abs(v - other["metrics"][k]) for k, v in rec["metrics"].items()
-                   if isinstance(v, (int, float)) and k not in metrics.LATENCY}
+                   if k in (*metrics.QUALITY, "perplexity") and isinstance(v, (int, float)) and k in other["metrics"]}
+        for k, v in quality.items():
+            per_metric[k] = max(per_metric.get(k, 0.0), v)
         diffs.append((run_name, adapter_diff(Path(rec["run_dir"]), Path(other["run_dir"])), max(quality.values())))
+    solo_train = sum(r["train"]["train_time_s"] for r in solo.values())
+    config_steps = sum(r["train"]["steps"] for r in solo.values())
+    pack_train = next(iter(packed.values()))["train"]["train_time_s"]  # the pack's one loop, in each record
     lines = ["| way | wall s | configs/hour | start-up share |", "|---|---|---|---|"]
     for label, wall, share in rows:
         lines.append(f"| {label} | {wall:.0f} | {len(configs) * 3600 / wall:.1f} | {share:.0%} |")
@@ -176,8 +181,14 @@ def main() -> None:
         lines.append(f"\n(c) vs (a): {by['(a)'] / by['(c)']:.2f}x faster; (c) vs (b): {by['(b)'] / by['(c)']:.2f}x")
     else:
         lines.append(f"\n(c) vs (b): {by['(b)'] / by['(c)']:.2f}x")
-    lines.append("(b) vs (c), per configuration: max |adapter difference|, max |quality metric difference|")
+    lines.append(f"training loops: (b) {solo_train:.0f} s, (c) {pack_train:.0f} s for {config_steps} configuration-"
+                 f"steps ({solo_train / config_steps:.2f} vs {pack_train / config_steps:.2f} s each: "
+                 f"{solo_train / pack_train:.2f}x)")
+    lines.append("(b) vs (c), per configuration: max |adapter difference|, max |quality metric difference| "
+                 "(scores on their own scales: BLEU 0-100, perplexity)")
     lines += [f"  {n}: {a:.3g}, {q:.3g}" for n, a, q in diffs]
+    lines.append("  per metric, the largest over the configurations: "
+                 + ", ".join(f"{k} {v:.3g}" for k, v in sorted(per_metric.items())))
     text = "\n".join(lines)
     print(text)
     (out / "table.md").write_text(text + "\n")
