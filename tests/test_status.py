@@ -339,7 +339,13 @@ def test_live_states_of_single_jobs_arrays_a_requeue_and_a_cancel(live_slurm, mo
     dropped = f"{one_by_one}_2"
     ids = [held, requeued, failing, cancelled, *tasks, f"{one_by_one}_0", f"{one_by_one}_1", dropped]
     subprocess.run(["scancel", cancelled, dropped], check=True, timeout=30)
-    first = slurm.job_states(ids)
+
+    def listed():  # a job cancelled while pending leaves squeue at once and reaches sacct's records a moment later
+        states = slurm.job_states(ids)
+        return states if {held, cancelled} <= states.keys() else None
+
+    first = wait_for(listed)
+    assert first, slurm.job_states(ids)
     assert (first[held].state, first[held].reason) == ("PENDING", "JobHeldUser"), first[held]
     assert first[cancelled].state == "CANCELLED", first[cancelled]  # sacct said "CANCELLED by 0"
     assert wait_for(lambda: slurm.job_states([requeued])[requeued].state == "RUNNING"), "never started"
