@@ -143,9 +143,11 @@ def _packed_linear_class():
                 return super().forward(x, *args, **kwargs)
             result = self.base_layer(x, *args, **kwargs)
             mine = [s for s in state.slices if s[0].name in self.lora_A]  # target modules may leave it out
+            if not mine:
+                return result
             weights = [w for member, *_ in mine
                        for w in (self.lora_A[member.name].weight, self.lora_B[member.name].weight)]
-            if mine and cpu_fp32(x, result, *weights):  # the solo runs' fused kernel, for every member at once
+            if cpu_fp32(x, result, *weights):  # the solo runs' fused kernel, for every member at once
                 spec = [(start, stop, length, float(self.scaling[m.name]), _dropout_p(m), m.generator)
                         for m, start, stop, length in mine]
                 return _PackedLoraDelta.apply(result, x, spec, *weights)
