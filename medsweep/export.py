@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from medsweep import models, record
 from medsweep.errors import ConfigError, MedsweepError
 from medsweep.gguf_writer import GGUF_TYPES, write_gguf
-from medsweep.hardware import Hardware
+from medsweep.hardware import Hardware, usable_cores
 from medsweep.ollama import write_modelfile
 from medsweep.prompts import PromptStyle
 
@@ -50,7 +50,7 @@ log = logging.getLogger("medsweep.export")
 
 HF_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-CPU = Hardware(device="cpu", precision="fp32", threads=max(1, min(2, os.cpu_count() or 1)))
+CPU = Hardware(device="cpu", precision="fp32", threads=min(2, usable_cores()))
 
 
 # --------------------------------------------------------------------------- loading a run

@@ -18,7 +18,7 @@ import torch
 from medsweep import record
 from medsweep.errors import ConfigError, MedsweepError
 from medsweep.generation import decoding, generate_batched
-from medsweep.hardware import Hardware, pick_device
+from medsweep.hardware import Hardware, pick_device, usable_cores
 from medsweep.prompts import chat_ids
 
 Messages = list[dict[str, str]]
@@ -115,7 +115,7 @@ def _device(gen_cfg: Any, setting: str = "generator.device") -> Hardware:
     says so (kept as medsweep-synth has always chosen them)."""
     device = pick_device(gen_cfg.device, setting)
     precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
-    return Hardware(device=device, precision=precision, threads=max(1, min(2, os.cpu_count() or 1)))
+    return Hardware(device=device, precision=precision, threads=min(2, usable_cores()))
 
 
 def build_generator(cfg: Any) -> Generator:

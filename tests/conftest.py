@@ -19,6 +19,26 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _pin_test_worker() -> None:
+    """Each pytest-xdist worker gets its own share of the cores, and so do the runs it starts (subprocesses inherit
+    the mask; hardware.usable_cores reads it, so their torch threads fit it). Why: unpinned, every worker's torch
+    and every run it starts takes a thread per core, the threads of different processes preempt each other and
+    OpenMP's barriers spin while a peer waits for a core; the CPU-bound suite then does the same work more slowly.
+    Runs under SLURM are started by slurmd and keep their own allocation. MEDSWEEP_TEST_PIN=0 leaves the mask be."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or os.environ.get("MEDSWEEP_TEST_PIN") == "0" or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    index = int(worker.removeprefix("gw"))
+    share = cores[index::count] if len(cores) >= count else [cores[index % len(cores)]]
+    os.sched_setaffinity(0, share)
+    if "torch" in sys.modules:  # a plugin imported it already: its thread count was read from the old mask
+        sys.modules["torch"].set_num_threads(len(share))
+
+
+_pin_test_worker()
+
 ROOT = Path(__file__).resolve().parents[1]
 # the checkout's ../shared/data; MEDSWEEP_SHARED_DATA points a copy of the tests elsewhere (scripts/mutate.py's
 # scratch copy under results/) at the same files, so that no test skips there for want of them

@@ -105,6 +105,17 @@ def test_distributed_fields_and_threads(fake_cuda, monkeypatch):
     assert Hardware("cpu", "fp32", 2).mode == "single"  # existing callers keep working
 
 
+def test_usable_cores_is_the_affinity_mask_not_the_machines_count(monkeypatch):
+    """A SLURM job with cpus_per_task=1 (or a pinned test worker) sees every core of the node in os.cpu_count()."""
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 64)
+    assert hardware.usable_cores() == 1
+    monkeypatch.delattr(hardware.os, "sched_getaffinity")  # not Linux
+    assert hardware.usable_cores() == 64
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: None)  # a platform Python cannot tell
+    assert hardware.usable_cores() == 1
+
+
 def test_peak_memory_per_gpu(fake_cuda, monkeypatch):
     fake_cuda(["a100"] * 3, NO_VOLTA)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda i=None: (i + 1) * 2**30)

@@ -774,7 +774,7 @@ def test_generator_device(monkeypatch):
     cfg = synth_cfg("input.path=x").generator
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     hw = generators._device(cfg)  # auto without a GPU
-    assert (hw.device, hw.precision) == ("cpu", "fp32") and hw.threads == max(1, min(2, os.cpu_count() or 1))
+    assert (hw.device, hw.precision) == ("cpu", "fp32") and hw.threads == min(2, len(os.sched_getaffinity(0)))
     cfg.device = "cuda"
     with pytest.raises(ConfigError) as err:
         generators._device(cfg)
@@ -1100,12 +1100,12 @@ def test_run_applies_the_question_filters_and_writes_a_resolved_config(tmp_path,
     assert OmegaConf.create(saved).model.cache_dir == str(tmp_path / "cache")
 
 
-def test_the_generator_device_on_a_cpu_count_python_cannot_tell(monkeypatch):
-    """os.cpu_count() may be None (an unknown platform): the local generator then uses one thread."""
+def test_the_generator_threads_are_the_cores_this_process_may_use_two_at_most(monkeypatch):
+    """Under SLURM with cpus_per_task=1 os.cpu_count() is the node's count; the affinity mask is what the job has."""
     cfg = synth_cfg("generator.device=cpu")
-    monkeypatch.setattr(generators.os, "cpu_count", lambda: None)
+    monkeypatch.setattr(generators, "usable_cores", lambda: 1)
     assert generators._device(cfg.generator).threads == 1
-    monkeypatch.setattr(generators.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(generators, "usable_cores", lambda: 16)
     assert generators._device(cfg.generator).threads == 2
 
 
