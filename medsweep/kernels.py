@@ -100,12 +100,7 @@ class _LoraDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base_out, x, weight_a, weight_b, scaling, p, generator=None):
         ctx.x_shape = x.shape
-        x = x.reshape(-1, x.shape[-1])
-        bits = dropout_bits(x.shape, generator) if p else None
-        if bits is not None:
-            x = x * keep_mask(bits, p)
-            scaling = scaling * _keep_scale(p)
-        h = torch.mm(x, weight_a.t()).mul_(scaling)  # tokens x r, scaled
+        x, bits, h, scaling = lora_rank_term(x.reshape(-1, x.shape[-1]), weight_a, scaling, p, generator)
         base_out.view(-1, base_out.shape[-1]).addmm_(h, weight_b.t())
         ctx.mark_dirty(base_out)
         ctx.save_for_backward(x, bits, h, weight_a, weight_b)  # the int16 draws: half the memory of a float mask
@@ -115,18 +110,39 @@ class _LoraDelta(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, bits, h, weight_a, weight_b = ctx.saved_tensors
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_h = torch.mm(g, weight_b.t().contiguous().t())  # tokens x r; MKL is ~2x faster with B column-major
-        grad_b = _rank_by_features(h, g).t() if ctx.needs_input_grad[3] else None
-        grad_h.mul_(ctx.scaling)
-        grad_a = _rank_by_features(grad_h, x) if ctx.needs_input_grad[2] else None
-        grad_x = None
-        if ctx.needs_input_grad[1]:
-            grad_x = torch.mm(grad_h, weight_a)
-            if bits is not None:
-                grad_x.mul_(keep_mask(bits, ctx.p))
-            grad_x = grad_x.view(ctx.x_shape)
-        return grad_out, grad_x, grad_a, grad_b, None, None, None
+        grad_x, grad_a, grad_b = lora_term_grads(grad_out.reshape(-1, grad_out.shape[-1]), x, bits, h, weight_a,
+                                                 weight_b, ctx.scaling, ctx.p, *ctx.needs_input_grad[1:4])
+        return grad_out, None if grad_x is None else grad_x.view(ctx.x_shape), grad_a, grad_b, None, None, None
+
+
+def lora_rank_term(x: torch.Tensor, weight_a: torch.Tensor, scaling: float, p: float,
+                   generator: torch.Generator | None):
+    """The first half of the fused LoRA term for x: tokens x in. Returns (x as the term saw it, after dropout; the
+    int16 dropout draws or None; h = x @ A.T times the scaling, tokens x r; that scaling, dropout's 1/(1-p) folded
+    in). The caller adds h @ B.T into its own output; the solo layer and each member of a pack call this same code,
+    so a packed adapter draws and rounds exactly as its solo run."""
+    bits = dropout_bits(x.shape, generator) if p else None
+    if bits is not None:
+        x = x * keep_mask(bits, p)
+        scaling = scaling * _keep_scale(p)
+    return x, bits, torch.mm(x, weight_a.t()).mul_(scaling), scaling
+
+
+def lora_term_grads(g: torch.Tensor, x: torch.Tensor, bits: torch.Tensor | None, h: torch.Tensor,
+                    weight_a: torch.Tensor, weight_b: torch.Tensor, scaling: float, p: float, need_x: bool,
+                    need_a: bool, need_b: bool):
+    """The gradients of the fused LoRA term from g = d loss / d output (tokens x out) and what lora_rank_term
+    returned: (grad of x, tokens x in; grad of A; grad of B), each None where not needed."""
+    grad_h = torch.mm(g, weight_b.t().contiguous().t())  # tokens x r; MKL is ~2x faster with B column-major
+    grad_b = _rank_by_features(h, g).t() if need_b else None
+    grad_h.mul_(scaling)
+    grad_a = _rank_by_features(grad_h, x) if need_a else None
+    grad_x = None
+    if need_x:
+        grad_x = torch.mm(grad_h, weight_a)
+        if bits is not None:
+            grad_x.mul_(keep_mask(bits, p))
+    return grad_x, grad_a, grad_b
 
 
 def _rank_by_features(h: torch.Tensor, x: torch.Tensor, splits: int = 4) -> torch.Tensor:

@@ -27,13 +27,14 @@ from medsweep.errors import TrainingDiverged
 from medsweep.kernels import (
     _keep_scale,
     _lora_linear_class,
-    _rank_by_features,
     _threshold,
     answer_loss_of_hidden,
     cpu_fp32,
     decoder_hidden,
     dropout_bits,
     keep_mask,
+    lora_rank_term,
+    lora_term_grads,
 )
 from medsweep.prompts import IGNORE_INDEX
 from medsweep.train import AnswerOnlyTrainer, EpochSampler
@@ -86,12 +87,8 @@ class _PackedLoraDelta(torch.autograd.Function):
         scalings = []
         for k, (start, stop, length, scaling, p, generator) in enumerate(spec):
             a, b = weights[2 * k], weights[2 * k + 1]
-            rows = x[start:stop, :length].reshape(-1, x.shape[-1])
-            bits = dropout_bits(rows.shape, generator) if p else None  # the solo layer's draws, in its layout
-            if bits is not None:
-                rows = rows * keep_mask(bits, p)
-                scaling = scaling * _keep_scale(p)
-            h = torch.mm(rows, a.t()).mul_(scaling)
+            rows, bits, h, scaling = lora_rank_term(x[start:stop, :length].reshape(-1, x.shape[-1]), a, scaling, p,
+                                                    generator)
             target = base_out[start:stop, :length]
             if target.is_contiguous():
                 target.view(-1, out_features).addmm_(h, b.t())
@@ -114,14 +111,9 @@ class _PackedLoraDelta(torch.autograd.Function):
             rows, bits, h = tensors[3 * k:3 * k + 3]
             a, b = weights[2 * k], weights[2 * k + 1]
             g = grad_out[start:stop, :length].reshape(-1, grad_out.shape[-1])
-            grad_h = torch.mm(g, b.t().contiguous().t())
-            grad_b = _rank_by_features(h, g).t() if ctx.needs_input_grad[4 + 2 * k] else None
-            grad_h.mul_(ctx.scalings[k])
-            grad_a = _rank_by_features(grad_h, rows) if ctx.needs_input_grad[3 + 2 * k] else None
+            part, grad_a, grad_b = lora_term_grads(g, rows, bits, h, a, b, ctx.scalings[k], p, grad_x is not None,
+                                                   *ctx.needs_input_grad[3 + 2 * k:5 + 2 * k])
             if grad_x is not None:
-                part = torch.mm(grad_h, a)
-                if bits is not None:
-                    part.mul_(keep_mask(bits, p))
                 grad_x[start:stop, :length] = part.view(stop - start, length, -1)
             grads += [grad_a, grad_b]
         return grad_out, grad_x, None, *grads
