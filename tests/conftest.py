@@ -167,6 +167,21 @@ def run_medsweep(*overrides: str, cwd: Path = ROOT, env: dict | None = None, tim
                           timeout=timeout)
 
 
+def train_eval_in_process(output_root: Path, *overrides: str) -> Path:
+    """The single run `medsweep <overrides> output_root=<output_root>` in this process; returns its run directory
+    (the run id the command would give it). For reference runs whose subprocess would add only its imports."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from medsweep import record, run
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[*overrides, f"output_root={output_root}"])
+    run_dir = Path(output_root) / "runs" / record.run_id(cfg)
+    assert run.train_eval(cfg, run_dir)["status"] == "complete"
+    return run_dir
+
+
 def assert_same_trained_adapter(a_dir: Path, b_dir: Path, atol: float = 1e-5) -> None:
     """The adapters of two runs that trained on the same global batches, split differently (across processes, or
     into accumulated micro-batches), are the same up to float rounding. Adam divides each gradient element by its

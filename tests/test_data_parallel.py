@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_same_trained_adapter, run_medsweep
+from tests.conftest import assert_same_trained_adapter, run_medsweep, train_eval_in_process
 
 # no dropout: each process draws its own masks for its rows, so only dropout-free runs can match exactly; fp32: on a
 # CPU with native bf16, precision=auto picks bf16, whose sums differ with the number of processes
@@ -17,11 +17,7 @@ COMMON = ["experiment=smoke", "lora.dropout=0", "train.max_steps=6", "train.batc
 
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory, embedded_dir):
-    out = tmp_path_factory.mktemp("single")
-    proc = run_medsweep(*COMMON, f"output_root={out}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = (out / "runs").iterdir()
-    return run_dir
+    return train_eval_in_process(tmp_path_factory.mktemp("single"), *COMMON)
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from medsweep import evaluate, export, gguf_writer, models, ollama, record
 from medsweep.errors import ConfigError, ModelError
 from medsweep.hardware import Hardware
 from medsweep.prompts import PromptStyle
-from tests.conftest import CONF_DIR, ROOT, run_medsweep
+from tests.conftest import CONF_DIR, ROOT, train_eval_in_process
 
 CPU = Hardware(device="cpu", precision="fp32", threads=2)
 QUESTIONS = [{"id": f"q{i}", "question": q, "answer": "-"} for i, q in enumerate([
@@ -274,9 +274,7 @@ def test_not_a_run_dir(cli, tmp_path):
 def test_export_a_smoke_run_with_the_cli(tmp_path, embedded_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    done = run_medsweep("experiment=smoke", "model=tiny_random", f"output_root={tmp_path}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    run_dir = next((tmp_path / "runs").iterdir())
+    run_dir = train_eval_in_process(tmp_path, "experiment=smoke", "model=tiny_random")  # the run: not under test
     out = tmp_path / "exported"
     result = subprocess.run([sys.executable, "-m", "medsweep.export", str(run_dir), "--gguf", "f16", "--out",
                              str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -21,6 +21,7 @@ from tests.conftest import (
     assert_same_trained_adapter,
     need_shared_data,
     run_medsweep,
+    train_eval_in_process,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -126,7 +127,7 @@ def test_preemption_signal_checkpoint_requeue_resume(tmp_path):
     assert rec["train"]["resumed_from"], "the requeued job did not resume from its checkpoint"
     assert "checkpoint saved at step" in _stdout_of(job)
 
-    ref_dir = _reference(tmp_path, "profile.cpus=1", *long_run)
+    ref_dir = train_eval_in_process(tmp_path / "ref", "experiment=smoke", "profile.cpus=1", *long_run)
     assert ref_dir.name == run_dir.name  # same configuration, same run id
     a = load_file(ref_dir / "adapter" / "adapter_model.safetensors")
     b = load_file(run_dir / "adapter" / "adapter_model.safetensors")
@@ -166,23 +167,10 @@ DATA_PARALLEL = ["profile.processes=2", "profile.cpus=2", "profile.memory_gb=6",
                  "profile.precision=fp32"]
 
 
-def _reference(tmp_path: Path, *overrides: str) -> Path:
-    """The uninterrupted run of `experiment=smoke` with `overrides`, in this process (what a subprocess would add is
-    its imports: the record, run id and adapter are the same), in its own run directory under tmp_path/ref."""
-    from hydra import compose, initialize_config_dir
-
-    from medsweep import record, run
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=smoke", *overrides, f"output_root={tmp_path / 'ref'}"])
-    ref_dir = tmp_path / "ref" / "runs" / record.run_id(cfg)
-    assert run.train_eval(cfg, ref_dir)["status"] == "complete"
-    return ref_dir
-
-
 def _single_process_reference(tmp_path: Path, *overrides: str) -> Path:
     """The same configuration trained by one process (a plain run: the same global batches)."""
-    return _reference(tmp_path, "profile.cpus=2", "lora.dropout=0", "profile.precision=fp32", *overrides)
+    return train_eval_in_process(tmp_path / "ref", "experiment=smoke", "profile.cpus=2", "lora.dropout=0",
+                                 "profile.precision=fp32", *overrides)
 
 
 def test_data_parallel_job_runs_two_tasks_on_one_node(tmp_path):
