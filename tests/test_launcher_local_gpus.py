@@ -17,7 +17,8 @@ JOB = ["experiment=smoke", "profile=local_gpu", "profile.device=cpu", "profile.p
 
 @pytest.mark.slow
 def test_each_local_job_gets_its_own_gpu_and_waves_follow_the_gpus(tmp_path, embedded_dir):
-    proc = run_medsweep(*JOB, "lora.r=4,8,16", f"output_root={tmp_path}", multirun=True,
+    proc = run_medsweep(*JOB, "lora.r=4,8,16", "train.max_steps=2", "eval.num_examples=2", f"output_root={tmp_path}",
+                        multirun=True,
                         env={"CUDA_VISIBLE_DEVICES": "0,1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     jobs = json.loads((tmp_path / "sweeps" / "sweep" / "sweep_jobs.json").read_text())
