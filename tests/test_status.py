@@ -279,7 +279,7 @@ def test_resubmit_runs_a_failed_job_again_and_skips_the_complete_one(tmp_path, c
     sweep's command again, which runs that job alone."""
     sample = ROOT / "medsweep" / "assets" / "sample_medqa.jsonl"
     shutil.copy(sample, tmp_path / "a.jsonl")
-    first = run_medsweep("experiment=smoke", "profile.cpus=1", "data=local",
+    first = run_medsweep("experiment=smoke", "profile.cpus=1", "train.max_steps=2", "eval.num_examples=2", "data=local",
                          f"data.path={tmp_path / 'a.jsonl'},{tmp_path / 'b.jsonl'}", f"output_root={tmp_path}",
                          "sweep_name=rs", multirun=True)
     assert first.returncode == 1, first.stderr[-2000:]
