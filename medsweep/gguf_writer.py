@@ -32,11 +32,10 @@ from medsweep.errors import ConfigError, ModelError
 GGUF_TYPES = ("f16", "q8_0", "f32")
 
 
-def _permute(weights: np.ndarray, n_head: int, n_head_kv: int | None) -> np.ndarray:
-    """llama.cpp's row order for q/k projections (rotary pairs interleaved): convert_hf_to_gguf.LlamaModel.permute;
-    transformers undoes it when it loads a llama GGUF."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
+def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's row order for q/k projections (rotary pairs interleaved) of `n_head` heads (the query heads for
+    q, the key/value heads for k): convert_hf_to_gguf.LlamaModel.permute; transformers undoes it when it loads a
+    llama GGUF."""
     return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))
 
@@ -123,8 +122,8 @@ def write_gguf(model, tokenizer, path: Path, qtype: str = "f16", name: str = "mo
                          "(the merged safetensors are still written)")
     arch = gguf.MODEL_ARCH.LLAMA
     n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
-    n_kv = getattr(config, "num_key_value_heads", None) or n_head
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    # LlamaConfig always sets these (None in a config.json becomes the heads / hidden_size // heads)
+    n_kv, head_dim = config.num_key_value_heads, config.head_dim
     tokens, types, merges = _vocab(tokenizer, config.vocab_size)
     name_map = gguf.get_tensor_name_map(arch, n_layers)
     file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
@@ -161,27 +160,27 @@ def write_gguf(model, tokenizer, path: Path, qtype: str = "f16", name: str = "mo
                           ("unk", tokenizer.unk_token_id), ("pad", tokenizer.pad_token_id)):
         if token_id is not None:
             getattr(writer, f"add_{key}_token_id")(int(token_id))
-    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+    writer.add_add_bos_token(bool(tokenizer.add_bos_token))
     writer.add_add_space_prefix(False)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
 
-    tied = bool(getattr(config, "tie_word_embeddings", False))
+    # a tied head is left out (llama.cpp reuses token_embd when output.weight is absent), and so are the rotary
+    # buffers older transformers kept in the state dict
+    written = {hf_name: tensor for hf_name, tensor in model.state_dict().items()
+               if not (hf_name == "lm_head.weight" and config.tie_word_embeddings)
+               and not hf_name.endswith("rotary_emb.inv_freq")}
     counts: dict[str, int] = {}
-    for hf_name, tensor in model.state_dict().items():
-        if hf_name == "lm_head.weight" and tied:
-            continue  # llama.cpp reuses token_embd when output.weight is absent
-        if hf_name.endswith("rotary_emb.inv_freq"):
-            continue
+    for hf_name, tensor in written.items():
         base, suffix = hf_name.rsplit(".", 1)
         mapped = name_map.get_name(base)
         if mapped is None:
             raise ModelError(f"no GGUF name for tensor {hf_name!r} of the Llama architecture")
         data = tensor.detach().to(torch.float32).cpu().numpy()
         if base.endswith("self_attn.q_proj"):
-            data = _permute(data, n_head, n_head)
+            data = _permute(data, n_head)
         elif base.endswith("self_attn.k_proj"):
-            data = _permute(data, n_head, n_kv)
+            data = _permute(data, n_kv)
         gguf_name = f"{mapped}.{suffix}"
         dtype = _tensor_type(gguf_name, data, qtype)
         if dtype == gguf.GGMLQuantizationType.Q8_0:

@@ -209,9 +209,9 @@ def test_permutation_matches_what_transformers_undoes():
     rng = np.random.default_rng(0)
     q = rng.normal(size=(4 * 8, 6)).astype(np.float32)  # 4 heads of dim 8
     k = rng.normal(size=(2 * 8, 6)).astype(np.float32)  # 2 key/value heads
-    np.testing.assert_array_equal(proc.process(gguf_writer._permute(q, 4, 4), "blk.0.attn_q.weight").weights, q)
-    np.testing.assert_array_equal(proc.process(gguf_writer._permute(k, 4, 2), "blk.0.attn_k.weight").weights, k)
-    assert not np.array_equal(gguf_writer._permute(q, 4, 4), q)
+    np.testing.assert_array_equal(proc.process(gguf_writer._permute(q, 4), "blk.0.attn_q.weight").weights, q)
+    np.testing.assert_array_equal(proc.process(gguf_writer._permute(k, 2), "blk.0.attn_k.weight").weights, k)
+    assert not np.array_equal(gguf_writer._permute(q, 4), q)
 
 
 # --------------------------------------------------------------------------- CLI argument validation (no model)
@@ -635,12 +635,11 @@ def test_tensor_types():
     assert {kind("blk.0.attn_norm.weight", row64, q) for q in ("f16", "q8_0")} == {T.F32}  # norms: f32
 
 
-def test_permute_without_separate_key_value_heads():
-    q = np.arange(4 * 8 * 3, dtype=np.float32).reshape(32, 3)
-    np.testing.assert_array_equal(gguf_writer._permute(q, 4, None), gguf_writer._permute(q, 4, 4))
-    # 2 key/value heads: the rows are permuted per key/value head
-    np.testing.assert_array_equal(gguf_writer._permute(q, 4, 2), gguf_writer._permute(q, 2, 2))
-    assert not np.array_equal(gguf_writer._permute(q, 4, 2), gguf_writer._permute(q, 4, 4))
+def test_permute_interleaves_the_rotary_halves_of_each_head():
+    """Rows of each head: the first half's row i, then the second half's row i (2 heads of 4 rows, 1 column)."""
+    q = np.arange(8, dtype=np.float32).reshape(8, 1)
+    assert gguf_writer._permute(q, 2).ravel().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    assert gguf_writer._permute(q, 1).ravel().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
 def _tiny_llama(vocab_size: int, **config):
@@ -664,7 +663,7 @@ def test_write_gguf_untied_f32_with_wide_heads_tensor_by_tensor(small_tokenizer_
     tokenizer.chat_template, tokenizer.add_bos_token = None, True
     tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token = "<|im_start|>", "<|im_end|>", None
     tokenizer.unk_token = None
-    path = tmp_path / "deeper" / "m.gguf"
+    path = tmp_path / "deeper" / "still" / "m.gguf"
     summary = gguf_writer.write_gguf(model, tokenizer, path, "f32", name="wide")
     assert summary == {"path": str(path), "type": "f32", "bytes": path.stat().st_size, "tensor_types": {"F32": 12},
                        "tensors": 12}
@@ -693,7 +692,7 @@ def test_write_gguf_untied_f32_with_wide_heads_tensor_by_tensor(small_tokenizer_
                      ("post_attention_layernorm", "ffn_norm")):
         weight = state[f"model.layers.0.{hf}.weight"].numpy()
         if name in ("attn_q", "attn_k"):
-            weight = gguf_writer._permute(weight, 4, 4 if name == "attn_q" else 2)
+            weight = gguf_writer._permute(weight, 4 if name == "attn_q" else 2)
         expected[f"blk.0.{name}.weight"] = torch.from_numpy(weight)
     read = {t.name: np.asarray(t.data).reshape(tuple(reversed(t.shape.tolist()))) for t in reader.tensors}
     assert set(read) == set(expected)
@@ -729,7 +728,7 @@ def test_write_gguf_skips_rotary_buffers_and_a_tied_head(small_tokenizer_dir, tm
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(small_tokenizer_dir)
-    model = _tiny_llama(SMALL_VOCAB, tie_word_embeddings=True)
+    model = _tiny_llama(SMALL_VOCAB, tie_word_embeddings=True).to(torch.bfloat16)  # as merged from a bf16 run
     state = model.state_dict()
     inv_freq = {"model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(8), "model.rotary_emb.inv_freq":
                 torch.ones(8)}
@@ -737,8 +736,12 @@ def test_write_gguf_skips_rotary_buffers_and_a_tied_head(small_tokenizer_dir, tm
         **dict(list(state.items())[:3]), **inv_freq, **dict(list(state.items())[3:]),
         "lm_head.weight": state["model.embed_tokens.weight"]})
     summary = gguf_writer.write_gguf(older, tokenizer, tmp_path / "m.gguf")
-    names = [t.name for t in GGUFReader(tmp_path / "m.gguf").tensors]
+    reader = GGUFReader(tmp_path / "m.gguf")
+    names = [t.name for t in reader.tensors]
     assert summary["tensors"] == len(names) == 11 and "output.weight" not in names and "blk.0.ffn_down.weight" in names
+    assert reader.fields["general.name"].contents() == "model"  # the default name
+    norm = next(t for t in reader.tensors if t.name == "output_norm.weight")
+    np.testing.assert_array_equal(np.asarray(norm.data), state["model.norm.weight"].float().numpy())
 
 
 # --------------------------------------------------------------------------- a generator model from a path
