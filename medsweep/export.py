@@ -130,12 +130,10 @@ def load_generator_model(spec: str | os.PathLike, hw: Hardware = CPU):
 
 
 def save_merged(model, tokenizer, out_dir: Path) -> Path:
-    """Safetensors + config + tokenizer + chat template, loadable with from_pretrained."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    """Safetensors + config + tokenizer + chat template, loadable with from_pretrained (transformers 5 creates the
+    folder, writes safetensors only and the chat template as chat_template.jinja)."""
+    model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    if tokenizer.chat_template and not (out_dir / "chat_template.jinja").is_file():
-        (out_dir / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
     return out_dir
 
 

@@ -16,7 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -414,6 +416,12 @@ def test_export_summary_and_default_paths(exported):
         assert g["path"] == str(path) and g["bytes"] == path.stat().st_size and g["tensors"] == 20
     assert json.loads((out / "export.json").read_text()) == json.loads(json.dumps(summary))
     assert not list(out.glob(".*.tmp"))  # the temporary files were renamed into place
+    assert 0 < summary["seconds"] < 600
+    assert abs(datetime.fromisoformat(summary["exported_at"]).timestamp() - time.time()) < 600
+    merged = sorted(p.name for p in (out / "merged").iterdir())
+    assert merged == ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+                      "tokenizer.json", "tokenizer_config.json"], merged
+    assert (out / "merged" / "chat_template.jinja").read_text() == exported["tokenizer"].chat_template
 
     from gguf import GGUFReader
 
@@ -430,6 +438,51 @@ def test_export_summary_and_default_paths(exported):
     assert "general.quantization_version" not in reader.fields
     q8 = GGUFReader(out / "model-q8_0.gguf")
     assert q8.fields["general.quantization_version"].contents() == 2
+
+
+def test_the_runs_tokenizer_is_the_one_saved_with_its_adapter(run_dir, tmp_path):
+    """load_adapted takes the tokenizer saved with the adapter (what the run trained with: here one whose config was
+    changed, without a pad token), pads with the model config's pad token, else its eos; an adapter saved without
+    a tokenizer falls back to the model config's."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("export"))
+    saved = run / "adapter" / "tokenizer_config.json"
+    settings = json.loads(saved.read_text())
+    settings.pop("pad_token", None)
+    saved.write_text(json.dumps({**settings, "model_max_length": 77}))
+    _, tokenizer, cfg = export.load_adapted(run)
+    assert tokenizer.model_max_length == 77 and cfg.model.pad_token is None
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+    cfg.model.pad_token = "<|endoftext|>"
+    assert export._adapter_tokenizer(run / "adapter", cfg.model).pad_token == "<|endoftext|>"
+    for name in ("tokenizer_config.json", "tokenizer.json", "chat_template.jinja"):
+        (run / "adapter" / name).unlink(missing_ok=True)
+    _, fallback, _ = export.load_adapted(run)
+    assert fallback.model_max_length != 77 and len(fallback) == SMALL_VOCAB
+
+
+def test_merge_loads_the_run_on_the_hardware_it_is_given(monkeypatch):
+    seen = []
+
+    class Adapted:
+        def merge_and_unload(self):
+            return torch.nn.Linear(1, 1)
+
+    def load_adapted(run_dir, hw=export.CPU):
+        seen.append((run_dir, hw))
+        return Adapted(), "tokenizer", "cfg"
+
+    monkeypatch.setattr(export, "load_adapted", load_adapted)
+    hw = Hardware("cpu", "bf16", 1)
+    merged, tokenizer, cfg = export.merge("a-run", hw)
+    assert seen == [("a-run", hw)] and (tokenizer, cfg) == ("tokenizer", "cfg") and not merged.training
+
+
+def test_export_checks_the_push_before_any_work(run_dir, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        export.export(run_dir, out=tmp_path / "out", push_repo="no repo")
+    assert str(err.value) == "--push-to-hub 'no repo' is invalid: expected a Hub repo id like owner/name"
+    assert not (tmp_path / "out").exists()
 
 
 class FakeHub:
