@@ -169,6 +169,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
+@pytest.mark.slow  # the console script in a subprocess, from another folder: mutation runs of FAST_ONLY leave it out
 def test_medsweep_judge_over_http_end_to_end(tmp_path, endpoint):
     run_dir = fake_run(tmp_path / "sweep" / "run-a")
     key = "sk-judge-0123456789SECRET"
