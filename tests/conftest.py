@@ -123,19 +123,21 @@ def no_network(monkeypatch) -> list:
     return attempts
 
 
-@pytest.fixture
-def compose():
-    """compose(overrides) -> the composed config, validated against the schemas, no Hydra run dir."""
+def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False):
+    """The composed config of `overrides`, validated against the schemas, no Hydra run dir."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from medsweep.run import config_schema  # noqa: F401  registers schemas and resolvers
 
-    def _compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose("config", overrides=overrides or [], return_hydra_config=return_hydra_config)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides or [], return_hydra_config=return_hydra_config)
 
-    return _compose
+
+@pytest.fixture
+def compose():
+    """compose(overrides) -> conftest.compose_config(overrides)."""
+    return compose_config
 
 
 @pytest.fixture
@@ -170,13 +172,9 @@ def run_medsweep(*overrides: str, cwd: Path = ROOT, env: dict | None = None, tim
 def train_eval_in_process(output_root: Path, *overrides: str) -> Path:
     """The single run `medsweep <overrides> output_root=<output_root>` in this process; returns its run directory
     (the run id the command would give it). For reference runs whose subprocess would add only its imports."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     from medsweep import record, run
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[*overrides, f"output_root={output_root}"])
+    cfg = compose_config([*overrides, f"output_root={output_root}"])
     run_dir = Path(output_root) / "runs" / record.run_id(cfg)
     assert run.train_eval(cfg, run_dir)["status"] == "complete"
     return run_dir

@@ -29,20 +29,11 @@ from medsweep import evaluate, export, gguf_writer, models, ollama, record
 from medsweep.errors import ConfigError, ModelError
 from medsweep.hardware import Hardware
 from medsweep.prompts import PromptStyle
-from tests.conftest import CONF_DIR, ROOT, train_eval_in_process
+from tests.conftest import ROOT, compose_config, train_eval_in_process
 
 CPU = Hardware(device="cpu", precision="fp32", threads=2)
 QUESTIONS = [{"id": f"q{i}", "question": q, "answer": "-"} for i, q in enumerate([
     "What are the symptoms of anemia?", "How is type 2 diabetes treated?", "Can aspirin cause stomach bleeding?"])]
-
-
-def _compose(overrides):
-    from hydra import compose, initialize_config_dir
-
-    from medsweep.run import config_schema  # noqa: F401  registers schemas and resolvers
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 SMALL_VOCAB = 1024
@@ -78,7 +69,7 @@ def make_run_dir(path: Path, tokenizer_dir: Path | None = None) -> Path:
     from omegaconf import OmegaConf
 
     small = [f"model.tokenizer={tokenizer_dir}", f"model.vocab_size={SMALL_VOCAB}"] if tokenizer_dir else []
-    cfg = _compose(["experiment=smoke", "model=tiny_random", f"output_root={path}", *small])
+    cfg = compose_config(["experiment=smoke", "model=tiny_random", f"output_root={path}", *small])
     tokenizer = models.load_tokenizer(cfg.model)
     model, _ = models.load_model(cfg.model, tokenizer, CPU, seed=cfg.train.seed)
     model = models.add_lora(model, cfg.lora, cfg.model)
