@@ -50,3 +50,23 @@ def test_trust_remote_code_off_and_safetensors_only(compose):
     for name in ("smollm2_135m", "llama3_8b", "mistral_7b", "gemma_1.1_7b", "distilgpt2", "llama2_7b"):
         cfg = compose([f"model={name}"])
         assert cfg.model.trust_remote_code is False and cfg.model.use_safetensors is True
+
+
+def test_bitsandbytes_cpu_kernel_lines_are_quiet_and_other_kernel_lines_are_not(caplog):
+    # Emitted by hand: the real lines come only on a CPU with AVX512-BF16 at `import torch`, so CI's machine decides
+    # whether they appear; what medsweep does with them must not depend on that.
+    import logging
+
+    import medsweep
+
+    caplog.set_level(logging.INFO)
+    repo = medsweep.BNB_CPU_KERNEL_REPO
+    kernels_hub = logging.getLogger("kernels._internals.hf_hub")
+    kernels_hub.warning(f"Skipping publisher trust check for '{repo}' because Hugging Face Hub is in offline mode.")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from %s", repo)
+    kernels_hub.warning("Skipping publisher trust check for 'someone/other-kernel' because Hugging Face Hub is in "
+                        "offline mode.")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").error("a real bitsandbytes error")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Skipping publisher trust check for 'someone/other-kernel' because Hugging Face Hub is in offline mode.",
+        "a real bitsandbytes error"]

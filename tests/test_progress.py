@@ -164,7 +164,10 @@ def test_a_runs_log_shows_training_and_evaluation_progress_without_carriage_retu
 
 _SCRIPT = """
 import logging, sys, time
-logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+handler = logging.StreamHandler(sys.stderr)
+handler.setFormatter(logging.Formatter("%(message)s"))
+logging.getLogger("medsweep").addHandler(handler)  # medsweep's lines only: a library's import-time warning is not
+logging.getLogger("medsweep").setLevel(logging.INFO)  # what this script checks (test_errors.py keeps those quiet)
 from medsweep.progress import Progress
 p = Progress("generation", 5, "answer", every_s=0.05)
 for done in range(1, 6):
