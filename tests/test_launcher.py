@@ -16,6 +16,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from medsweep import launcher, record, submit
+from medsweep.packjob import PackJob
 from medsweep.sweep import JOBS_FILE
 from tests.conftest import CONF_DIR, SECRET_ENV, assert_no_secret, run_medsweep
 
@@ -75,6 +76,12 @@ def executors(monkeypatch):
                 handle = Handle(self.log, str(next(counter)))
                 self.calls.append(("report", args, dict(self.params)))
                 return handle
+            if isinstance(fn, PackJob):  # a pack: one job whose one argument is each member's Hydra job arguments
+                (members,) = args
+                idxs = [m[2] for m in members]
+                self.calls.append(("submit_pack", idxs, dict(self.params)))
+                self.log.append(("submit_pack", idxs, self.params.get("local_setup")))
+                return Handle(self.log, str(next(counter)), next(filter(None, map(failing.get, idxs)), None))
             assert isinstance(fn, launcher.SweepLauncherMixin)  # the job runs the launcher's __call__ (Hydra's job)
             handle = Handle(self.log, str(next(counter)), failing.get(args[2]))
             self.calls.append(("submit", args[2], dict(self.params)))
@@ -82,6 +89,15 @@ def executors(monkeypatch):
             return handle
 
         def map_array(self, fn, *arrays):
+            if isinstance(fn, PackJob):  # an array of packs: one task per pack
+                assert isinstance(fn.launcher, launcher.SweepLauncherMixin)
+                (packs,) = arrays
+                idxs = [[m[2] for m in members] for members in packs]
+                assert all(m[1] == "hydra.sweep.dir" and m[3] == f"job_id_for_{m[2]}" for ms in packs for m in ms)
+                self.calls.append(("map_array_packs", idxs, [[list(m[0]) for m in ms] for ms in packs],
+                                   dict(self.params)))
+                self.log.append(("map_array_packs", idxs))
+                return [Handle(self.log, str(next(counter))) for _ in packs]
             assert isinstance(fn, launcher.SweepLauncherMixin)
             overrides, keys, idxs, names, states = arrays
             assert all(k == "hydra.sweep.dir" for k in keys) and list(names) == [f"job_id_for_{i}" for i in idxs]
@@ -310,6 +326,58 @@ def test_failed_jobs_are_named_and_the_others_finish(tmp_path, executors, capsys
     # every job was waited for, the failed one in the middle included
     assert [e[1] for e in executors.log if e[0] == "results"] == ["1000", "1001", "1002"]
     assert "  #1   failed     record=missing   experiment=smoke lora.r=8" in captured.out
+
+
+def test_a_packed_slurm_sweep_submits_an_array_of_packs_and_its_members_share_a_job(tmp_path, executors, caplog):
+    with caplog.at_level(logging.INFO, logger="medsweep.launcher"):
+        multirun("hydra/launcher=slurm", "detach=false", "experiment=smoke", "lora.r=4,8,16,32,64", "pack=2",
+                 f"output_root={tmp_path}")
+    (ex,) = executors.made  # one resource group
+    # the packs (#0, #1) and (#2, #3) are the two tasks of an array of packs; #4, alone, goes as an ordinary array
+    # task first
+    assert [c[:2] for c in ex.calls if c[0].startswith("map_array")] == [("map_array", [4]),
+                                                                          ("map_array_packs", [[0, 1], [2, 3]])]
+    (packs,) = [c[2] for c in ex.calls if c[0] == "map_array_packs"]
+    assert packs == [[["detach=False", "experiment=smoke", f"lora.r={r}", "pack=2", f"output_root={tmp_path}"]
+                      for r in pair] for pair in ((4, 8), (16, 32))]
+    jobs = jobs_file(tmp_path)
+    assert [(j["idx"], j["job_id"], j["outcome"]) for j in jobs] == [
+        (0, "1001", "completed"), (1, "1001", "completed"), (2, "1002", "completed"), (3, "1002", "completed"),
+        (4, "1000", "completed")]
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.name == "medsweep.launcher"] == [
+        "#4 submitted as 1000", "#0 submitted as 1001", "#1 submitted as 1001", "#2 submitted as 1002",
+        "#3 submitted as 1002"]
+
+
+def test_a_pack_member_that_diverged_fails_alone_and_fails_the_sweep(tmp_path, executors, capsys, caplog,
+                                                                      monkeypatch):
+    from medsweep.runrecord import RunRecord
+
+    read = launcher.RunRecord.load  # the pack's job ended well, but the record of its lora.r=8 run says it diverged
+    diverged = RunRecord(status="failed", error="TrainingDiverged: loss nan")
+    monkeypatch.setattr(launcher.RunRecord, "load",
+                        classmethod(lambda cls, d: diverged if "_r8_" in str(d) else read(d)))
+    with pytest.raises(SystemExit) as exit_, caplog.at_level(logging.ERROR, logger="medsweep.launcher"):
+        multirun("hydra/launcher=slurm", "detach=false", "experiment=smoke", "lora.r=4,8", "pack=2",
+                 f"output_root={tmp_path}")
+    assert exit_.value.code == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "medsweep.launcher"] == [
+        "#1 failed (pack job 1000): TrainingDiverged: loss nan"]
+    assert [(j["outcome"], j["error"]) for j in jobs_file(tmp_path)] == [("completed", ""),
+                                                                        ("failed", "TrainingDiverged: loss nan")]
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"medsweep: error: 1 of 2 job(s) failed: #1 (experiment=smoke lora.r=8 output_root={tmp_path}): "
+        "TrainingDiverged: loss nan")
+
+
+def test_a_local_pack_is_one_process_on_one_gpu_beside_a_solo_job(tmp_path, executors, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    multirun(*LOCAL_GPU, "lora.r=4,8,16", "pack=2", f"output_root={tmp_path}")
+    assert executors.log == [  # two GPUs: the pack (#0, #1) on GPU 3 and #2 on GPU 5, in one wave
+        ("submit_pack", [0, 1], ["export CUDA_VISIBLE_DEVICES=3"]), ("submit", 2, ["export CUDA_VISIBLE_DEVICES=5"]),
+        ("results", "1000"), ("results", "1000"), ("results", "1001")]  # each member from its pack's job
+    assert [(j["job_id"], j["outcome"]) for j in jobs_file(tmp_path)] == [
+        ("1000", "completed"), ("1000", "completed"), ("1001", "completed")]
 
 
 # --- local launches: GPUs and waves ------------------------------------------------------------------------------
