@@ -604,7 +604,11 @@ def test_a_sweep_in_batches_submits_each_job_with_its_own_overrides(tmp_path, ex
 
 # --- detached sweeps and the cluster's limits ------------------------------------------------------------------------
 
-def test_a_detached_slurm_sweep_submits_a_report_job_after_its_jobs_and_returns(tmp_path, executors, capsys):
+def test_a_detached_slurm_sweep_submits_a_report_job_after_its_jobs_and_returns(tmp_path, executors, capsys,
+                                                                                monkeypatch):
+    flushed = []  # the lines are out before the command returns to a shell that may be piping them
+    monkeypatch.setattr(launcher, "print", lambda *a, **kw: flushed.append(kw.get("flush")) or print(*a, **kw),
+                        raising=False)
     batches = multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", "site.max_array_size=2",
                        "site.partition=gpu", "site.account=lab", f"output_root={tmp_path}")  # detach: SLURM's default
     assert batches == [[]]  # nothing waited for
@@ -612,7 +616,9 @@ def test_a_detached_slurm_sweep_submits_a_report_job_after_its_jobs_and_returns(
     arrays = [c for e in executors.made for c in e.calls if c[0] == "map_array"]
     assert [idxs for _, idxs, _, _ in arrays] == [[0, 1], [2]]  # split at site.max_array_size
     assert not [e for e in executors.log if e[0] == "results"]
-    (report,) = [c for e in executors.made for c in e.calls if c[0] == "report"]
+    (reporter,) = [e for e in executors.made if any(c[0] == "report" for c in e.calls)]
+    assert reporter.cluster == "slurm" and reporter.folder == str(sweep_dir / ".submitit" / "%j")
+    (report,) = [c for c in reporter.calls if c[0] == "report"]
     assert report[1] == (str(sweep_dir),)
     assert report[2] == {"timeout_min": 60, "cpus_per_task": 1, "mem_gb": 4, "nodes": 1, "tasks_per_node": 1,
                          "name": "medsweep-report", "slurm_partition": "gpu", "slurm_account": "lab",
@@ -625,6 +631,7 @@ def test_a_detached_slurm_sweep_submits_a_report_job_after_its_jobs_and_returns(
            "ended" in out
     assert f"  follow:  medsweep-status {sweep_dir} --watch" in out
     assert not (sweep_dir / "report").exists()  # the report job writes it, not Hydra's end-of-multirun hook
+    assert flushed == [True, True]  # the plan table, then the submission
 
 
 def test_array_ids_of_a_split_array_become_one_dependency_each():
@@ -670,6 +677,7 @@ def test_a_rerun_does_not_submit_again_what_slurm_still_runs(tmp_path, executors
     assert asked == [["1000", "1001"]]  # one query for the earlier submission's unfinished jobs
     out = capsys.readouterr().out
     assert "3 jobs: 1 to run, 1 complete (skipped), 1 still queued in SLURM (not submitted again)" in out
+    assert "medsweep: submitted 1 job(s) as SLURM job(s) 1004 (1 already queued); report job 1005 starts" in out
     again = [c for e in executors.made for c in e.calls if c[0] == "map_array"][1:]
     assert [c[1] for c in again] == [[1]]  # FAILED in SLURM: submitted again
     jobs = jobs_file(tmp_path)
@@ -679,6 +687,41 @@ def test_a_rerun_does_not_submit_again_what_slurm_still_runs(tmp_path, executors
     (_, report) = [c for e in executors.made for c in e.calls if c[0] == "report"]
     assert report[2]["slurm_additional_parameters"] == {"dependency": "afterany:1000:1004"}
     assert first[0]["run_dir"] == jobs[0]["run_dir"]
+
+
+def test_a_rerun_with_every_unfinished_job_still_queued_submits_nothing_and_leaves_the_report_to_its_job(
+        tmp_path, executors, capsys, monkeypatch):
+    from medsweep import slurm
+
+    sweep = ["hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", f"output_root={tmp_path}"]
+    multirun(*sweep)
+    record.atomic_write_json(Path(jobs_file(tmp_path)[2]["run_dir"]) / "metrics.json", {"status": "complete"})
+    monkeypatch.setattr(slurm, "job_states", lambda ids: {i: slurm.SlurmJob(i, "PENDING") for i in ids})
+    ended, flushed = [], []
+    monkeypatch.setattr(launcher, "end", lambda *a, **kw: ended.append(a))
+    monkeypatch.setattr(launcher, "print", lambda *a, **kw: flushed.append(kw.get("flush")) or print(*a, **kw),
+                        raising=False)
+    capsys.readouterr()
+    multirun(*sweep)
+    assert flushed == [True, True]  # the plan table, then the line that nothing was submitted
+    assert [c[0] for e in executors.made for c in e.calls if c[0] in ("map_array", "report")] == ["map_array",
+                                                                                                 "report"]
+    assert ended == []  # the first submission's report job writes the report
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "medsweep: nothing submitted: 2 job(s) still queued from an earlier submission, whose report job writes "
+        "the report when they end", f"  follow:  medsweep-status {tmp_path / 'sweeps' / 'sweep'} --watch"]
+
+
+def test_a_detached_rerun_of_a_complete_sweep_writes_its_report_now(tmp_path, executors, capsys, monkeypatch):
+    sweep = ["hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8", f"output_root={tmp_path}"]
+    multirun(*sweep)
+    for job in jobs_file(tmp_path):
+        record.atomic_write_json(Path(job["run_dir"]) / "metrics.json", {"status": "complete"})
+    ended = []
+    monkeypatch.setattr(launcher, "end", lambda *a, **kw: ended.append(a))
+    multirun(*sweep)
+    assert ended == [(tmp_path / "sweeps" / "sweep",)]  # no job to wait for: no report job, the report now
+    assert len([c for e in executors.made for c in e.calls if c[0] == "report"]) == 1  # the first run's
 
 
 def test_detach_needs_slurm(tmp_path, executors, capsys):
