@@ -393,5 +393,5 @@ def _keep_queued(sweep_dir: Path, jobs: list[PlannedJob]) -> None:
 
 def _refuse(message: str) -> None:
     """One line on stderr and exit 2: the whole sweep is refused before anything is submitted."""
-    print(f"medsweep: error: {message}", file=sys.stderr, flush=True)
+    print(f"medsweep: error: {message}", file=sys.stderr)
     sys.exit(2)

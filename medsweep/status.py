@@ -296,7 +296,7 @@ def resubmit(sweep_dir: Path, table: Sequence[Row]) -> int:
         return 0
     command, cwd = resubmit_command(sweep_dir)
     print(f"medsweep-status: resubmitting {len(todo)} job(s) ({', '.join(f'#{r.idx}' for r in todo)}): "
-          f"{' '.join(command[1:])}", file=sys.stderr, flush=True)
+          f"{' '.join(command[1:])}", file=sys.stderr)
     return subprocess.run(command, cwd=cwd).returncode
 
 

@@ -120,7 +120,7 @@ def end(sweep_dir: Path, launched: int | None = None) -> int:
     jobs, failed = _finish(sweep_dir)
     if launched is not None:
         # the summary alone, then a non-zero exit: an exception would end in ~20 lines of Hydra's stack
-        print(f"medsweep: error: {failure_message(failed, launched)}", file=sys.stderr, flush=True)
+        print(f"medsweep: error: {failure_message(failed, launched)}", file=sys.stderr)
         return 1
     if failed:
         log.error(failure_message(failed, len(jobs)))

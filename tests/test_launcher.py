@@ -77,6 +77,7 @@ def executors(monkeypatch):
                 self.calls.append(("report", args, dict(self.params)))
                 return handle
             if isinstance(fn, PackJob):  # a pack: one job whose one argument is each member's Hydra job arguments
+                assert isinstance(fn.launcher, launcher.SweepLauncherMixin)
                 (members,) = args
                 idxs = [m[2] for m in members]
                 self.calls.append(("submit_pack", idxs, dict(self.params)))
@@ -370,14 +371,17 @@ def test_a_pack_member_that_diverged_fails_alone_and_fails_the_sweep(tmp_path, e
         "TrainingDiverged: loss nan")
 
 
-def test_a_local_pack_is_one_process_on_one_gpu_beside_a_solo_job(tmp_path, executors, monkeypatch, capsys):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    multirun(*LOCAL_GPU, "lora.r=4,8,16", "pack=2", f"output_root={tmp_path}")
-    assert executors.log == [  # two GPUs: the pack (#0, #1) on GPU 3 and #2 on GPU 5, in one wave
-        ("submit_pack", [0, 1], ["export CUDA_VISIBLE_DEVICES=3"]), ("submit", 2, ["export CUDA_VISIBLE_DEVICES=5"]),
-        ("results", "1000"), ("results", "1000"), ("results", "1001")]  # each member from its pack's job
+def test_local_packs_are_one_process_on_one_gpu_each_beside_a_solo_job(tmp_path, executors, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")
+    multirun(*LOCAL_GPU, "lora.r=4,8,16,32,64", "pack=2", f"output_root={tmp_path}")
+    assert executors.log == [  # three GPUs: the packs (#0, #1) and (#2, #3) on GPUs 3 and 5, #4 on GPU 7, one wave
+        ("submit_pack", [0, 1], ["export CUDA_VISIBLE_DEVICES=3"]),
+        ("submit_pack", [2, 3], ["export CUDA_VISIBLE_DEVICES=5"]), ("submit", 4, ["export CUDA_VISIBLE_DEVICES=7"]),
+        ("results", "1000"), ("results", "1000"), ("results", "1001"), ("results", "1001"),  # each member from its
+        ("results", "1002")]                                                                # pack's job
     assert [(j["job_id"], j["outcome"]) for j in jobs_file(tmp_path)] == [
-        ("1000", "completed"), ("1000", "completed"), ("1001", "completed")]
+        ("1000", "completed"), ("1000", "completed"), ("1001", "completed"), ("1001", "completed"),
+        ("1002", "completed")]
 
 
 # --- local launches: GPUs and waves ------------------------------------------------------------------------------
@@ -629,7 +633,7 @@ def test_a_detached_slurm_sweep_submits_a_report_job_after_its_jobs_and_returns(
     out = capsys.readouterr().out
     assert "medsweep: submitted 3 job(s) as SLURM job(s) 1000, 1001, 1002; report job 1003 starts when they have " \
            "ended" in out
-    assert f"  follow:  medsweep-status {sweep_dir} --watch" in out
+    assert f"  follow:  medsweep-status {sweep_dir} --watch\n  report:  {sweep_dir / 'report' / 'report.md'}\n" in out
     assert not (sweep_dir / "report").exists()  # the report job writes it, not Hydra's end-of-multirun hook
     assert flushed == [True, True]  # the plan table, then the submission
 
