@@ -354,21 +354,23 @@ def test_a_pack_member_that_diverged_fails_alone_and_fails_the_sweep(tmp_path, e
                                                                       monkeypatch):
     from medsweep.runrecord import RunRecord
 
-    read = launcher.RunRecord.load  # the pack's job ended well, but the record of its lora.r=8 run says it diverged
-    diverged = RunRecord(status="failed", error="TrainingDiverged: loss nan")
-    monkeypatch.setattr(launcher.RunRecord, "load",
-                        classmethod(lambda cls, d: diverged if "_r8_" in str(d) else read(d)))
+    # the pack's job (#0-#2) ended well, but the records of its lora.r=8 and lora.r=16 runs say they diverged (the
+    # second with no error line); #3 ran alone and ended well, so a failed record of it is not the job's outcome
+    records = {"_r8_": RunRecord(status="failed", error="TrainingDiverged: loss nan"),
+               "_r16_": RunRecord(status="failed"), "_r32_": RunRecord(status="failed", error="an older attempt")}
+    read = launcher.RunRecord.load
+    monkeypatch.setattr(launcher.RunRecord, "load", classmethod(
+        lambda cls, d: next((r for k, r in records.items() if k in str(d)), None) or read(d)))
     with pytest.raises(SystemExit) as exit_, caplog.at_level(logging.ERROR, logger="medsweep.launcher"):
-        multirun("hydra/launcher=slurm", "detach=false", "experiment=smoke", "lora.r=4,8", "pack=2",
+        multirun("hydra/launcher=slurm", "detach=false", "experiment=smoke", "lora.r=4,8,16,32", "pack=3",
                  f"output_root={tmp_path}")
     assert exit_.value.code == 1
     assert [r.getMessage() for r in caplog.records if r.name == "medsweep.launcher"] == [
-        "#1 failed (pack job 1000): TrainingDiverged: loss nan"]
-    assert [(j["outcome"], j["error"]) for j in jobs_file(tmp_path)] == [("completed", ""),
-                                                                        ("failed", "TrainingDiverged: loss nan")]
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        f"medsweep: error: 1 of 2 job(s) failed: #1 (experiment=smoke lora.r=8 output_root={tmp_path}): "
-        "TrainingDiverged: loss nan")
+        "#1 failed (pack job 1001): TrainingDiverged: loss nan", "#2 failed (pack job 1001): failed"]
+    assert [(j["job_id"], j["outcome"], j["error"]) for j in jobs_file(tmp_path)] == [
+        ("1001", "completed", ""), ("1001", "failed", "TrainingDiverged: loss nan"), ("1001", "failed", "failed"),
+        ("1000", "completed", "")]
+    assert capsys.readouterr().err.splitlines()[-1].startswith("medsweep: error: 2 of 4 job(s) failed: #1 (")
 
 
 def test_local_packs_are_one_process_on_one_gpu_each_beside_a_solo_job(tmp_path, executors, monkeypatch, capsys):
@@ -691,6 +693,26 @@ def test_a_rerun_does_not_submit_again_what_slurm_still_runs(tmp_path, executors
     (_, report) = [c for e in executors.made for c in e.calls if c[0] == "report"]
     assert report[2]["slurm_additional_parameters"] == {"dependency": "afterany:1000:1004"}
     assert first[0]["run_dir"] == jobs[0]["run_dir"]
+
+
+def test_a_rerun_that_cannot_ask_slurm_submits_every_unfinished_job_and_says_why(tmp_path, executors, caplog,
+                                                                                  monkeypatch):
+    from medsweep import slurm
+    from medsweep.errors import MedsweepError
+
+    sweep = ["hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8", f"output_root={tmp_path}"]
+    multirun(*sweep)
+
+    def unreachable(ids):
+        raise MedsweepError("sacct: error: slurmdbd not reachable")
+
+    monkeypatch.setattr(slurm, "job_states", unreachable)
+    with caplog.at_level(logging.WARNING, logger="medsweep.launcher"):
+        multirun(*sweep)
+    assert [r.getMessage() for r in caplog.records if r.name == "medsweep.launcher"] == [
+        "cannot ask SLURM about the earlier submission (sacct: error: slurmdbd not reachable): every unfinished job "
+        "is submitted"]
+    assert [c[1] for e in executors.made for c in e.calls if c[0] == "map_array"] == [[0, 1], [0, 1]]
 
 
 def test_a_rerun_with_every_unfinished_job_still_queued_submits_nothing_and_leaves_the_report_to_its_job(
