@@ -443,6 +443,18 @@ def test_local_gpu_jobs_need_visible_gpus_but_a_plan_does_not(tmp_path, executor
     assert "2 jobs: 2 to run" in capsys.readouterr().out  # the plan may be meant for the cluster
 
 
+def test_only_a_local_launch_of_gpu_jobs_asks_which_gpus_are_visible(tmp_path, executors, monkeypatch, capsys):
+    asked = []  # the question may import torch and look for CUDA: a plan, a SLURM sweep or CPU jobs need neither
+    monkeypatch.setattr(launcher, "_visible_gpus", lambda: asked.append(True) or [0, 1])
+    multirun(*LOCAL_GPU, "lora.r=4,8", f"output_root={tmp_path}", "plan=true")
+    multirun("hydra/launcher=slurm", "detach=false", "experiment=smoke", "profile=1cpu_1a100", "lora.r=4,8",
+             f"output_root={tmp_path}", "sweep_name=slurm")
+    multirun("experiment=smoke", "lora.r=4,8", f"output_root={tmp_path}", "sweep_name=cpu")
+    assert asked == []
+    multirun(*LOCAL_GPU, "lora.r=4,8", f"output_root={tmp_path}", "sweep_name=gpu")
+    assert asked == [True]
+
+
 # --- pieces --------------------------------------------------------------------------------------------------------
 
 def test_visible_gpus(monkeypatch):
