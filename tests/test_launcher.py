@@ -674,6 +674,43 @@ def test_more_jobs_than_the_cluster_lets_one_queue_are_refused(tmp_path, executo
     multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8", "site.max_submit_jobs=2", "detach=false",
              f"output_root={tmp_path}")  # without the report job it fits
     assert [c[1] for e in executors.made for c in e.calls if c[0] == "map_array"] == [[0, 1]]
+    with pytest.raises(SystemExit):
+        multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", "site.max_submit_jobs=2",
+                 "detach=false", f"output_root={tmp_path}", "sweep_name=three")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "medsweep: error: 3 job(s) to submit, but at most 2 may be queued (MaxSubmitJobs; site.max_submit_jobs): "
+        "nothing submitted; submit the grid in parts (each part skips what is complete or queued)")
+
+
+def test_only_a_slurm_launch_with_jobs_to_submit_asks_the_cluster_its_limits(tmp_path, executors, monkeypatch):
+    asked = []  # scontrol and sacctmgr: absent where a sweep runs locally, needless when nothing is submitted
+    monkeypatch.setattr(launcher, "cluster_limits", lambda site: asked.append(site) or (None, None))
+    multirun("experiment=smoke", "lora.r=4,8", f"output_root={tmp_path}", "sweep_name=local")
+    assert asked == []
+    slurm_sweep = ["hydra/launcher=slurm", "detach=false", "experiment=smoke", "lora.r=4,8", f"output_root={tmp_path}"]
+    multirun(*slurm_sweep)
+    assert len(asked) == 1
+    for job in jobs_file(tmp_path):
+        record.atomic_write_json(Path(job["run_dir"]) / "metrics.json", {"status": "complete"})
+    multirun(*slurm_sweep)
+    assert len(asked) == 1
+
+
+def test_a_local_rerun_never_asks_slurm_about_its_earlier_jobs(tmp_path, executors, monkeypatch):
+    from medsweep import slurm
+
+    sweep = ["experiment=smoke", "lora.r=4,8", f"output_root={tmp_path}"]
+    multirun(*sweep)
+    sweep_dir = tmp_path / "sweeps" / "sweep"
+    jobs = jobs_file(tmp_path)
+    record.atomic_write_json(Path(jobs[1]["run_dir"]) / "metrics.json", {"status": "complete"})
+    for job in jobs:  # as a local sweep killed while its jobs ran leaves them
+        job["outcome"] = "submitted"
+    (sweep_dir / JOBS_FILE).write_text(json.dumps(jobs))
+    monkeypatch.setattr(slurm, "job_states", lambda ids: pytest.fail("a local sweep asked SLURM"))
+    multirun(*sweep)
+    assert [c[1] for e in executors.made for c in e.calls if c[0] == "map_array"] == [[0, 1], [0]]
+    assert [(j["status"], j["job_id"]) for j in jobs_file(tmp_path)] == [("submit", "1002"), ("complete", "")]
 
 
 def test_a_rerun_does_not_submit_again_what_slurm_still_runs(tmp_path, executors, capsys, monkeypatch):
