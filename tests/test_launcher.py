@@ -696,6 +696,18 @@ def test_only_a_slurm_launch_with_jobs_to_submit_asks_the_cluster_its_limits(tmp
     assert len(asked) == 1
 
 
+def test_a_waiting_slurm_sweep_has_slurm_asked_about_its_jobs_and_a_local_one_does_not(tmp_path, executors,
+                                                                                       monkeypatch):
+    asked = []  # submitit waits forever for an array task cancelled while pending: only SLURM itself can tell
+    wait = submit.wait
+    monkeypatch.setattr(submit, "wait", lambda pairs, **kw: (pairs and asked.append(kw.get("ask_slurm", False)))
+                        or wait(pairs, **kw))
+    multirun("hydra/launcher=slurm", "detach=false", "experiment=smoke", "lora.r=4,8", f"output_root={tmp_path}")
+    assert asked == [True]
+    multirun("experiment=smoke", "lora.r=4,8", "site.max_parallel=2", f"output_root={tmp_path}", "sweep_name=local")
+    assert asked == [True, False]  # one local wave
+
+
 def test_a_local_rerun_never_asks_slurm_about_its_earlier_jobs(tmp_path, executors, monkeypatch):
     from medsweep import slurm
 
