@@ -224,6 +224,7 @@ def test_slurm_sweep_submits_one_array_per_resource_group(tmp_path, executors, c
     assert len({j["run_dir"] for j in jobs}) == 4 and all(Path(j["run_dir"]).parent == tmp_path / "sweeps" / "sweep"
                                                           for j in jobs)
     assert jobs[0]["resources"]["cpus_per_task"] == 1 and jobs[3]["resources"]["cpus_per_task"] == 2
+    assert [(j["axes"]["lora.r"], j["axes"]["model"]) for j in jobs] == [(4, "tiny_random"), (8, "tiny_random")] * 2
     assert [j["mode"] for j in jobs] == ["cpu"] * 4 and [j["processes"] for j in jobs] == [1] * 4
     assert "4 jobs: 4 to run, 0 complete (skipped), 0 refused (do not fit), 0 invalid" in capsys.readouterr().out
 
@@ -348,6 +349,18 @@ def test_a_packed_slurm_sweep_submits_an_array_of_packs_and_its_members_share_a_
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.name == "medsweep.launcher"] == [
         "#4 submitted as 1000", "#0 submitted as 1001", "#1 submitted as 1001", "#2 submitted as 1002",
         "#3 submitted as 1002"]
+
+
+def test_pack_auto_takes_each_jobs_pack_size_from_the_memory_estimate(tmp_path, executors, monkeypatch, capsys):
+    from medsweep import fit
+
+    sized = []
+    monkeypatch.setattr(fit, "pack_size", lambda run: sized.append(run.lora.r) or 2)
+    multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", "pack=auto", f"output_root={tmp_path}",
+             "plan=true")
+    assert sized == [4, 8, 16]  # each job's own config
+    packs = [line.split("|")[4].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("|   ")]
+    assert packs == ["pack", "#0+#1", "#0+#1", ""]  # the header, then one row per job
 
 
 def test_a_pack_member_that_diverged_fails_alone_and_fails_the_sweep(tmp_path, executors, capsys, caplog,
