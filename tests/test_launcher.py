@@ -363,6 +363,14 @@ def test_pack_auto_takes_each_jobs_pack_size_from_the_memory_estimate(tmp_path, 
     assert packs == ["pack", "#0+#1", "#0+#1", ""]  # the header, then one row per job
 
 
+def test_jobs_that_ask_for_different_resources_never_share_a_pack(tmp_path, executors, capsys):
+    # the time limit is not part of what a run is (not in its id), but a pack is one job with one time limit
+    multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8", "profile.time_limit_min=60,120", "pack=2",
+             f"output_root={tmp_path}", "plan=true")
+    packs = [line.split("|")[4].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("|   ")]
+    assert packs == ["pack", "#0+#2", "#1+#3", "#0+#2", "#1+#3"]
+
+
 def test_a_pack_member_that_diverged_fails_alone_and_fails_the_sweep(tmp_path, executors, capsys, caplog,
                                                                       monkeypatch):
     from medsweep.runrecord import RunRecord
