@@ -371,6 +371,16 @@ def test_jobs_that_ask_for_different_resources_never_share_a_pack(tmp_path, exec
     assert packs == ["pack", "#0+#2", "#1+#3", "#0+#2", "#1+#3"]
 
 
+def test_a_plan_logs_how_many_job_configs_hydra_composed_and_how_many_were_typed_from_a_structure(tmp_path, caplog):
+    with caplog.at_level(logging.DEBUG, logger="medsweep.launcher"):
+        multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", "lora.alpha=8,16",
+                 f"output_root={tmp_path}", "plan=true")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("plan: ")]
+    # Hydra composes the sweep's structure and the first job (the check that the typed path gives Hydra's config);
+    # the other 5 jobs are typed from the structure
+    assert line == "plan: 6 job configs, 2 composed by Hydra, 5 typed from their structure's"
+
+
 def test_a_pack_member_that_diverged_fails_alone_and_fails_the_sweep(tmp_path, executors, capsys, caplog,
                                                                       monkeypatch):
     from medsweep.runrecord import RunRecord
