@@ -18,7 +18,8 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 def _not_bnb_offline_trust_skip(record: logging.LogRecord) -> bool:
     """Drops only the offline trust-check line for bitsandbytes' own kernel; other repositories' lines still show."""
-    return BNB_CPU_KERNEL_REPO not in record.getMessage()
+    message = record.getMessage()
+    return not (message.startswith("Skipping publisher trust check") and BNB_CPU_KERNEL_REPO in message)
 
 
 logging.getLogger("kernels._internals.hf_hub").addFilter(_not_bnb_offline_trust_skip)

@@ -118,6 +118,19 @@ def jobs_file(root: Path, sweep: str = "sweep") -> list[dict]:
     return json.loads((root / "sweeps" / sweep / JOBS_FILE).read_text())
 
 
+def pack_column(out: str) -> list[str]:
+    """The plan table's pack column: its header, then one cell per job."""
+    return [line.split("|")[4].strip() for line in out.splitlines() if line.startswith("|   ")]
+
+
+def flushes(monkeypatch) -> list:
+    """The flush= argument of each of the launcher's prints, from now on (the lines are still printed)."""
+    seen: list = []
+    monkeypatch.setattr(launcher, "print", lambda *a, **kw: seen.append(kw.get("flush")) or print(*a, **kw),
+                        raising=False)
+    return seen
+
+
 # --- resources(): what each job asks for -------------------------------------------------------------------------
 
 def test_slurm_resources_of_a_v100_profile_with_default_site(compose):
@@ -359,7 +372,7 @@ def test_pack_auto_takes_each_jobs_pack_size_from_the_memory_estimate(tmp_path, 
     multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", "pack=auto", f"output_root={tmp_path}",
              "plan=true")
     assert sized == [4, 8, 16]  # each job's own config
-    packs = [line.split("|")[4].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("|   ")]
+    packs = pack_column(capsys.readouterr().out)
     assert packs == ["pack", "#0+#1", "#0+#1", ""]  # the header, then one row per job
 
 
@@ -367,7 +380,7 @@ def test_jobs_that_ask_for_different_resources_never_share_a_pack(tmp_path, exec
     # the time limit is not part of what a run is (not in its id), but a pack is one job with one time limit
     multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8", "profile.time_limit_min=60,120", "pack=2",
              f"output_root={tmp_path}", "plan=true")
-    packs = [line.split("|")[4].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("|   ")]
+    packs = pack_column(capsys.readouterr().out)
     assert packs == ["pack", "#0+#2", "#1+#3", "#0+#2", "#1+#3"]
 
 
@@ -655,9 +668,7 @@ def test_a_sweep_in_batches_submits_each_job_with_its_own_overrides(tmp_path, ex
 
 def test_a_detached_slurm_sweep_submits_a_report_job_after_its_jobs_and_returns(tmp_path, executors, capsys,
                                                                                 monkeypatch):
-    flushed = []  # the lines are out before the command returns to a shell that may be piping them
-    monkeypatch.setattr(launcher, "print", lambda *a, **kw: flushed.append(kw.get("flush")) or print(*a, **kw),
-                        raising=False)
+    flushed = flushes(monkeypatch)  # the lines are out before the command returns to a shell that may pipe them
     batches = multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8,16", "site.max_array_size=2",
                        "site.partition=gpu", "site.account=lab", f"output_root={tmp_path}")  # detach: SLURM's default
     assert batches == [[]]  # nothing waited for
@@ -815,10 +826,8 @@ def test_a_rerun_with_every_unfinished_job_still_queued_submits_nothing_and_leav
     multirun(*sweep)
     record.atomic_write_json(Path(jobs_file(tmp_path)[2]["run_dir"]) / "metrics.json", {"status": "complete"})
     monkeypatch.setattr(slurm, "job_states", lambda ids: {i: slurm.SlurmJob(i, "PENDING") for i in ids})
-    ended, flushed = [], []
+    ended, flushed = [], flushes(monkeypatch)
     monkeypatch.setattr(launcher, "end", lambda *a, **kw: ended.append(a))
-    monkeypatch.setattr(launcher, "print", lambda *a, **kw: flushed.append(kw.get("flush")) or print(*a, **kw),
-                        raising=False)
     capsys.readouterr()
     multirun(*sweep)
     assert flushed == [True, True]  # the plan table, then the line that nothing was submitted
