@@ -319,6 +319,10 @@ class RunConfig:
     # multirun: train up to this many runs that differ only in LoRA settings, train.lr or train.seed in one process
     # on one base model (medsweep/pack.py); auto: as many as the profile's memory holds (fit.pack_size)
     pack: Any = 1
+    # how a pack evaluates its runs: in_turn = one adapter after the other, each as its solo run (the same answers
+    # and seconds per answer); mixed = all adapters in shared generation batches (medsweep/mixed.py: faster; answers
+    # equal up to float rounding; seconds per answer is the shared batch's cost per answer, not one adapter's latency)
+    pack_eval: str = "in_turn"
 
     def check(self) -> None:
         """Every group's ranges and the rules that join groups (the parallel layout's rule: checks.validate)."""
@@ -334,6 +338,7 @@ class RunConfig:
         require(self.attempt >= 0, "attempt", self.attempt, "must be >= 0")
         require(self.pack == "auto" or (isinstance(self.pack, int) and not isinstance(self.pack, bool)
                                         and self.pack >= 1), "pack", self.pack, "must be an integer >= 1 or auto")
+        _one_of("pack_eval", self.pack_eval, ["in_turn", "mixed"])
         require(re.fullmatch(_PLAIN_NAME, str(self.sweep_name)) is not None, "sweep_name", self.sweep_name,
                  "must be a plain directory name (letters, digits, . _ = + , -; at most 100 characters)")
 

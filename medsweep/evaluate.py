@@ -146,12 +146,14 @@ def perplexity(model, tokenizer, records: list[dict[str, Any]], style: PromptSty
     return math.exp(total / count) if count else float("nan")
 
 
-def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: RunConfig, hw: Hardware
+def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: RunConfig, hw: Hardware,
+             generated: tuple[list[str], list[float], list[int]] | None = None
              ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Corpus metrics and one prediction row per record (question, reference, generated, scores)."""
+    """Corpus metrics and one prediction row per record (question, reference, generated, scores). `generated`: the
+    answers, seconds and tokens `generate` would return, already generated (a pack's mixed batches, mixed.py)."""
     style = PromptStyle.of(cfg)
     fast = cfg.train.fast_kernels  # the ablation switch covers evaluation's fast paths too
-    answers, seconds, n_tokens = generate(model, tokenizer, records, style, cfg.eval, hw, fast)  # fold_lora
+    answers, seconds, n_tokens = generated or generate(model, tokenizer, records, style, cfg.eval, hw, fast)
     references = [r["answer"] for r in records]
     corpus, per_example = metrics.score_corpus(answers, references, semantic=cfg.eval.semantic)
     total_s = sum(seconds)

@@ -121,30 +121,35 @@ def next_token_probs_after(model, tokenizer, prefixes: list[list[int]], continua
 
 
 def generate_batched(model, tokenizer, prompts: list[list[int]], hw: Hardware, batch_size: int, max_new_tokens: int,
-                     options: dict[str, Any], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
+                     options: dict[str, Any], on_batch: Callable[[int], None] | None = None, copies: int = 1
+                     ) -> list[Generated]:
     """One `Generated` per prompt, in the order of `prompts`. `options`: further model.generate() keyword arguments
     (`decoding()`'s, a repetition_penalty ...). The tokenizer pads on the left meanwhile; its padding side is
     restored afterwards. Grad mode, eval mode and weights are the caller's. `on_batch(n)`: called after each batch
-    with the number of prompts done so far (progress)."""
+    with the number of prompts done so far (progress). `copies` > 1: each batch goes to generate() `copies` times
+    over, copy-major (the rows of a mixed-adapter batch, medsweep/mixed.py), and the result is every prompt's
+    `Generated` of copy 0, then of copy 1 ..., each batch's time shared by all its rows."""
     stop = stop_ids(tokenizer, model)
     done: dict[int, Generated] = {}
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    n = len(prompts)
     try:
         for idx in _by_length(prompts, batch_size):
-            batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(hw.device)
+            rows = [c * n + i for c in range(copies) for i in idx]
+            batch = tokenizer.pad({"input_ids": [prompts[r % n] for r in rows]}, return_tensors="pt").to(hw.device)
             t0 = time.perf_counter()
             with autocast(hw):
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=stop,
                                      pad_token_id=tokenizer.pad_token_id, use_cache=True, **options)
             elapsed = time.perf_counter() - t0
             new = out[:, batch["input_ids"].shape[1]:]
-            for row, i in enumerate(idx):
+            for row, i in enumerate(rows):
                 tokens, ended = until_stop(new[row].tolist(), stop)
-                done[i] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), elapsed / len(idx),
+                done[i] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), elapsed / len(rows),
                                     len(tokens), ended)
             if on_batch is not None:
-                on_batch(len(done))
+                on_batch(len(done) // copies)
     finally:
         tokenizer.padding_side = side
-    return [done[i] for i in range(len(prompts))]
+    return [done[i] for i in range(n * copies)]

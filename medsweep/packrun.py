@@ -3,7 +3,8 @@
 adapter/, predictions.jsonl, predictions_baseline.jsonl, its W&B run; the record says `packed_with`.
 
 The base model is loaded once, the baseline evaluated once for the pack (every member gets the same result),
-the training set tokenized once; after training each adapter is evaluated in turn on the one base model. The
+the training set tokenized once; after training each adapter is evaluated in turn on the one base model (or, with
+pack_eval=mixed, all adapters' answers generated in shared batches: mixed.py, then each scored as in turn). The
 pack's checkpoints live in the first member's run directory (pack-checkpoints/), with the list of members:
 a pack of other members (a re-run packing only the incomplete ones) starts over."""
 
@@ -29,6 +30,7 @@ from medsweep import (
     hardware,
     judge,
     metrics,
+    mixed,
     models,
     pack,
     packplan,
@@ -223,6 +225,7 @@ def _train_and_evaluate(runs: list[RunConfig], run_dirs: list[Path], hw: hardwar
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_time = time.perf_counter() - t0
+    shared = _shared_answers(model, tokenizer, eval_records, first, hw, [m.name for m in members if m.alive])
     results: list[tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]] = []
     for run, run_dir, rec, member in zip(runs, run_dirs, recs, members, strict=True):
         history = pack.member_history(trainer.state.log_history, member.name)
@@ -243,12 +246,26 @@ def _train_and_evaluate(runs: list[RunConfig], run_dirs: list[Path], hw: hardwar
         _save_adapter(model, tokenizer, member.name, run_dir / "adapter")
         model.set_adapter(member.name)
         log.info("evaluating %s (%s) on %d held-out questions", run_dir.name, member.name, len(eval_records))
-        scores, rows = evaluate(model, tokenizer, eval_records, run, hw)
+        scores, rows = evaluate(model, tokenizer, eval_records, run, hw, generated=shared.get(member.name))
         rec.add_evaluation(scores, rows)
         rec.train.update(hardware.peak_memory(hw))
         record.atomic_write_jsonl(run_dir / "predictions.jsonl", rows)
         results.append((history, rows, baseline_rows))
     return results
+
+
+def _shared_answers(model, tokenizer, records: list[dict[str, Any]], first: RunConfig, hw: hardware.Hardware,
+                    names: list[str]) -> dict[str, mixed.Answers]:
+    """With pack_eval=mixed, the answers of the adapters `names` from shared batches (mixed.py); else, or where they
+    cannot be mixed (said in the log), none: each adapter then generates its own in turn."""
+    if first.pack_eval != "mixed":
+        return {}
+    why = mixed.unsupported(model, names, first.eval)
+    if why is not None:
+        log.warning("pack_eval=mixed: the adapters are evaluated in turn instead: %s", why)
+        return {}
+    log.info("generating the answers of %d adapters in shared batches (pack_eval=mixed)", len(names))
+    return mixed.generate_mixed(model, tokenizer, records, PromptStyle.of(first), first.eval, hw, names)
 
 
 def _checkpoint_dir(run_dirs: list[Path]) -> Path:

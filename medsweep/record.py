@@ -34,6 +34,7 @@ NON_IDENTITY_KEYS = {
     "plan",
     "detach",
     "pack",  # how many runs share a process, not what a run is
+    "pack_eval",  # how a pack generates its runs' answers (mixed.py), not what a run is
     "site",
     "model.cache_dir",
     "train.cache_tokenized",

@@ -14,10 +14,12 @@ experiment=demo (baseline on), one job at a time:
                  (eval.cache_baseline=false: the jobs as they were before the baseline cache);
   (c) packed     `medsweep -m <grid> pack=<grid size>`: one job training every configuration on one base model,
                  the baseline evaluated once (by the pack itself: eval.cache_baseline=false here too, so that
-                 neither way reuses a baseline another run left in the cache).
+                 neither way reuses a baseline another run left in the cache), the adapters evaluated in turn;
+  (d) mixed      (c) with pack_eval=mixed: the adapters' answers generated in shared batches (medsweep/mixed.py).
 Printed: wall time, configurations per hour, start-up share (process start -> first training step, summed over
-the processes, over the wall time) and, for (b) vs (c), the largest difference of each configuration's adapter
-and quality metrics. Everything lands under --out (default results/bench_sweep/).
+the processes, over the wall time) and, for (b) vs (c) and (b) vs (d), the largest difference of each
+configuration's adapter and quality metrics. `--ways bcd` runs only those. Everything lands under --out (default
+results/bench_sweep/).
 """
 
 from __future__ import annotations
@@ -111,6 +113,32 @@ def adapter_diff(a: Path, b: Path) -> float:
     return max(float((x[k] - y[k]).abs().max()) for k in x)
 
 
+PACKED = (("c", "(c) medsweep pack", "packed", ["pack={n}"]),
+          ("d", "(d) medsweep pack, mixed evaluation", "mixed", ["pack={n}", "pack_eval=mixed"]))
+
+
+def _versus_solo(solo: dict[str, dict[str, Any]], packed: dict[str, dict[str, Any]], way: str, solo_train: float,
+                 config_steps: int, quality_metrics: tuple[str, ...]) -> list[str]:
+    """The training loops' time and each configuration's adapter and quality-metric differences, (b) vs a pack."""
+    diffs, per_metric = [], {}
+    for run_name, rec in solo.items():
+        other = packed[run_name]
+        quality = {k: abs(v - other["metrics"][k]) for k, v in rec["metrics"].items()
+                   if k in (*quality_metrics, "perplexity") and isinstance(v, (int, float)) and k in other["metrics"]}
+        for k, v in quality.items():
+            per_metric[k] = max(per_metric.get(k, 0.0), v)
+        diffs.append((run_name, adapter_diff(Path(rec["run_dir"]), Path(other["run_dir"])), max(quality.values())))
+    pack_train = next(iter(packed.values()))["train"]["train_time_s"]  # the pack's one loop, in each record
+    return [f"training loops: (b) {solo_train:.0f} s, ({way}) {pack_train:.0f} s for {config_steps} configuration-"
+            f"steps ({solo_train / config_steps:.2f} vs {pack_train / config_steps:.2f} s each: "
+            f"{solo_train / pack_train:.2f}x)",
+            f"(b) vs ({way}), per configuration: max |adapter difference|, max |quality metric difference| "
+            "(scores on their own scales: BLEU 0-100, perplexity)",
+            *[f"  {n}: {a:.3g}, {q:.3g}" for n, a, q in diffs],
+            "  per metric, the largest over the configurations: "
+            + ", ".join(f"{k} {v:.3g}" for k, v in sorted(per_metric.items())), ""]
+
+
 def main() -> None:
     from medsweep import metrics
 
@@ -120,7 +148,7 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=0, help="0: the demo's held-out questions")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="0: the demo's")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_sweep")
-    parser.add_argument("--skip-notebooks", action="store_true")
+    parser.add_argument("--ways", default="abcd", help="which of the ways (a)-(d) to run; (b) is always run")
     parser.add_argument("--notebook-configs", type=int, default=0,
                         help="run (a) for only this many configurations, spread over the grid, and scale its wall "
                              "time to the whole grid (its processes are independent and cost alike); 0: all")
@@ -137,7 +165,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     configs = grid(args.grid)
     rows = []
-    if not args.skip_notebooks:
+    if "a" in args.ways:
         t0, startup = time.time(), 0.0
         (out / "a").mkdir(exist_ok=True)
         n = args.notebook_configs or len(configs)
@@ -154,41 +182,26 @@ def main() -> None:
             f" ({len(picked)} measured: {measured:.0f} s, scaled x{len(configs) / len(picked):g})"
             if len(picked) < len(configs) else "")
         rows.append((label, wall, startup / measured))
-    for label, name, more in (("(b) medsweep solo jobs", "solo", []),
-                              ("(c) medsweep pack", "packed", [f"pack={len(configs)}"])):
+    packs = [(way, label, name, [m.format(n=len(configs)) for m in more]) for way, label, name, more in PACKED
+             if way in args.ways]
+    for _, label, name, more in (("b", "(b) medsweep solo jobs", "solo", []), *packs):
         wall = medsweep_sweep(sweep_overrides(args.grid), out, name, extra + more)
         recs = records(out, name)
         starts = {r["train"]["startup_s"] for r in recs.values()} if more else \
             [r["train"]["startup_s"] for r in recs.values()]
         rows.append((label, wall, sum(s or 0.0 for s in starts) / wall))
-    solo, packed = records(out, "solo"), records(out, "packed")
-    diffs, per_metric = [], {}
-    for run_name, rec in solo.items():
-        other = packed[run_name]
-        quality = {k: abs(v - other["metrics"][k]) for k, v in rec["metrics"].items()
-                   if k in (*metrics.QUALITY, "perplexity") and isinstance(v, (int, float)) and k in other["metrics"]}
-        for k, v in quality.items():
-            per_metric[k] = max(per_metric.get(k, 0.0), v)
-        diffs.append((run_name, adapter_diff(Path(rec["run_dir"]), Path(other["run_dir"])), max(quality.values())))
-    solo_train = sum(r["train"]["train_time_s"] for r in solo.values())
-    config_steps = sum(r["train"]["steps"] for r in solo.values())
-    pack_train = next(iter(packed.values()))["train"]["train_time_s"]  # the pack's one loop, in each record
+    solo = records(out, "solo")
     lines = ["| way | wall s | configs/hour | start-up share |", "|---|---|---|---|"]
     for label, wall, share in rows:
         lines.append(f"| {label} | {wall:.0f} | {len(configs) * 3600 / wall:.1f} | {share:.0%} |")
     by = {label[:3]: wall for label, wall, _ in rows}
-    if "(a)" in by:
-        lines.append(f"\n(c) vs (a): {by['(a)'] / by['(c)']:.2f}x faster; (c) vs (b): {by['(b)'] / by['(c)']:.2f}x")
-    else:
-        lines.append(f"\n(c) vs (b): {by['(b)'] / by['(c)']:.2f}x")
-    lines.append(f"training loops: (b) {solo_train:.0f} s, (c) {pack_train:.0f} s for {config_steps} configuration-"
-                 f"steps ({solo_train / config_steps:.2f} vs {pack_train / config_steps:.2f} s each: "
-                 f"{solo_train / pack_train:.2f}x)")
-    lines.append("(b) vs (c), per configuration: max |adapter difference|, max |quality metric difference| "
-                 "(scores on their own scales: BLEU 0-100, perplexity)")
-    lines += [f"  {n}: {a:.3g}, {q:.3g}" for n, a, q in diffs]
-    lines.append("  per metric, the largest over the configurations: "
-                 + ", ".join(f"{k} {v:.3g}" for k, v in sorted(per_metric.items())))
+    lines.append("")
+    solo_train = sum(r["train"]["train_time_s"] for r in solo.values())
+    config_steps = sum(r["train"]["steps"] for r in solo.values())
+    for way, _, name, _ in packs:
+        versus = f"({way}) vs (a): {by['(a)'] / by[f'({way})']:.2f}x faster; " if "(a)" in by else ""
+        lines.append(f"{versus}({way}) vs (b): {by['(b)'] / by[f'({way})']:.2f}x")
+        lines += _versus_solo(solo, records(out, name), way, solo_train, config_steps, metrics.QUALITY)
     text = "\n".join(lines)
     print(text)
     (out / "table.md").write_text(text + "\n")

@@ -68,6 +68,7 @@ def test_default_config(compose):
     ("eval.num_examples=500", "eval.num_examples"),
     ("lora.bias=some", "lora.bias"),
     ("eval.decoding=beam", "eval.decoding"),
+    ("pack_eval=together", "pack_eval"),
 ])
 def test_validate_names_key_and_value(compose, override, key):
     cfg = compose([override])

@@ -62,7 +62,8 @@ def test_the_hash_is_sha256_of_the_identity_keys(compose):
     hashed at 'auto'."""
     cfg = compose(["experiment=smoke", "attempt=1"])
     body = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("logger", "output_root", "sweep_name", "resume", "plan", "detach", "pack", "site", "judge"):
+    for key in ("logger", "output_root", "sweep_name", "resume", "plan", "detach", "pack", "pack_eval", "site",
+                "judge"):
         del body[key]
     for group, key in [("model", "cache_dir"), ("train", "cache_tokenized"), ("eval", "cache_baseline"),
                        ("profile", "time_limit_min"), ("profile", "partition"), ("profile", "memory_gb"),
@@ -77,6 +78,7 @@ def test_the_hash_is_sha256_of_the_identity_keys(compose):
 
 @pytest.mark.parametrize("override", [
     "output_root=/elsewhere", "sweep_name=other", "resume=false", "plan=true", "detach=true", "pack=4", "pack=auto",
+    "pack_eval=mixed",
     "logger=wandb", "judge=local", "judge.max_new_tokens=64",
     "site.partition=gpu", "site.account=lab", "site.qos=high", "site.max_parallel=2", "site.mfu_assumed=0.5",
     "model.cache_dir=/tmp/cache", "train.cache_tokenized=false", "eval.cache_baseline=false",

@@ -1,0 +1,134 @@
+"""A pack's adapters evaluated together (`pack_eval=mixed`): one generate() call per batch of questions answers
+them for every adapter of the pack, instead of one adapter after the other (`pack_eval=in_turn`, the default).
+
+Each of the solo run's generation batches (eval.batch_size questions, grouped longest first as
+medsweep/generation.py groups them) is repeated once per adapter, adapter-major, into one batch of K x batch rows.
+Every LoRA-adapted Linear then reads its frozen weight once for all rows and adds each adapter's low-rank term
+(B·A·x·scaling, peft's LoRA term) to that adapter's rows only (`_MixedLinear`); the layers without an adapter, the
+attention and the LM head run once on the whole batch. On a CPU, where a decode step costs mostly reading
+the weights, a step for K x batch rows costs far less than K steps of batch rows (README "Sweep economy").
+
+What differs from the solo run's evaluation: its answers are computed as frozen layer plus LoRA term, where a
+solo run on the CPU folds the adapter into one weight (medsweep/evaluate.py:inference_weights), so they are
+equal up to float rounding, not bit for bit (in bf16 a rounding can change a greedy token); and seconds per
+answer is the shared batch's time over its K x batch rows, a pack's cost per answer rather than the latency of one
+adapter answering alone (so it is not comparable with a solo run's). Used only with greedy decoding (sampling
+draws from one generator per run) and where every adapted layer is peft's plain LoRA on a torch Linear;
+otherwise the pack evaluates in turn and says why."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from medsweep.generation import decoding, generate_batched
+from medsweep.hardware import Hardware
+from medsweep.progress import Progress
+from medsweep.prompts import PromptStyle, prompt_ids
+
+if TYPE_CHECKING:
+    from medsweep.config import EvalConfig
+
+Answers = tuple[list[str], list[float], list[int]]  # as evaluate.generate returns: texts, seconds, tokens
+
+
+class _MixedLinear(torch.nn.Module):
+    """A LoRA layer's frozen Linear for K adapter-major row groups: the weight once on all rows, then group k gets
+    adapter k's term (None: adapter k does not adapt this layer)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                 terms: list[tuple[torch.Tensor, torch.Tensor, float] | None]):
+        super().__init__()
+        self.weight, self.bias, self.terms = weight, bias, terms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        groups = len(self.terms)
+        if x.shape[0] % groups:
+            raise RuntimeError(f"a mixed-adapter batch of {x.shape[0]} rows is not {groups} equal groups")
+        parts = x.to(self.weight.dtype).chunk(groups)
+        deltas = [torch.zeros_like(o) if term is None else F.linear(F.linear(p, term[0]), term[1]) * term[2]
+                  for p, o, term in zip(parts, out.chunk(groups), self.terms, strict=True)]
+        return out + torch.cat(deltas)
+
+
+def _lora_layers(model) -> list[Any]:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft missing: nothing is adapted
+        return []
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def unsupported(model, names: list[str], eval_cfg: EvalConfig) -> str | None:
+    """Why the adapters `names` of `model` cannot be evaluated in mixed batches, or None when they can."""
+    if len(names) < 2:
+        return "one adapter"
+    if eval_cfg.decoding != "greedy":
+        return f"eval.decoding={eval_cfg.decoding} (each run samples from its own generator)"
+    for layer in _lora_layers(model):
+        base = layer.get_base_layer()
+        mine = [n for n in names if n in layer.lora_A]
+        if type(base) is not torch.nn.Linear:
+            return f"{type(base).__name__} layers (only torch Linear layers)"
+        if layer.merged or any(n in getattr(layer, "lora_variant", {}) for n in mine):
+            return "merged or non-plain LoRA layers (DoRA ...)"
+        if any(layer.lora_B[n].bias is not None for n in mine):
+            return "LoRA layers with a bias"
+    return None
+
+
+@contextlib.contextmanager
+def mixed_adapters(model, names: list[str], hw: Hardware):
+    """Within the block, `model`'s batch rows are len(names) equal adapter-major groups, group k computed with adapter
+    names[k]. On a CPU with native bf16 the weights are stored in bf16 meanwhile (as evaluate.inference_weights
+    stores them: autocast then casts no weight on every decode step). The model's layers are restored on exit."""
+    dtype = torch.bfloat16 if hw.device == "cpu" and hw.precision == "bf16" else None
+    swapped: list[tuple[torch.nn.Module, str, Any]] = []
+    try:
+        with torch.no_grad():
+            layers = _lora_layers(model)
+            bases = {id(layer.get_base_layer()) for layer in layers}
+            for layer in layers:
+                base = layer.get_base_layer()
+                target = dtype or base.weight.dtype
+                terms = [(layer.lora_A[n].weight.to(target), layer.lora_B[n].weight.to(target), float(layer.scaling[n]))
+                         if n in layer.lora_A else None for n in names]
+                mixed = _MixedLinear(base.weight.to(target), None if base.bias is None else base.bias.to(target),
+                                     terms)
+                swapped.append((layer, "base_layer", layer.base_layer))
+                swapped.append((layer, "merged_adapters", layer.merged_adapters))
+                layer.base_layer = mixed
+                layer.merged_adapters = list(layer.active_adapters)  # peft's forward now calls the base layer only
+            if dtype is not None:
+                for module in model.modules():
+                    if type(module) is torch.nn.Linear and id(module) not in bases and module.weight.dtype != dtype:
+                        swapped.append((module, "weight", module.weight))
+                        module.weight = torch.nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
+        yield model
+    finally:
+        for module, attribute, value in reversed(swapped):
+            setattr(module, attribute, value)
+
+
+def generate_mixed(model, tokenizer, records: list[dict[str, Any]], style: PromptStyle, eval_cfg: EvalConfig,
+                   hw: Hardware, names: list[str]) -> dict[str, Answers]:
+    """Each adapter's answers to `records` (as evaluate.generate returns them for it alone), from shared batches."""
+    from medsweep.evaluate import inference
+
+    prompts = [prompt_ids(tokenizer, r, style.instruction, style.format, style.system_prompt) for r in records]
+    progress = Progress("generation", len(prompts) * len(names), "answer")
+    try:
+        with inference(model, hw, fold_lora=False), mixed_adapters(model, names, hw):
+            done = generate_batched(model, tokenizer, prompts, hw, eval_cfg.batch_size, eval_cfg.max_new_tokens,
+                                    decoding(False), on_batch=lambda n: progress.update(n * len(names)),
+                                    copies=len(names))
+    finally:
+        progress.close()
+        tokenizer.padding_side = "right"  # as evaluate.generate leaves it: training's collator pads on the right
+    n = len(prompts)
+    return {name: ([g.text.strip() for g in part], [g.seconds for g in part], [g.tokens + int(g.ended) for g in part])
+            for k, name in enumerate(names) for part in [done[k * n:(k + 1) * n]]}
