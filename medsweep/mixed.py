@@ -37,22 +37,35 @@ Answers = tuple[list[str], list[float], list[int]]  # as evaluate.generate retur
 
 class _MixedLinear(torch.nn.Module):
     """A LoRA layer's frozen Linear for K adapter-major row groups: the weight once on all rows, then group k gets
-    adapter k's term (None: adapter k does not adapt this layer)."""
+    adapter k's term (None: adapter k does not adapt this layer). The K adapters' A matrices are stacked into one
+    (every row projected on all ranks: a few extra columns) and the columns of the other adapters zeroed per group
+    before the stacked, scaled B: two matmuls per layer instead of two per adapter, which on a CPU's decode step
+    would cost more in calls than in arithmetic."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
                  terms: list[tuple[torch.Tensor, torch.Tensor, float] | None]):
         super().__init__()
-        self.weight, self.bias, self.terms = weight, bias, terms
+        self.weight, self.bias, self.groups = weight, bias, len(terms)
+        present = [t for t in terms if t is not None]
+        self.a = torch.cat([a for a, _, _ in present]) if present else None
+        self.b = torch.cat([b * scale for _, b, scale in present], dim=1) if present else None
+        self.mask = torch.zeros(len(terms), sum(a.shape[0] for a, _, _ in present), dtype=weight.dtype,
+                                device=weight.device)
+        column = 0
+        for k, term in enumerate(terms):
+            if term is not None:
+                self.mask[k, column:column + term[0].shape[0]] = 1
+                column += term[0].shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        groups = len(self.terms)
-        if x.shape[0] % groups:
-            raise RuntimeError(f"a mixed-adapter batch of {x.shape[0]} rows is not {groups} equal groups")
-        parts = x.to(self.weight.dtype).chunk(groups)
-        deltas = [torch.zeros_like(o) if term is None else F.linear(F.linear(p, term[0]), term[1]) * term[2]
-                  for p, o, term in zip(parts, out.chunk(groups), self.terms, strict=True)]
-        return out + torch.cat(deltas)
+        if self.a is None or self.b is None:
+            return out
+        if x.shape[0] % self.groups:
+            raise RuntimeError(f"a mixed-adapter batch of {x.shape[0]} rows is not {self.groups} equal groups")
+        h = F.linear(x.to(self.a.dtype), self.a)
+        h = h.unflatten(0, (self.groups, -1)) * self.mask.view(self.groups, *[1] * (h.dim() - 1), -1)
+        return out + F.linear(h.flatten(0, 1), self.b)
 
 
 def _lora_layers(model) -> list[Any]:
