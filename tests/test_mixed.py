@@ -156,3 +156,15 @@ def test_a_mixed_batchs_time_is_shared_by_all_its_rows(adapted, monkeypatch):
     together = mixed.generate_mixed(model, tokenizer, QUESTIONS, PromptStyle.of(run), run.eval, CPU, NAMES)
     for name in NAMES:
         assert sorted(together[name][1]) == pytest.approx([1 / 6] * 4 + [1 / 3])
+
+
+def test_a_layer_none_of_the_adapters_adapts_runs_its_frozen_weight_alone(adapted):
+    """m2 adapts q_proj and v_proj only: mixed with itself, the other layers (adapted by m0 and m1, which are not in
+    the batch) get no term."""
+    _, _, _, model = adapted
+    ids = torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(3))
+    own = _own_logits(model, "m2", ids)
+    with torch.no_grad(), mixed.mixed_adapters(model, ["m2", "m2"], CPU):
+        together = model(input_ids=ids.repeat(2, 1)).logits
+    for logits in together.chunk(2):
+        torch.testing.assert_close(logits, own, atol=1e-5, rtol=1e-5)
