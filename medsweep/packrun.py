@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medsweep import (
@@ -265,7 +266,12 @@ def _shared_answers(model, tokenizer, records: list[dict[str, Any]], first: RunC
         log.warning("pack_eval=mixed: the adapters are evaluated in turn instead: %s", why)
         return {}
     log.info("generating the answers of %d adapters in shared batches (pack_eval=mixed)", len(names))
-    return mixed.generate_mixed(model, tokenizer, records, PromptStyle.of(first), first.eval, hw, names)
+    try:
+        return mixed.generate_mixed(model, tokenizer, records, PromptStyle.of(first), first.eval, hw, names)
+    except torch.OutOfMemoryError:  # K x eval.batch_size rows' KV cache on a GPU that holds one run's
+        log.warning("pack_eval=mixed: %d x eval.batch_size=%d rows do not fit the GPU; the adapters are evaluated "
+                    "in turn instead (lower eval.batch_size to mix them)", len(names), first.eval.batch_size)
+        return {}
 
 
 def _checkpoint_dir(run_dirs: list[Path]) -> Path:

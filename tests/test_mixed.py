@@ -168,3 +168,16 @@ def test_a_layer_none_of_the_adapters_adapts_runs_its_frozen_weight_alone(adapte
         together = model(input_ids=ids.repeat(2, 1)).logits
     for logits in together.chunk(2):
         torch.testing.assert_close(logits, own, atol=1e-5, rtol=1e-5)
+
+
+def test_a_mixed_batch_that_does_not_fit_the_gpu_evaluates_in_turn(compose, tmp_path, embedded_dir, caplog,
+                                                                   monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(mixed, "generate_mixed", out_of_memory)
+    cfgs = [compose([*SMOKE, *m, "pack_eval=mixed"]) for m in MEMBERS]
+    packed = packrun.run_pack(cfgs, [tmp_path / f"m{k}" for k in range(len(cfgs))])
+    assert [p["status"] for p in packed] == ["complete", "complete"]
+    assert all(len(p["metrics"]) > 5 and p["metrics"]["n_eval"] == 4 for p in packed)
+    assert "2 x eval.batch_size=2 rows do not fit the GPU; the adapters are evaluated in turn instead" in caplog.text
