@@ -244,6 +244,7 @@ def test_the_pack_check_runs_its_solo_runs_and_its_pack_on_the_cpu(gpu_check, tm
     adapters = [tmp_path / "runs" / "pack-fp32" / f"m{k}" / "adapter" for k in range(4)]
     ranks = [json.loads((a / "adapter_config.json").read_text())["r"] for a in adapters]
     assert ranks == [4, 16, 4, 16]
+    assert all("pack_eval: mixed" in (a.parent / "config.yaml").read_text() for a in adapters)  # the mixed path
 
 
 # ------------------------------------------------------------------------------------------------ as a user runs it
