@@ -376,6 +376,14 @@ def test_pack_auto_takes_each_jobs_pack_size_from_the_memory_estimate(tmp_path, 
     assert packs == ["pack", "#0+#1", "#0+#1", ""]  # the header, then one row per job
 
 
+def test_a_plans_overrides_column_shows_what_each_job_runs_not_how_the_sweep_runs(tmp_path, executors, capsys):
+    # plan=, detach= and pack= say how the sweep is launched, not what a job computes: a row's overrides leave them out
+    multirun("hydra/launcher=slurm", "detach=true", "experiment=smoke", "lora.r=4,8", "pack=2",
+             f"output_root={tmp_path}", "plan=true")
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if "| submit " in line]
+    assert [row[2].strip() for row in rows] == [f"experiment=smoke lora.r={r} output_root={tmp_path}" for r in (4, 8)]
+
+
 def test_jobs_that_ask_for_different_resources_never_share_a_pack(tmp_path, executors, capsys):
     # the time limit is not part of what a run is (not in its id), but a pack is one job with one time limit
     multirun("hydra/launcher=slurm", "experiment=smoke", "lora.r=4,8", "profile.time_limit_min=60,120", "pack=2",
