@@ -10,9 +10,9 @@ passes): env (torch, CUDA, GPU, kernels for its compute capability, native bf16,
 through medsweep.run.train_eval in bf16 and fp16); qlora (NF4 on SmolLM2); shape7b (a random Llama-2-7B-shaped
 model: peak memory vs medsweep.fit.estimate); speed (training and generation tokens/s); pack (the same LoRA
 configurations of SmolLM2 trained as solo runs and as one pack evaluated with pack_eval=mixed: training throughput
-of each way). Offline (HF_HUB_OFFLINE=1): the embedded model, random models and the bundled sample only. Writes <out>/gpu_check.json
-and the runs under <out>/runs/; exit 0 when nothing failed, 1 when a check failed (or no CUDA GPU is visible,
-unless --allow-no-gpu), 2 for bad arguments.
+of each way). Offline (HF_HUB_OFFLINE=1): the embedded model, random models and the bundled sample only. Writes
+<out>/gpu_check.json and the runs under <out>/runs/; exit 0 when nothing failed, 1 when a check failed (or no CUDA
+GPU is visible, unless --allow-no-gpu), 2 for bad arguments.
 """
 
 from __future__ import annotations
