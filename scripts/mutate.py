@@ -41,7 +41,9 @@ TESTS: dict[str, list[str]] = {
     "generation": ["tests/test_evaluate.py", "tests/test_speed_paths.py", "tests/test_zoo.py", "tests/test_synth.py",
                    "tests/test_judge.py"],
     "sweep": ["tests/test_sweep.py", "tests/test_launcher.py"],
-    "launcher": ["tests/test_launcher.py", "tests/test_launcher_local_gpus.py", "tests/test_cli.py"],
+    # test_typedjobs: the plan table of a long sweep (plan_table with PLAN_ROWS lowered)
+    "launcher": ["tests/test_launcher.py", "tests/test_launcher_local_gpus.py", "tests/test_cli.py",
+                 "tests/test_typedjobs.py"],
     "fit": ["tests/test_fit.py", "tests/test_launcher.py"],  # launcher: the plan of the published grid
     "record": ["tests/test_run_ids.py", "tests/test_errors.py", "tests/test_record.py", "tests/test_cli.py"],
     "labelstudio": ["tests/test_labelstudio.py"],

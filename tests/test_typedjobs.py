@@ -189,3 +189,13 @@ def test_a_long_plan_lists_its_refused_and_invalid_jobs_and_groups_the_others(mo
     listed = [c for c in cells if c and c[0] in ("5", "6")]
     assert [c[-1] for c in listed] == ["does not fit: llama3_8b ...", "lora.r=0 is invalid: must be > 0"]
     assert not any(f"a={i}" in c for i in range(5) for c in cells)  # the jobs to run are only counted
+
+
+@pytest.mark.parametrize("rows, listed", [(3, False), (4, True)])
+def test_a_plan_of_exactly_plan_rows_jobs_lists_them_all(monkeypatch, rows, listed):
+    monkeypatch.setattr(launcher, "PLAN_ROWS", rows)
+    jobs = [PlannedJob(i, [f"a={i}"], f"/x/run-{i}", "submit", resources={"cpus_per_task": 1, "timeout_min": 60},
+                       mode="cpu", axes={"model": "tiny_random", "profile": "local_cpu"}) for i in range(4)]
+    table = launcher.plan_table(jobs)
+    assert all(f"a={i}" in table for i in range(4)) is listed
+    assert table.startswith("4 jobs in 1 group") is not listed
