@@ -199,3 +199,15 @@ def test_a_plan_of_exactly_plan_rows_jobs_lists_them_all(monkeypatch, rows, list
     table = launcher.plan_table(jobs)
     assert all(f"a={i}" in table for i in range(4)) is listed
     assert table.startswith("4 jobs in 1 group") is not listed
+
+
+def test_a_long_plans_group_of_jobs_without_axes_shows_empty_cells(monkeypatch):
+    # an invalid job has no axes (its config did not check): its group names no model or profile
+    monkeypatch.setattr(launcher, "PLAN_ROWS", 1)
+    jobs = [PlannedJob(6, ["lora.r=0"], "/x/run-6", "invalid", reason="lora.r=0 is invalid: must be > 0"),
+            PlannedJob(7, ["lora.r=1"], "/x/run-7", "submit", resources={"cpus_per_task": 1, "timeout_min": 60},
+                       mode="cpu", axes={"model": "tiny_random", "profile": "local_cpu"})]
+    lines = launcher.plan_table(jobs).splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[1:5] if line.startswith("|")]
+    assert cells[2:] == [["invalid", "", "", "", "nan", "0", "nan", "1", "cpu", "0"],
+                         ["submit", "tiny_random", "local_cpu", "cpu", "1", "0", "60", "1", "cpu", "0"]]
