@@ -206,10 +206,10 @@ def test_a_long_plans_group_of_jobs_without_axes_shows_empty_cells(monkeypatch):
     monkeypatch.setattr(launcher, "PLAN_ROWS", 1)
     jobs = [PlannedJob(6, ["lora.r=0"], "/x/run-6", "invalid", reason="lora.r=0 is invalid: must be > 0"),
             PlannedJob(7, ["lora.r=1"], "/x/run-7", "submit", resources={"cpus_per_task": 1, "timeout_min": 60},
-                       mode="cpu", axes={"model": "tiny_random", "profile": "local_cpu"})]
+                       mode="cpu", axes={"model": "tiny_random", "profile": "local_cpu"}, gpu_hours=0.1234)]
     lines = launcher.plan_table(jobs).splitlines()
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[1:5] if line.startswith("|")]
     assert cells[0] == ["status", "model", "profile", "mode", "cpus", "gpus", "time_min", "jobs", "need/have GiB",
                         "est_gpu_h"]
     assert cells[2:] == [["invalid", "", "", "", "nan", "0", "nan", "1", "cpu", "0"],
-                         ["submit", "tiny_random", "local_cpu", "cpu", "1", "0", "60", "1", "cpu", "0"]]
+                         ["submit", "tiny_random", "local_cpu", "cpu", "1", "0", "60", "1", "cpu", "0.12"]]
