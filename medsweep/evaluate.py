@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Collection
 from statistics import quantiles
 from typing import TYPE_CHECKING, Any
 
@@ -30,13 +31,34 @@ if TYPE_CHECKING:
     from medsweep.config import EvalConfig, RunConfig
 
 
+Answers = tuple[list[str], list[float], list[int]]  # generate's: texts (stripped), seconds, tokens per record
+
+
+@contextlib.contextmanager
+def linear_weights_in(model, dtype: torch.dtype | None, skip: Collection[int] = ()):
+    """Within the block, every plain torch Linear of `model` (but those whose id() is in `skip`) stores its weight
+    in `dtype` (a copy; the original weight objects restored on exit). On a CPU with native bf16, bf16 weights mean
+    that autocast casts no weight on every decode step. None: nothing changes."""
+    swapped: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    try:
+        if dtype is not None:
+            for module in model.modules():
+                if type(module) is torch.nn.Linear and module.weight.dtype != dtype and id(module) not in skip:
+                    swapped.append((module, module.weight))
+                    module.weight = torch.nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
+        yield model
+    finally:
+        for module, weight in reversed(swapped):
+            module.weight = weight
+
+
 @contextlib.contextmanager
 def inference_weights(model, hw: Hardware):
     """Within the block, every LoRA-adapted Linear of `model` computes with one merged weight W + s·B·A
     (a temporary copy: the original weight objects and adapter state are restored on exit, bit for bit).
-    On a CPU with native bf16 the copies, and the other Linear weights, are stored in bf16 so that autocast
-    casts no weight on every decode step. Only on the CPU: on a GPU the copy could cost gigabytes and the
-    adapters' extra kernels matter less. Quantized or non-vanilla (DoRA ...) layers keep their forward."""
+    On a CPU with native bf16 the copies, and the other Linear weights (`linear_weights_in`), are stored in bf16.
+    Only on the CPU: on a GPU the copy could cost gigabytes and the adapters' extra kernels matter less.
+    Quantized or non-vanilla (DoRA ...) layers keep their forward."""
     if hw.device != "cpu":
         yield model
         return
@@ -45,36 +67,32 @@ def inference_weights(model, hw: Hardware):
     except ImportError:  # peft missing: nothing can be adapted
         LoraLayer = ()  # type: ignore[misc, assignment]  # isinstance(x, ()) is False: the class, or nothing
     dtype = torch.bfloat16 if hw.precision == "bf16" else None
-    swapped: list[tuple[torch.nn.Module, torch.Tensor, Any, list[str] | None]] = []
-    done: set[int] = set()
+    swapped: list[tuple[torch.nn.Module, torch.Tensor, Any, list[str]]] = []
+    folded: set[int] = set()
     try:
         with torch.no_grad():
             for module in model.modules():
-                if isinstance(module, LoraLayer):
-                    base = module.get_base_layer()
-                    active = [a for a in module.active_adapters if a in module.lora_A]
-                    if (not active or module.merged or module.disable_adapters
-                            or type(base) is not torch.nn.Linear or any(a in module.lora_variant for a in active)):
-                        continue
-                    weight = base.weight.detach().float()
-                    for adapter in active:
-                        # declared by each LoraLayer subclass (Linear, Embedding, Conv ...), not by LoraLayer
-                        weight = weight + module.get_delta_weight(adapter).float()  # type: ignore[attr-defined]
-                    target = dtype or base.weight.dtype
-                    swapped.append((base, base.weight, module, module.merged_adapters))
-                    done.add(id(base))
-                    base.weight = torch.nn.Parameter(weight.to(target), requires_grad=False)
-                    module.merged_adapters = list(active)  # peft's forward now calls the base layer only
-                elif (dtype is not None and type(module) is torch.nn.Linear and module.weight.dtype != dtype
-                      and id(module) not in done):
-                    swapped.append((module, module.weight, None, None))
-                    module.weight = torch.nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
-        yield model
+                if not isinstance(module, LoraLayer):
+                    continue
+                base = module.get_base_layer()
+                active = [a for a in module.active_adapters if a in module.lora_A]
+                if (not active or module.merged or module.disable_adapters
+                        or type(base) is not torch.nn.Linear or any(a in module.lora_variant for a in active)):
+                    continue
+                weight = base.weight.detach().float()
+                for adapter in active:
+                    # declared by each LoraLayer subclass (Linear, Embedding, Conv ...), not by LoraLayer
+                    weight = weight + module.get_delta_weight(adapter).float()  # type: ignore[attr-defined]
+                swapped.append((base, base.weight, module, module.merged_adapters))
+                folded.add(id(base))
+                base.weight = torch.nn.Parameter(weight.to(dtype or base.weight.dtype), requires_grad=False)
+                module.merged_adapters = list(active)  # peft's forward now calls the base layer only
+        with linear_weights_in(model, dtype, skip=folded):
+            yield model
     finally:
         for base, weight, module, merged in reversed(swapped):
             base.weight = weight
-            if module is not None:
-                module.merged_adapters = merged
+            module.merged_adapters = merged
 
 
 @contextlib.contextmanager
@@ -97,22 +115,32 @@ def _percentile(values: list[float], q: int) -> float:
 
 
 def generate(model, tokenizer, records: list[dict[str, Any]], style: PromptStyle, eval_cfg: EvalConfig,
-             hw: Hardware, fold_lora: bool = True) -> tuple[list[str], list[float], list[int]]:
+             hw: Hardware, fold_lora: bool = True) -> Answers:
     """Answers for `records` in their order (stripped), the amortized seconds per answer of each, and generated
     tokens (a stop token that ended an answer counted). `fold_lora=False`: the adapter's own forward (the plain
     path of train.fast_kernels=false)."""
+    return generate_copies(model, tokenizer, records, style, eval_cfg, hw, inference(model, hw, fold_lora))[0]
+
+
+def generate_copies(model, tokenizer, records: list[dict[str, Any]], style: PromptStyle, eval_cfg: EvalConfig,
+                    hw: Hardware, weights: contextlib.AbstractContextManager, copies: int = 1) -> list[Answers]:
+    """`generate`'s answers, once per copy of the questions: each generation batch holds `copies` adapter-major copies
+    of its questions (generation.generate_batched), answered within the context `weights` (`inference(...)`, or a
+    pack's mixed adapters, medsweep/mixed.py, where copy k is adapter k's)."""
     prompts = [prompt_ids(tokenizer, r, style.instruction, style.format, style.system_prompt) for r in records]
     options = decoding(eval_cfg.decoding == "sample", eval_cfg.temperature, eval_cfg.top_p)
-    progress = Progress("generation", len(prompts), "answer")
+    progress = Progress("generation", len(prompts) * copies, "answer")
     try:
-        with inference(model, hw, fold_lora):
+        with weights:
             done = generate_batched(model, tokenizer, prompts, hw, eval_cfg.batch_size, eval_cfg.max_new_tokens,
-                                    options, on_batch=progress.update)
+                                    options, on_batch=lambda n: progress.update(n * copies), copies=copies)
     finally:
         progress.close()
         # right, not the side it had: training shares this tokenizer and its collator pads on the right
         tokenizer.padding_side = "right"
-    return [g.text.strip() for g in done], [g.seconds for g in done], [g.tokens + int(g.ended) for g in done]
+    n = len(prompts)
+    return [([g.text.strip() for g in part], [g.seconds for g in part], [g.tokens + int(g.ended) for g in part])
+            for part in (done[k * n:(k + 1) * n] for k in range(copies))]
 
 
 PERPLEXITY_TOKENS = 8192  # padded tokens per teacher-forced batch (the LM head runs in chunks: bounded memory)
@@ -147,8 +175,7 @@ def perplexity(model, tokenizer, records: list[dict[str, Any]], style: PromptSty
 
 
 def evaluate(model, tokenizer, records: list[dict[str, Any]], cfg: RunConfig, hw: Hardware,
-             generated: tuple[list[str], list[float], list[int]] | None = None
-             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+             generated: Answers | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Corpus metrics and one prediction row per record (question, reference, generated, scores). `generated`: the
     answers, seconds and tokens `generate` would return, already generated (a pack's mixed batches, mixed.py)."""
     style = PromptStyle.of(cfg)

@@ -136,17 +136,17 @@ def generate_batched(model, tokenizer, prompts: list[list[int]], hw: Hardware, b
     n = len(prompts)
     try:
         for idx in _by_length(prompts, batch_size):
-            rows = [c * n + i for c in range(copies) for i in idx]
-            batch = tokenizer.pad({"input_ids": [prompts[r % n] for r in rows]}, return_tensors="pt").to(hw.device)
+            rows = [(copy, i) for copy in range(copies) for i in idx]  # copy-major
+            batch = tokenizer.pad({"input_ids": [prompts[i] for _, i in rows]}, return_tensors="pt").to(hw.device)
             t0 = time.perf_counter()
             with autocast(hw):
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=stop,
                                      pad_token_id=tokenizer.pad_token_id, use_cache=True, **options)
             elapsed = time.perf_counter() - t0
             new = out[:, batch["input_ids"].shape[1]:]
-            for row, i in enumerate(rows):
+            for row, (copy, i) in enumerate(rows):
                 tokens, ended = until_stop(new[row].tolist(), stop)
-                done[i] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), elapsed / len(rows),
+                done[copy * n + i] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), elapsed / len(rows),
                                     len(tokens), ended)
             if on_batch is not None:
                 on_batch(len(done) // copies)

@@ -24,15 +24,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from medsweep.generation import decoding, generate_batched
+from medsweep.evaluate import Answers, generate_copies, inference, linear_weights_in
 from medsweep.hardware import Hardware
-from medsweep.progress import Progress
-from medsweep.prompts import PromptStyle, prompt_ids
+from medsweep.prompts import PromptStyle
 
 if TYPE_CHECKING:
     from medsweep.config import EvalConfig
-
-Answers = tuple[list[str], list[float], list[int]]  # as evaluate.generate returns: texts, seconds, tokens
 
 
 class _MixedLinear(torch.nn.Module):
@@ -98,14 +95,12 @@ def unsupported(model, names: list[str], eval_cfg: EvalConfig) -> str | None:
 def mixed_adapters(model, names: list[str], hw: Hardware):
     """Within the block, `model`'s batch rows are len(names) equal adapter-major groups, group k computed with adapter
     names[k]. On a CPU with native bf16 the weights are stored in bf16 meanwhile (as evaluate.inference_weights
-    stores them: autocast then casts no weight on every decode step). The model's layers are restored on exit."""
+    stores them). The model's layers are restored on exit."""
     dtype = torch.bfloat16 if hw.device == "cpu" and hw.precision == "bf16" else None
     swapped: list[tuple[torch.nn.Module, str, Any]] = []
     try:
         with torch.no_grad():
-            layers = _lora_layers(model)
-            bases = {id(layer.get_base_layer()) for layer in layers}
-            for layer in layers:
+            for layer in _lora_layers(model):
                 base = layer.get_base_layer()
                 target = dtype or base.weight.dtype
                 terms = [(layer.lora_A[n].weight.to(target), layer.lora_B[n].weight.to(target), float(layer.scaling[n]))
@@ -116,32 +111,23 @@ def mixed_adapters(model, names: list[str], hw: Hardware):
                 swapped.append((layer, "merged_adapters", layer.merged_adapters))
                 layer.base_layer = mixed
                 layer.merged_adapters = list(layer.active_adapters)  # peft's forward now calls the base layer only
-            if dtype is not None:
-                for module in model.modules():
-                    if type(module) is torch.nn.Linear and id(module) not in bases and module.weight.dtype != dtype:
-                        swapped.append((module, "weight", module.weight))
-                        module.weight = torch.nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
-        yield model
+        with linear_weights_in(model, dtype):  # the swapped-out base layers are no longer the model's modules
+            yield model
     finally:
         for module, attribute, value in reversed(swapped):
             setattr(module, attribute, value)
 
 
+@contextlib.contextmanager
+def _mixed_inference(model, names: list[str], hw: Hardware):
+    with inference(model, hw, fold_lora=False), mixed_adapters(model, names, hw):
+        yield model
+
+
 def generate_mixed(model, tokenizer, records: list[dict[str, Any]], style: PromptStyle, eval_cfg: EvalConfig,
                    hw: Hardware, names: list[str]) -> dict[str, Answers]:
-    """Each adapter's answers to `records` (as evaluate.generate returns them for it alone), from shared batches."""
-    from medsweep.evaluate import inference
-
-    prompts = [prompt_ids(tokenizer, r, style.instruction, style.format, style.system_prompt) for r in records]
-    progress = Progress("generation", len(prompts) * len(names), "answer")
-    try:
-        with inference(model, hw, fold_lora=False), mixed_adapters(model, names, hw):
-            done = generate_batched(model, tokenizer, prompts, hw, eval_cfg.batch_size, eval_cfg.max_new_tokens,
-                                    decoding(False), on_batch=lambda n: progress.update(n * len(names)),
-                                    copies=len(names))
-    finally:
-        progress.close()
-        tokenizer.padding_side = "right"  # as evaluate.generate leaves it: training's collator pads on the right
-    n = len(prompts)
-    return {name: ([g.text.strip() for g in part], [g.seconds for g in part], [g.tokens + int(g.ended) for g in part])
-            for k, name in enumerate(names) for part in [done[k * n:(k + 1) * n]]}
+    """Each adapter's answers to `records` (as evaluate.generate returns them for it alone), from shared batches.
+    Greedy decoding only (`unsupported`)."""
+    answers = generate_copies(model, tokenizer, records, style, eval_cfg, hw, _mixed_inference(model, names, hw),
+                              copies=len(names))
+    return dict(zip(names, answers, strict=True))
