@@ -1,15 +1,14 @@
 """Causal self-attention for CPU training: block-causal, with the softmax probabilities kept for the backward pass.
 
 For causal training without a padding mask (medsweep's right-padded batches, `kernels.right_padded`), SDPA runs
-torch's CPU flash-attention kernel. At 512 tokens it reaches about a third of the machine's matmul peak, and it is
-~20% of a SmolLM2 training step. This computes the same function with batched matmuls:
+torch's CPU flash-attention kernel. At 512 tokens it runs far below the machine's matmul peak, and it is a sizeable
+share of a SmolLM2 training step. This computes the same function with batched matmuls:
   - for each block of BLOCK queries, scores against only the keys at or before the block. The upper triangle is
     skipped: 56% of the full square is computed at 512 tokens;
   - the G query heads that share a key/value head are stacked as rows of one matmul per (sequence, KV head);
   - the probabilities are kept for the backward pass instead of being recomputed. They take about
     layers x batch x heads x T^2 / 2 x 4 bytes; above BUDGET_BYTES it falls back to SDPA.
-Measured on a 2-core AVX2 EPYC, one layer, 4 x 512 tokens, 9 heads, 3 KV heads, head dim 64, forward + backward:
-82-89 ms with SDPA, 56-58 ms here.
+README "Performance" has what it saves per step (forward + backward against SDPA's).
 
 Anything else goes to transformers' own SDPA function unchanged: a mask, dropout, CUDA, a dtype other than fp32,
 autocast, a KV cache (queries shorter than keys), no gradient, a sliding window shorter than the sequence,
@@ -29,7 +28,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from medsweep.kernels import cpu_fp32
 
 NAME = "medsweep_block_causal"
-BLOCK = 64  # queries per block: 8 blocks at 512 tokens (measured at 4 x 512: 128 is ~10% slower, 256 slower still)
+BLOCK = 64  # queries per block: 8 blocks at 512 tokens (128 and 256 were measured slower at 4 x 512)
 BUDGET_BYTES = 2 << 30  # probabilities kept for the backward pass, all layers together
 # keyword arguments that change nothing here: positions (RoPE is already applied; without a mask there is no
 # packing), and flags about the model's outputs (the cache is updated before attention; queries = keys is checked)

@@ -57,7 +57,7 @@ def key(records: list[dict[str, Any]], tokenizer, style: PromptStyle, max_seq_le
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of everything that decides what `tokenizer` makes of a text and of a chat: its class, special tokens,
     chat template and the whole serialized tokenizer (vocabulary, merges, normalizer, pre-tokenizer,
-    post-processor: ~50 ms for 49k tokens). The tokenized-set cache and the baseline cache (baseline.py) key on it."""
+    post-processor). The tokenized-set cache and the baseline cache (baseline.py) key on it."""
     digest = hashlib.sha256()
     special = [type(tokenizer).__name__, tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token,
                tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token, tokenizer.pad_token_id,

@@ -2,13 +2,13 @@
 KV cache, each sequence stops at its end-of-turn token), answer-quality metrics, perplexity of the references,
 latency.
 
-Speed (scripts/bench.py): one decode step of a small model on a CPU is dominated by reading the weights and
-by per-operator overhead, so a step for 32 sequences costs only ~3-4x one for a single sequence (SmolLM2-135M,
-2 AVX2 cores: 64 ms vs 231 ms), ~9x less per answer. Hence large length-sorted batches, and the LoRA adapter
-folded into a temporary copy of the base weights for inference (`inference_weights`): one Linear per layer
-instead of base + dropout + A + B + scale + add (-10-20% per decode step). The copy (~0.4 GB for SmolLM2 in
-fp32) is swapped in and the original weight objects swapped back afterwards, so the model, and a training
-run resumed after an evaluation, is left bit-identical (peft's merge/unmerge would not be)."""
+Speed (scripts/bench.py; figures in README "Performance"): one decode step of a small model on a CPU is dominated
+by reading the weights and by per-operator overhead, so a step for 32 sequences costs only a few times one for a
+single sequence: far less per answer. Hence large length-sorted batches, and the LoRA adapter folded into a
+temporary copy of the base weights for inference (`inference_weights`): one Linear per layer instead of base +
+dropout + A + B + scale + add. The copy (the adapted layers' weights once more) is swapped in and the original weight
+objects swapped back afterwards, so the model, and a training run resumed after an evaluation, is left
+bit-identical (peft's merge/unmerge would not be)."""
 
 from __future__ import annotations
 

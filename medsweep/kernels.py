@@ -1,9 +1,9 @@
 """Training hot spots on a CPU, replaced by cheaper equivalents (scripts/bench.py measures them).
 
 `fast_lora(model)`: peft's LoRA layer computes `result + lora_B(lora_A(dropout(x))) * scaling`, i.e. per
-adapted layer and step a Bernoulli mask of tokens x in_features from torch's CPU generator (~90 M numbers/s:
-13% of a SmolLM2 step), a masked copy of x, two skinny matmuls whose weight gradients autograd computes in the
-form MKL is slowest at (features x tokens @ tokens x rank: 2-20 GFLOP/s), and two passes over tokens x
+adapted layer and step a Bernoulli mask of tokens x in_features from torch's CPU generator (slow: a noticeable
+share of a SmolLM2 step), a masked copy of x, two skinny matmuls whose weight gradients autograd computes in the
+form MKL is slowest at (features x tokens @ tokens x rank), and two passes over tokens x
 out_features for the scaling and the sum. `FusedLoraLinear` does the same arithmetic in one autograd
 Function (`_LoraDelta`): masks from numpy's SFC64 (raw 64-bit draws read as int16, seeded by one draw of
 torch's generator, so runs stay reproducible and a resumed run, whose torch RNG state is in the checkpoint,
@@ -53,7 +53,7 @@ def dropout_bits(shape: torch.Size, generator: torch.Generator | None = None) ->
 
 def keep_mask(bits: torch.Tensor, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """1.0 where an element is kept (probability 1 - p, p rounded to a multiple of 1/65536), 0.0 where it is
-    dropped. A float mask: multiplying by it is ~10x faster on the CPU than masked_fill / where with a bool one."""
+    dropped. A float mask: multiplying by it is far faster on the CPU than masked_fill / where with a bool one."""
     return torch.ge(bits, _threshold(p), out=torch.empty(bits.shape, dtype=dtype))
 
 
@@ -94,7 +94,7 @@ class _LoraDelta(torch.autograd.Function):
     """`base_out += (dropout(x) @ A.T) @ B.T * scaling` in place (base_out: the frozen layer's output, [..., out];
     x: [..., in]) on the CPU. The dropout scale is folded into `scaling`, which is applied to the rank-r
     activations rather than to tokens x out_features; the weight gradients are computed as
-    (rank x tokens) @ (tokens x features) products, which MKL runs 3-8x faster than the
+    (rank x tokens) @ (tokens x features) products, which MKL runs several times faster than the
     (features x tokens) @ (tokens x rank) form autograd picks for nn.Linear."""
 
     @staticmethod
@@ -133,7 +133,7 @@ def lora_term_grads(g: torch.Tensor, x: torch.Tensor, bits: torch.Tensor | None,
                     need_a: bool, need_b: bool):
     """The gradients of the fused LoRA term from g = d loss / d output (tokens x out) and what lora_rank_term
     returned: (grad of x, tokens x in; grad of A; grad of B), each None where not needed."""
-    grad_h = torch.mm(g, weight_b.t().contiguous().t())  # tokens x r; MKL is ~2x faster with B column-major
+    grad_h = torch.mm(g, weight_b.t().contiguous().t())  # tokens x r; MKL is faster with B column-major
     grad_b = _rank_by_features(h, g).t() if need_b else None
     grad_h.mul_(scaling)
     grad_a = _rank_by_features(grad_h, x) if need_a else None
@@ -147,7 +147,7 @@ def lora_term_grads(g: torch.Tensor, x: torch.Tensor, bits: torch.Tensor | None,
 
 def _rank_by_features(h: torch.Tensor, x: torch.Tensor, splits: int = 4) -> torch.Tensor:
     """h.T @ x for h: tokens x r, x: tokens x features, as a sum of `splits` batched products over token
-    ranges: MKL runs this skinny reduction ~1.4x faster split than as one product."""
+    ranges: MKL runs this skinny reduction faster split than as one product."""
     n = h.shape[0]
     while n % splits:
         splits //= 2

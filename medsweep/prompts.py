@@ -80,7 +80,7 @@ _CHECKED = 4  # records rendered both ways before the filled template is trusted
 
 def render_many(tokenizer, records: list[dict[str, Any]], instruction: str, prompt_format: str,
                 system_prompt: bool = True) -> list[tuple[str, str]]:
-    """`render` for many records, ~50x faster: the chat template (Jinja, ~0.25 ms a call, twice per record) is
+    """`render` for many records, far faster: the chat template (Jinja, slow per call, twice per record) is
     rendered once with stand-ins for the question and the answer, which are then filled in per record. Used
     only when the template treats the content as opaque text: the first records are rendered both ways and
     must agree, or every record goes through `render`."""
@@ -137,7 +137,7 @@ def masked_example(prompt_ids: list[int], answer_ids: list[int], max_seq_length:
 def tokenize(records: list[dict[str, Any]], tokenizer, style: PromptStyle, max_seq_length: int):
     """HF Dataset of answer-masked examples plus counts of dropped (prompt too long) / truncated ones.
     The same examples as tokenize_example, record by record, but encoded in two batched calls of the
-    Rust tokenizer (prompts, completions): ~4x faster, which is seconds of every job's start-up."""
+    Rust tokenizer (prompts, completions): several times faster, which is seconds of every job's start-up."""
     from datasets import Dataset
 
     texts = render_many(tokenizer, records, style.instruction, style.format, style.system_prompt)
@@ -176,7 +176,7 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 @contextlib.contextmanager
 def _tokenizers_parallelism():
-    """Let the Rust tokenizer use every core for this one batched call (2.4x faster on 2 cores), then set
+    """Let the Rust tokenizer use every core for this one batched call (faster even on 2 cores), then set
     TOKENIZERS_PARALLELISM back (hardware.apply_threads sets it false): processes forked later (DataLoader
     workers) see it false and never touch the parent's thread pool."""
     previous = os.environ.get("TOKENIZERS_PARALLELISM")

@@ -290,7 +290,7 @@ def _data_parallel_args(profile_cfg: ProfileConfig, hw: Hardware) -> dict[str, A
 
 def store_frozen_linears_in_bf16(model) -> int:
     """CPU bf16 autocast casts every fp32 weight to bf16 on every forward (a full copy of the model per step:
-    ~15% of a step on an AMX CPU). The frozen base Linear weights are stored in bf16 once instead: autocast
+    a sizeable share of a step on an AMX CPU). The frozen base Linear weights are stored in bf16 once instead: autocast
     would round them exactly so, hence the same numbers, without the copies. The trainable LoRA weights stay
     fp32 (master weights); the embedding (tied to the LM head in small models) and the norms stay fp32 so
     the residual stream keeps its precision. Returns the number of Linear layers converted."""
