@@ -35,11 +35,13 @@ def stop_ids(tokenizer, model) -> list[int]:
 
 
 def decoding(sample: bool, temperature: float | None = None, top_p: float | None = None) -> dict[str, Any]:
-    """generate() keyword arguments: sampling at `temperature` / `top_p`, or greedy (with the sampling settings a
-    model's generation_config may carry unset, so that they neither apply nor warn)."""
+    """generate() keyword arguments: sampling at `temperature` / `top_p`, or greedy. Greedy needs no more: sampling
+    settings a model's generation_config carries do not apply without do_sample. (Passing them as None would not
+    silence the one-time log about them either: transformers 5 checks the model's generation_config before the
+    call's arguments apply.)"""
     if sample:
         return {"do_sample": True, "temperature": temperature, "top_p": top_p}
-    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": False}
 
 
 def until_stop(tokens: list[int], stop: list[int]) -> tuple[list[int], bool]:

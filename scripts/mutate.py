@@ -38,9 +38,9 @@ TESTS: dict[str, list[str]] = {
     # the decode loop evaluation and synth share: evaluate.generate's tests (test_zoo: the stop token ends and
     # counts) and the local generator's
     # and the judge's next-token probabilities (test_judge: the tiny Llama's shared-prefix and batching tests), and
-    # a pack's copies of each batch (test_mixed)
-    "generation": ["tests/test_evaluate.py", "tests/test_speed_paths.py", "tests/test_zoo.py", "tests/test_synth.py",
-                   "tests/test_judge.py", "tests/test_mixed.py"],
+    # a pack's copies of each batch (test_mixed); test_generation: positions, special tokens, the cache keyword
+    "generation": ["tests/test_generation.py", "tests/test_evaluate.py", "tests/test_speed_paths.py",
+                   "tests/test_zoo.py", "tests/test_synth.py", "tests/test_judge.py", "tests/test_mixed.py"],
     "sweep": ["tests/test_sweep.py", "tests/test_launcher.py"],
     # test_typedjobs: the plan table of a long sweep (plan_table with PLAN_ROWS lowered)
     "launcher": ["tests/test_launcher.py", "tests/test_launcher_local_gpus.py", "tests/test_cli.py",
