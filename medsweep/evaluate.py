@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Collection
 from statistics import quantiles
 from typing import TYPE_CHECKING, Any
 
@@ -35,15 +34,15 @@ Answers = tuple[list[str], list[float], list[int]]  # generate's: texts (strippe
 
 
 @contextlib.contextmanager
-def linear_weights_in(model, dtype: torch.dtype | None, skip: Collection[int] = ()):
-    """Within the block, every plain torch Linear of `model` (but those whose id() is in `skip`) stores its weight
-    in `dtype` (a copy; the original weight objects restored on exit). On a CPU with native bf16, bf16 weights mean
+def linear_weights_in(model, dtype: torch.dtype | None):
+    """Within the block, every plain torch Linear of `model` not yet in `dtype` stores its weight in `dtype` (a copy;
+    the original weight objects restored on exit). On a CPU with native bf16, bf16 weights mean
     that autocast casts no weight on every decode step. None: nothing changes."""
     swapped: list[tuple[torch.nn.Module, torch.Tensor]] = []
     try:
         if dtype is not None:
             for module in model.modules():
-                if type(module) is torch.nn.Linear and module.weight.dtype != dtype and id(module) not in skip:
+                if type(module) is torch.nn.Linear and module.weight.dtype != dtype:
                     swapped.append((module, module.weight))
                     module.weight = torch.nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
         yield model
@@ -68,7 +67,6 @@ def inference_weights(model, hw: Hardware):
         LoraLayer = ()  # type: ignore[misc, assignment]  # isinstance(x, ()) is False: the class, or nothing
     dtype = torch.bfloat16 if hw.precision == "bf16" else None
     swapped: list[tuple[torch.nn.Module, torch.Tensor, Any, list[str]]] = []
-    folded: set[int] = set()
     try:
         with torch.no_grad():
             for module in model.modules():
@@ -84,10 +82,9 @@ def inference_weights(model, hw: Hardware):
                     # declared by each LoraLayer subclass (Linear, Embedding, Conv ...), not by LoraLayer
                     weight = weight + module.get_delta_weight(adapter).float()  # type: ignore[attr-defined]
                 swapped.append((base, base.weight, module, module.merged_adapters))
-                folded.add(id(base))
                 base.weight = torch.nn.Parameter(weight.to(dtype or base.weight.dtype), requires_grad=False)
                 module.merged_adapters = list(active)  # peft's forward now calls the base layer only
-        with linear_weights_in(model, dtype, skip=folded):
+        with linear_weights_in(model, dtype):  # the folded copies are in dtype already
             yield model
     finally:
         for base, weight, module, merged in reversed(swapped):

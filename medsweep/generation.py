@@ -148,8 +148,8 @@ def generate_batched(model, tokenizer, prompts: list[list[int]], hw: Hardware, b
             new = out[:, batch["input_ids"].shape[1]:]
             for row, (copy, i) in enumerate(rows):
                 tokens, ended = until_stop(new[row].tolist(), stop)
-                done[copy * n + i] = Generated(tokenizer.decode(tokens, skip_special_tokens=True), elapsed / len(rows),
-                                    len(tokens), ended)
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                done[copy * n + i] = Generated(text, elapsed / len(rows), len(tokens), ended)
             if on_batch is not None:
                 on_batch(len(done) // copies)
     finally:
