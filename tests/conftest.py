@@ -3,6 +3,7 @@ records, and a counter of the answer-only loss's cross-entropy calls."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -208,6 +209,27 @@ def embedded_dir():
     except ModelError as exc:
         pytest.skip(f"embedded model unavailable: {exc}")
     return models.embedded_model_dir(os.environ.get("MEDSWEEP_CACHE", "~/.cache/medsweep"))
+
+
+@contextlib.contextmanager
+def forced_lm_head(model, script: list[int]):
+    """Within the block, the model's LM head emits `script`, one id per forward pass (its last id repeated after).
+    Yields the list of ids emitted so far: its length is the number of forward passes."""
+    import torch
+
+    emitted: list[int] = []
+
+    def force(module, args, logits):
+        emitted.append(script[min(len(emitted), len(script) - 1)])
+        forced = torch.full_like(logits, -1e4)
+        forced[..., emitted[-1]] = 1e4
+        return forced
+
+    handle = model.get_output_embeddings().register_forward_hook(force)
+    try:
+        yield emitted
+    finally:
+        handle.remove()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import torch
 
 from medsweep.generation import decoding, generate_batched, next_token_probs, next_token_probs_after
 from medsweep.hardware import Hardware
+from tests.conftest import forced_lm_head
 
 CPU = Hardware(device="cpu", precision="fp32", threads=1)
 
@@ -82,27 +83,12 @@ def test_continuations_use_the_current_cache_keyword(tiny_llama, smol_tokenizer)
     assert not [w for w in caught if "deprecated" in str(w.message)]
 
 
-def _forced(model, script: list[int]):
-    """A forward hook making the LM head emit `script`, its last id repeated after."""
-    steps = iter(range(10_000))
-
-    def force(module, args, logits):
-        forced = torch.full_like(logits, -1e4)
-        forced[..., script[min(next(steps), len(script) - 1)]] = 1e4
-        return forced
-
-    return model.get_output_embeddings().register_forward_hook(force)
-
-
 def test_special_tokens_other_than_the_stop_are_left_out_of_the_answer(tiny_llama, smol_tokenizer):
     word = smol_tokenizer.convert_tokens_to_ids("yes")
     special = smol_tokenizer.convert_tokens_to_ids("<|im_start|>")  # special, and not a stop token of this model
-    handle = _forced(tiny_llama, [word, special, word, smol_tokenizer.eos_token_id])
-    try:
+    with forced_lm_head(tiny_llama, [word, special, word, smol_tokenizer.eos_token_id]):
         done = generate_batched(tiny_llama, smol_tokenizer, [smol_tokenizer.encode("Say yes")], CPU, 1, 8,
                                 decoding(False))
-    finally:
-        handle.remove()
     assert (done[0].text, done[0].tokens, done[0].ended) == ("yesyes", 3, True)
 
 

@@ -17,7 +17,7 @@ from medsweep.checks import validate
 from medsweep.errors import ConfigError, DataError, ModelError
 from medsweep.hardware import Hardware
 from medsweep.prompts import IGNORE_INDEX, PromptStyle, prompt_ids, render, tokenize_example
-from tests.conftest import CONF_DIR, MEDQUAD_JSONL, SHARED_DATA, need_shared_data, run_medsweep
+from tests.conftest import CONF_DIR, MEDQUAD_JSONL, SHARED_DATA, forced_lm_head, need_shared_data, run_medsweep
 
 CPU = Hardware(device="cpu", precision="fp32", threads=2)
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -169,21 +169,10 @@ def _forced_answer(cfg, tokenizer, model, script: list[int]) -> tuple[str, int, 
     the answer, its counted tokens and how many forward passes generation made."""
     from medsweep import evaluate
 
-    steps = iter(range(10_000))
-
-    def force(module, args, logits):
-        token = script[min(next(steps), len(script) - 1)]
-        forced = torch.full_like(logits, -1e4)
-        forced[..., token] = 1e4
-        return forced
-
-    handle = model.lm_head.register_forward_hook(force)
-    try:
+    with forced_lm_head(model, script) as emitted:
         answers, _, n_tokens = evaluate.generate(model, tokenizer, [{"question": "What is it?", "answer": "x"}],
                                                  PromptStyle.of(cfg), cfg.eval, CPU)
-    finally:
-        handle.remove()
-    return answers[0], n_tokens[0], next(steps)
+    return answers[0], n_tokens[0], len(emitted)
 
 
 def test_end_of_turn_stops_generation(compose, embedded_dir):
